@@ -1,0 +1,211 @@
+//! Command-line flags, laid over the TOML file (`--config`) and the defaults.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::settings::{FileSettings, KeySource, Settings, SettingsError};
+
+/// Runs N copies of a web app and a sticky-session reverse proxy in front of them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sticky-cluster",
+    version,
+    about,
+    after_help = "Without COMMAND, a built-in demo worker is run. Each worker gets PORT and WORKER_ID in its environment.\nExample: sticky-cluster --workers 4 --proxy-port 8080 -- node app.js"
+)]
+struct Args {
+    /// Number of worker processes [default: CPU count]
+    #[arg(short = 'w', long)]
+    workers: Option<usize>,
+    /// First worker port; worker i listens on W+i [default: 8000]
+    #[arg(long, value_name = "W")]
+    worker_port: Option<u16>,
+    /// Port the proxy listens on [default: 80]
+    #[arg(short = 'p', long, value_name = "P")]
+    proxy_port: Option<u16>,
+    /// Address the proxy binds, IPv4 or IPv6 [default: 0.0.0.0]
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<IpAddr>,
+    /// Do not restart workers that exit
+    #[arg(long)]
+    no_respawn: bool,
+    /// Refuse WebSocket (and other HTTP/1.1 upgrade) requests
+    #[arg(long)]
+    no_websocket: bool,
+    /// Least time before the proxy accepts connections [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    delay: Option<String>,
+    /// Log routing decisions and other debug detail
+    #[arg(long)]
+    debug: bool,
+    /// The application's session cookie [default: connect.sid]
+    #[arg(long, value_name = "NAME")]
+    session_cookie: Option<String>,
+    /// Where the session key is read, in order: cookie:NAME, header:NAME, query:NAME, ip, none
+    /// [default: cookie:<session cookie>]
+    #[arg(long = "session-key", value_name = "SOURCE")]
+    session_keys: Vec<String>,
+    /// Remembered keys expire this long after their last use [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    session_ttl: Option<String>,
+    /// Cap on remembered keys; the least recently used go first [default: 1000000]
+    #[arg(long, value_name = "N")]
+    session_max: Option<usize>,
+    /// Name of the proxy's affinity cookie [default: sticky.worker]
+    #[arg(long, value_name = "NAME")]
+    affinity_cookie: Option<String>,
+    /// Do not set or read the affinity cookie
+    #[arg(long)]
+    no_affinity_cookie: bool,
+    /// Secret that signs the affinity cookie [default: generated once, kept in --secret-file]
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "STICKY_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    affinity_secret: Option<String>,
+    /// File that keeps the generated affinity secret
+    /// [default: $XDG_STATE_HOME/sticky-cluster/affinity.key]
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// How long a worker may take to accept connections [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    ready_timeout: Option<String>,
+    /// How long in-flight requests may finish after SIGTERM [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    grace_timeout: Option<String>,
+    /// Time a worker gets between SIGTERM and SIGKILL [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    kill_timeout: Option<String>,
+    /// Proxy runtime threads [default: CPU count]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// TOML file with the same settings (kebab-case keys); flags override it
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The worker command and its arguments
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Run with these settings.
+    Run(Box<Settings>),
+    /// `--help`, `--version` or a usage error: clap's own text and exit code.
+    Clap(clap::Error),
+}
+
+/// Parses `args` (with the program name first) into validated settings.
+///
+/// # Errors
+/// A bad value, file or combination, as a [`SettingsError`].
+pub fn parse<I, T>(args: I) -> Result<Parsed, SettingsError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => return Ok(Parsed::Clap(e)),
+    };
+    let mut settings = Settings::default();
+    if let Some(path) = &args.config {
+        FileSettings::load(path)?.apply(&mut settings)?;
+    }
+    args.apply(&mut settings)?;
+    settings.validate()?;
+    Ok(Parsed::Run(Box::new(settings)))
+}
+
+/// A clap usage error as one line (its first), without the usage block and tips.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    format!("{}; see --help", first.trim_start_matches("error: ").trim())
+}
+
+impl Args {
+    fn apply(self, s: &mut Settings) -> Result<(), SettingsError> {
+        let flags = FileSettings {
+            workers: self.workers,
+            worker_port: self.worker_port,
+            proxy_port: self.proxy_port,
+            bind: self.bind,
+            respawn: self.no_respawn.then_some(false),
+            websocket: self.no_websocket.then_some(false),
+            delay: self.delay,
+            debug: self.debug.then_some(true),
+            session_cookie: self.session_cookie,
+            session_key: None,
+            session_ttl: self.session_ttl,
+            session_max: self.session_max,
+            affinity_cookie: self.affinity_cookie,
+            affinity: self.no_affinity_cookie.then_some(false),
+            affinity_secret: self.affinity_secret,
+            secret_file: self.secret_file,
+            ready_timeout: self.ready_timeout,
+            grace_timeout: self.grace_timeout,
+            kill_timeout: self.kill_timeout,
+            threads: self.threads,
+            command: (!self.command.is_empty()).then_some(self.command),
+        };
+        flags.apply(s)?;
+        if !self.session_keys.is_empty() {
+            s.session_keys = self
+                .session_keys
+                .iter()
+                .map(|k| k.parse::<KeySource>())
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Settings, String> {
+        match parse(std::iter::once("sticky-cluster").chain(args.iter().copied())) {
+            Ok(Parsed::Run(s)) => Ok(*s),
+            Ok(Parsed::Clap(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn flags_and_command() {
+        let s = run(&[
+            "-w",
+            "3",
+            "--proxy-port",
+            "9000",
+            "--session-key",
+            "header:x-s",
+            "--session-key",
+            "ip",
+            "--",
+            "node",
+            "app.js",
+        ])
+        .expect("valid");
+        assert_eq!(s.workers, 3);
+        assert_eq!(s.proxy_port, 9000);
+        assert_eq!(s.command, vec!["node", "app.js"]);
+        assert_eq!(s.session_keys.len(), 2);
+        assert_eq!(s.session_keys[1], KeySource::Ip);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(run(&["--workers", "0"]).unwrap_err().contains("at least 1"));
+        assert!(run(&["--delay", "10"]).unwrap_err().contains("unit"));
+        assert!(run(&["--bogus"]).is_err());
+    }
+}

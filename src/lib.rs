@@ -1,0 +1,378 @@
+//! sticky-cluster: run N copies of a web app and keep every client on the same copy.
+//!
+//! One program is master and worker at once, as with express-sticky-cluster: in the master,
+//! [`Cluster::run`] starts the workers (re-executing the current executable, or running a
+//! command) and a sticky reverse proxy in front of them; in a worker, it calls your closure
+//! with the worker's identity and port.
+//!
+//! ```no_run
+//! use sticky_cluster::{Cluster, Worker};
+//!
+//! fn main() -> Result<(), sticky_cluster::Error> {
+//!     Cluster::from_args()?.run(|worker: Worker, port: u16| async move {
+//!         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+//!         // serve your app on `listener` until `worker.shutdown_signal()` resolves
+//!         # let _ = (listener, worker);
+//!         Ok::<(), std::io::Error>(())
+//!     })
+//! }
+//! ```
+//!
+//! # Layout
+//! - [`settings`]: the one settings type (defaults, TOML, validation).
+//! - [`workers`]: the worker slots both halves share (state, address).
+//! - [`routing`]: the pure stickiness rules: key extraction, the sticky table, the affinity
+//!   cookie.
+//! - `supervisor`: worker processes (spawn, readiness, respawn, stop).
+//! - `proxy`: the HTTP/1.1 + HTTP/2 + WebSocket reverse proxy.
+//! - `demo`: the built-in demo worker.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cli;
+mod demo;
+mod proxy;
+pub mod routing;
+pub mod settings;
+mod shutdown;
+mod supervisor;
+pub mod workers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use demo::serve as demo_worker;
+pub use proxy::handshake_sid;
+pub use routing::affinity::SecretError;
+pub use settings::{KeySource, Settings, SettingsError};
+pub use supervisor::{StartError, WorkerError};
+pub use workers::WorkerId;
+
+use routing::affinity::{load_secret, Affinity};
+use routing::table::StickyTable;
+use routing::Router;
+use supervisor::worker::{ROLE_ENV, ROLE_WORKER};
+use supervisor::{FirstStart, Launch, SupervisorConfig};
+use workers::WorkerSet;
+
+/// Everything that can stop a cluster from running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The command line could not be parsed (or asked for `--help`/`--version`).
+    #[error("{}", cli::one_line(.0))]
+    Usage(clap::Error),
+    /// The affinity secret could not be loaded or created.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The proxy port is taken.
+    #[error("proxy port {addr} is already in use: stop the program using it or pick another --proxy-port")]
+    ProxyPortInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The proxy port needs privileges we lack.
+    #[error("binding {addr} needs root or CAP_NET_BIND_SERVICE: run with those or pick a --proxy-port above 1023")]
+    ProxyPortDenied {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The proxy address cannot be bound for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    ProxyBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker port is taken before any worker started.
+    #[error("worker port {port} is already in use: stop the program using it or pick another --worker-port")]
+    WorkerPortInUse {
+        /// The port.
+        port: u16,
+    },
+    /// No worker came up at start.
+    #[error("no worker started: {0}")]
+    NoWorker(#[source] StartError),
+    /// The async runtime or signal handlers could not be set up.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A worker process was started without a valid `PORT` or `WORKER_ID`.
+    #[error("invalid worker environment: {0}")]
+    WorkerEnv(String),
+    /// The worker closure returned an error.
+    #[error("worker failed: {0}")]
+    Worker(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The identity of a worker process, handed to the worker closure.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    id: WorkerId,
+    port: u16,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// The worker's index, `0..workers` (its `WORKER_ID`).
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// The port this worker must listen on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// This process's id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// Resolves when the supervisor asks this worker to stop (SIGTERM or SIGINT): pass it
+    /// to `axum::serve(..).with_graceful_shutdown(..)`.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shutdown.clone().cancelled_owned()
+    }
+
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// A sticky cluster: settings plus [`Cluster::run`].
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    settings: Settings,
+}
+
+impl Cluster {
+    /// A cluster with these settings (validated by [`Cluster::run`]).
+    pub fn new(settings: Settings) -> Self {
+        Self { settings }
+    }
+
+    /// A cluster configured by the process's command line, exactly like the
+    /// `sticky-cluster` binary (flags, `--config FILE`, defaults).
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for bad flags or `--help`, [`Error::Settings`] for bad values.
+    pub fn from_args() -> Result<Self, Error> {
+        match cli::parse(std::env::args_os())? {
+            cli::Parsed::Run(settings) => Ok(Self::new(*settings)),
+            cli::Parsed::Clap(e) => Err(Error::Usage(e)),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// True in a process that the master started as a worker.
+    pub fn is_worker() -> bool {
+        std::env::var_os(ROLE_ENV).is_some_and(|v| v == ROLE_WORKER)
+    }
+
+    /// Runs the cluster. In the master: validates the settings, starts the workers and the
+    /// proxy, and returns when a stop signal has been handled. In a worker: calls `worker`
+    /// with its identity and port and returns what it returns.
+    ///
+    /// # Errors
+    /// See [`Error`]: bad settings, a taken port, no worker starting, or the worker's error.
+    pub fn run<F, Fut, E>(self, worker: F) -> Result<(), Error>
+    where
+        F: FnOnce(Worker, u16) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if Self::is_worker() {
+            return run_worker(worker);
+        }
+        self.settings.validate()?;
+        let launch = match self.settings.command.split_first() {
+            Some((program, args)) => Launch::Command {
+                program: program.into(),
+                args: args.iter().map(Into::into).collect(),
+            },
+            None => Launch::ReExec {
+                exe: std::env::current_exe()
+                    .map_err(|e| Error::NoWorker(StartError::Spawn(WorkerError::CurrentExe(e))))?,
+                args: std::env::args_os().skip(1).collect(),
+            },
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.settings.threads)
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        runtime.block_on(master(self.settings, launch))
+    }
+}
+
+fn run_worker<F, Fut, E>(worker: F) -> Result<(), Error>
+where
+    F: FnOnce(Worker, u16) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u16>().ok())
+            .ok_or_else(|| Error::WorkerEnv(format!("{name} is missing or not a number")))
+    };
+    let (id, port) = (env("WORKER_ID")?, env("PORT")?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let _reloads = shutdown::listen(shutdown.clone()).map_err(Error::Runtime)?;
+        let handle = Worker { id, port, shutdown };
+        worker(handle, port)
+            .await
+            .map_err(|e| Error::Worker(e.into()))
+    })
+}
+
+/// Binds the proxy address without listening yet, so a taken port fails before any worker
+/// is started.
+fn bind_proxy(addr: SocketAddr) -> Result<TcpSocket, Error> {
+    let map = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::AddrInUse => Error::ProxyPortInUse { addr },
+        std::io::ErrorKind::PermissionDenied => Error::ProxyPortDenied { addr },
+        _ => Error::ProxyBind { addr, source },
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(map)?;
+    socket.set_reuseaddr(true).map_err(map)?;
+    socket.bind(addr).map_err(map)?;
+    Ok(socket)
+}
+
+fn check_worker_ports(settings: &Settings) -> Result<(), Error> {
+    for i in 0..settings.workers {
+        let addr = settings.worker_addr(i);
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(Error::WorkerPortInUse { port: addr.port() });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn master(settings: Settings, launch: Launch) -> Result<(), Error> {
+    let proxy_addr = settings.proxy_addr();
+    let socket = bind_proxy(proxy_addr)?;
+    check_worker_ports(&settings)?;
+    let affinity = match (&settings.affinity_cookie, settings.sticky()) {
+        (Some(name), true) => {
+            let secret = load_secret(settings.affinity_secret.as_deref(), &settings.secret_file)?;
+            Some(Affinity::new(name, &secret, settings.workers, false))
+        }
+        _ => None,
+    };
+    let workers = Arc::new(WorkerSet::new(
+        (0..settings.workers).map(|i| settings.worker_addr(i)),
+    ));
+    let table = Arc::new(StickyTable::new(settings.session_max, settings.session_ttl));
+    let router = Arc::new(Router::new(&settings, table.clone(), affinity));
+
+    let stop = CancellationToken::new();
+    let stop_workers = CancellationToken::new();
+    let mut reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
+    tokio::spawn(async move {
+        while reloads.recv().await.is_some() {
+            tracing::warn!("SIGHUP received: rolling restart is not implemented yet; ignoring");
+        }
+    });
+
+    let config = Arc::new(SupervisorConfig {
+        launch,
+        respawn: settings.respawn,
+        ready_timeout: settings.ready_timeout,
+        kill_timeout: settings.kill_timeout,
+    });
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+    let mut slots = supervisor::start(config, workers.clone(), stop_workers.clone(), first_tx);
+    tracing::info!(
+        workers = settings.workers,
+        first_port = settings.worker_port,
+        "starting workers"
+    );
+
+    let startup = async {
+        let mut ready = 0usize;
+        let mut first_error = None;
+        for _ in 0..settings.workers {
+            match first_rx.recv().await {
+                Some(FirstStart::Ready) => ready += 1,
+                Some(FirstStart::Failed(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                None => break,
+            }
+        }
+        (ready, first_error)
+    };
+    let (ready, first_error) = tokio::select! {
+        (outcome, _) = async { tokio::join!(startup, tokio::time::sleep(settings.delay)) } => outcome,
+        _ = stop.cancelled() => (usize::MAX, None),
+    };
+    let stop_all = |slots: &mut tokio::task::JoinSet<()>| {
+        stop_workers.cancel();
+        let slots = std::mem::take(slots);
+        async move { slots.join_all().await }
+    };
+    if ready == usize::MAX {
+        stop_all(&mut slots).await;
+        return Ok(());
+    }
+    if ready == 0 {
+        stop_all(&mut slots).await;
+        return Err(Error::NoWorker(first_error.unwrap_or(StartError::Exited {
+            id: 0,
+            port: settings.worker_port,
+            status: "unknown".into(),
+        })));
+    }
+    if let Some(e) = first_error {
+        tracing::warn!(ready, workers = settings.workers, error = %e, "not every worker started; the others serve meanwhile");
+    }
+    let listener = socket.listen(1024).map_err(|source| Error::ProxyBind {
+        addr: proxy_addr,
+        source,
+    })?;
+    tracing::info!("proxy listening on http://{proxy_addr} for {ready} workers");
+
+    tokio::spawn(routing::table::sweep_forever(
+        table,
+        stop_workers.clone().cancelled_owned(),
+    ));
+    let proxy = Arc::new(proxy::Proxy::new(
+        router,
+        workers,
+        settings.websocket,
+        settings.debug,
+    ));
+    proxy::serve(proxy, listener, stop.clone(), settings.grace_timeout).await;
+    tracing::info!("proxy closed; stopping workers");
+    stop_all(&mut slots).await;
+    tracing::info!("all workers stopped");
+    Ok(())
+}

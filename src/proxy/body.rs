@@ -1,0 +1,139 @@
+//! The response body the proxy sends: a worker's streamed body (optionally watched for an
+//! engine.io handshake) or a small body of our own. An enum, not a box: no allocation per
+//! response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::routing::Router;
+use crate::workers::WorkerId;
+
+/// Reads the engine.io session id out of the first frame of a polling handshake reply
+/// (`0{"sid":"...",...}` for EIO 4, `96:0{"sid":...}` for EIO 3) and teaches it to the router.
+#[derive(Debug)]
+pub struct SidSniffer {
+    router: Arc<Router>,
+    worker: WorkerId,
+}
+
+impl SidSniffer {
+    /// A sniffer that binds the sid it finds to `worker`.
+    pub fn new(router: Arc<Router>, worker: WorkerId) -> Self {
+        Self { router, worker }
+    }
+
+    fn inspect(&self, chunk: &[u8]) {
+        if let Some(sid) = handshake_sid(chunk) {
+            let now = self.router.table().now();
+            self.router.learn_key(sid, self.worker, now);
+            tracing::debug!(worker = self.worker, sid = %String::from_utf8_lossy(sid), "learned engine.io sid");
+        }
+    }
+}
+
+/// The `sid` of an engine.io open packet at the start of `chunk`, if it is one.
+pub fn handshake_sid(chunk: &[u8]) -> Option<&[u8]> {
+    let head = &chunk[..chunk.len().min(512)];
+    let open = head.iter().position(|&b| b == b'0')?;
+    // Before the open packet only an EIO 3 length prefix (`96:`) may stand.
+    if !head[..open]
+        .iter()
+        .all(|&b| b.is_ascii_digit() || b == b':')
+    {
+        return None;
+    }
+    let rest = &head[open..];
+    if rest.get(1) != Some(&b'{') {
+        return None;
+    }
+    const NEEDLE: &[u8] = b"\"sid\":\"";
+    let at = rest.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let len = rest[at..].iter().position(|&b| b == b'"')?;
+    Some(&rest[at..at + len]).filter(|s| !s.is_empty())
+}
+
+/// What the proxy answers with.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A worker's body, streamed as it comes.
+    Upstream(Incoming),
+    /// A worker's handshake body, watched until its first data frame.
+    Sniffing(Incoming, Option<SidSniffer>),
+    /// A small body of the proxy's own (errors).
+    Own(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A body of the proxy's own.
+    pub fn own(bytes: impl Into<Bytes>) -> Self {
+        Self::Own(Some(bytes.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::Own(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Every variant is Unpin (Incoming is), so no projection is needed.
+        match self.get_mut() {
+            Self::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            Self::Sniffing(inner, sniffer) => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        if let Some(s) = sniffer.take() {
+                            s.inspect(data);
+                        }
+                    }
+                }
+                polled
+            }
+            Self::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream(b) | Self::Sniffing(b, _) => b.is_end_stream(),
+            Self::Own(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream(b) | Self::Sniffing(b, _) => b.size_hint(),
+            Self::Own(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handshake_sid;
+
+    #[test]
+    fn finds_the_sid_of_both_protocol_versions() {
+        let v4 =
+            br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000}"#;
+        assert_eq!(handshake_sid(v4), Some(&b"lv_VI97HAXpY6yYWAAAC"[..]));
+        let v3 = br#"96:0{"sid":"abcdefghijklmnop","upgrades":[]}2:40"#;
+        assert_eq!(handshake_sid(v3), Some(&b"abcdefghijklmnop"[..]));
+        assert_eq!(handshake_sid(b"hello 0{\"sid\":\"x\"}"), None);
+        assert_eq!(handshake_sid(b"40"), None);
+        assert_eq!(handshake_sid(br#"0{"sid":""}"#), None);
+    }
+}

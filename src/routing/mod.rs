@@ -1,0 +1,412 @@
+//! Where every stickiness rule lives. Pure: no sockets, no clock of its own (the caller
+//! hands in the tick), so each rule is a unit test.
+//!
+//! Order of decision: a key the table knows whose worker is up -> that worker; else a
+//! valid affinity cookie naming a live worker -> that worker; else the next live worker,
+//! round-robin. The key, when there is one, is then remembered on the chosen worker.
+
+pub mod affinity;
+pub mod key;
+pub mod table;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::SET_COOKIE;
+use http::{HeaderMap, HeaderValue, Uri};
+
+use crate::settings::{KeySource, Settings};
+use crate::workers::{WorkerId, WorkerSet};
+use affinity::Affinity;
+use table::{StickyTable, Tick};
+
+/// How the chosen worker relates to the client's earlier requests; forwarded to the app
+/// as `X-Sticky` so it knows when to rebuild session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Same worker as before (table or affinity cookie).
+    Kept,
+    /// First time seen: nothing pinned the client yet.
+    New,
+    /// The client was pinned to a worker that is not up, and was moved.
+    Moved,
+}
+
+impl Outcome {
+    /// The `X-Sticky` header value.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Outcome::Kept => "kept",
+            Outcome::New => "new",
+            Outcome::Moved => "moved",
+        })
+    }
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The worker to forward to (it was `Up` when chosen).
+    pub worker: WorkerId,
+    /// Kept, new or moved.
+    pub outcome: Outcome,
+    /// The response must (re)set the affinity cookie to `worker`.
+    pub set_affinity: bool,
+}
+
+/// The routing rules and the state they remember.
+#[derive(Debug)]
+pub struct Router {
+    sources: Vec<KeySource>,
+    sticky: bool,
+    learn_cookies: Vec<String>,
+    table: Arc<StickyTable>,
+    affinity: Option<Affinity>,
+}
+
+impl Router {
+    /// A router for `settings`, remembering keys in `table`; `affinity` is `None` when the
+    /// affinity cookie is off.
+    pub fn new(settings: &Settings, table: Arc<StickyTable>, affinity: Option<Affinity>) -> Self {
+        let sources = settings.key_sources();
+        let sticky = settings.sticky();
+        let learn_cookies = sources
+            .iter()
+            .filter_map(|s| match s {
+                KeySource::Cookie(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        Self {
+            sources,
+            sticky,
+            learn_cookies,
+            table,
+            affinity: affinity.filter(|_| sticky),
+        }
+    }
+
+    /// The table behind this router.
+    pub fn table(&self) -> &Arc<StickyTable> {
+        &self.table
+    }
+
+    /// The affinity cookie, when on.
+    pub fn affinity(&self) -> Option<&Affinity> {
+        self.affinity.as_ref()
+    }
+
+    /// True unless `--session-key none` turned stickiness off.
+    pub fn sticky(&self) -> bool {
+        self.sticky
+    }
+
+    /// Chooses the worker for a request; `None` when no worker is up.
+    pub fn route(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        peer: IpAddr,
+        workers: &WorkerSet,
+        now: Tick,
+    ) -> Option<Decision> {
+        if !self.sticky {
+            let worker = workers.next_up()?;
+            return Some(Decision {
+                worker,
+                outcome: Outcome::New,
+                set_affinity: false,
+            });
+        }
+        let hash = key::extract(&self.sources, headers, uri, peer)
+            .map(|k| self.table.hash(&k.hash_input()));
+        let cookie_worker = self
+            .affinity
+            .as_ref()
+            .and_then(|a| key::cookie(headers, a.name()).and_then(|v| a.verify(v)));
+        let mut pinned_elsewhere = false;
+        if let Some(h) = hash {
+            if let Some(w) = self.table.get(h, now) {
+                if workers.is_up(w) {
+                    return Some(self.decided(w, Outcome::Kept, cookie_worker));
+                }
+                pinned_elsewhere = true;
+            }
+        }
+        let (worker, outcome) = match cookie_worker {
+            Some(w) if workers.is_up(w) => {
+                let outcome = if pinned_elsewhere {
+                    Outcome::Moved
+                } else {
+                    Outcome::Kept
+                };
+                (w, outcome)
+            }
+            stale => {
+                let w = workers.next_up()?;
+                let outcome = if pinned_elsewhere || stale.is_some() {
+                    Outcome::Moved
+                } else {
+                    Outcome::New
+                };
+                (w, outcome)
+            }
+        };
+        if let Some(h) = hash {
+            self.table.insert(h, worker, now);
+        }
+        Some(self.decided(worker, outcome, cookie_worker))
+    }
+
+    fn decided(&self, worker: WorkerId, outcome: Outcome, cookie: Option<WorkerId>) -> Decision {
+        Decision {
+            worker,
+            outcome,
+            set_affinity: self.affinity.is_some() && cookie != Some(worker),
+        }
+    }
+
+    /// Learns from a worker's response: every session cookie it sets is remembered on it,
+    /// so the very next request carrying that cookie lands on the worker that made it.
+    pub fn learn_from_response(&self, headers: &HeaderMap, worker: WorkerId, now: Tick) {
+        if !self.sticky || self.learn_cookies.is_empty() {
+            return;
+        }
+        for value in headers.get_all(SET_COOKIE) {
+            for name in &self.learn_cookies {
+                if let Some(v) = key::set_cookie_value(value.as_bytes(), name) {
+                    self.table.insert(self.table.hash(v), worker, now);
+                }
+            }
+        }
+    }
+
+    /// Remembers a key found elsewhere (an engine.io handshake reply, a worker's `bind`).
+    pub fn learn_key(&self, key: &[u8], worker: WorkerId, now: Tick) {
+        if self.sticky {
+            self.table.insert(self.table.hash(key), worker, now);
+        }
+    }
+
+    /// Forgets a key (a worker's `unbind`).
+    pub fn forget_key(&self, key: &[u8]) {
+        self.table.remove(self.table.hash(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::WorkerState;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn setup(n: u16, f: impl FnOnce(&mut Settings)) -> (Router, WorkerSet) {
+        let mut s = Settings::default();
+        f(&mut s);
+        let table = Arc::new(StickyTable::new(s.session_max, s.session_ttl));
+        let affinity = s
+            .affinity_cookie
+            .as_ref()
+            .map(|name| Affinity::new(name, b"test-secret-0123456789", usize::from(n), false));
+        let workers =
+            WorkerSet::new((0..n).map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, 9000 + i))));
+        for i in 0..n {
+            workers.set_state(i, WorkerState::Up);
+        }
+        (Router::new(&s, table, affinity), workers)
+    }
+
+    fn req(cookie: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(c) = cookie {
+            h.insert(
+                http::header::COOKIE,
+                HeaderValue::from_str(c).expect("cookie"),
+            );
+        }
+        h
+    }
+
+    fn root() -> Uri {
+        Uri::from_static("/")
+    }
+
+    #[test]
+    fn rule2_known_key_goes_to_its_worker() {
+        let (r, w) = setup(4, |_| {});
+        let h = req(Some("connect.sid=abc"));
+        let first = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        assert_eq!(first.outcome, Outcome::New);
+        for t in 1..20 {
+            let d = r.route(&h, &root(), PEER, &w, t).expect("a worker");
+            assert_eq!(d.worker, first.worker);
+            assert_eq!(d.outcome, Outcome::Kept);
+        }
+    }
+
+    #[test]
+    fn rule2_keys_expire_after_ttl_of_disuse() {
+        let (r, w) = setup(4, |s| s.session_ttl = Duration::from_secs(1));
+        let h = req(Some("connect.sid=abc"));
+        let first = r.route(&h, &root(), PEER, &w, 0).expect("a worker").worker;
+        assert_eq!(r.table().len(), 1);
+        assert_eq!(r.table().sweep(11), None, "10 ticks = 1 s later it is gone");
+        assert_eq!(r.table().len(), 0);
+        let _ = first;
+    }
+
+    #[test]
+    fn rule3_learns_session_cookie_from_set_cookie() {
+        let (r, w) = setup(4, |_| {});
+        let mut resp = HeaderMap::new();
+        resp.append(
+            SET_COOKIE,
+            HeaderValue::from_static("connect.sid=s%3Anew; Path=/; HttpOnly"),
+        );
+        r.learn_from_response(&resp, 2, 0);
+        for t in 0..8 {
+            let d = r
+                .route(&req(Some("connect.sid=s%3Anew")), &root(), PEER, &w, t)
+                .expect("a worker");
+            assert_eq!(d.worker, 2, "the worker that created the session");
+        }
+    }
+
+    #[test]
+    fn rule4_keyless_clients_are_spread_and_get_an_affinity_cookie() {
+        let (r, w) = setup(4, |_| {});
+        let picks: Vec<_> = (0..8)
+            .map(|t| r.route(&req(None), &root(), PEER, &w, t).expect("a worker"))
+            .collect();
+        let distinct: std::collections::HashSet<_> = picks.iter().map(|d| d.worker).collect();
+        assert_eq!(distinct.len(), 4, "round-robin over all four workers");
+        assert!(picks.iter().all(|d| d.set_affinity));
+    }
+
+    #[test]
+    fn rule4_valid_affinity_cookie_routes_and_teaches_the_key() {
+        let (r, w) = setup(4, |_| {});
+        let token = r
+            .affinity()
+            .expect("on")
+            .token(3)
+            .expect("token")
+            .to_string();
+        let h = req(Some(&format!("sticky.worker={token}; connect.sid=k1")));
+        let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        assert_eq!(
+            (d.worker, d.outcome, d.set_affinity),
+            (3, Outcome::Kept, false)
+        );
+        let key_only = req(Some("connect.sid=k1"));
+        assert_eq!(
+            r.route(&key_only, &root(), PEER, &w, 1).map(|d| d.worker),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn rule4_forged_affinity_cookie_is_ignored() {
+        let (r, w) = setup(4, |_| {});
+        for forged in ["0", "3", "ffffffffffffffffffffffffffffffff", "x;y"] {
+            let h = req(Some(&format!("sticky.worker={forged}")));
+            let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+            assert!(d.set_affinity, "a forged cookie is replaced");
+            assert_eq!(d.outcome, Outcome::New);
+        }
+    }
+
+    #[test]
+    fn table_beats_affinity_cookie() {
+        let (r, w) = setup(4, |_| {});
+        r.learn_key(b"k", 1, 0);
+        let token = r
+            .affinity()
+            .expect("on")
+            .token(3)
+            .expect("token")
+            .to_string();
+        let h = req(Some(&format!("sticky.worker={token}; connect.sid=k")));
+        let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        assert_eq!((d.worker, d.set_affinity), (1, true));
+    }
+
+    #[test]
+    fn rule5_down_worker_is_never_chosen_and_its_keys_move_once() {
+        let (r, w) = setup(3, |_| {});
+        r.learn_key(b"k", 1, 0);
+        w.set_state(1, WorkerState::Down);
+        let h = req(Some("connect.sid=k"));
+        let moved = r.route(&h, &root(), PEER, &w, 1).expect("a worker");
+        assert_ne!(moved.worker, 1);
+        assert_eq!(moved.outcome, Outcome::Moved);
+        w.set_state(1, WorkerState::Up);
+        for t in 2..10 {
+            let d = r.route(&h, &root(), PEER, &w, t).expect("a worker");
+            assert_eq!(d.worker, moved.worker, "no second move when 1 is back");
+            assert_eq!(d.outcome, Outcome::Kept);
+        }
+        let newcomers: std::collections::HashSet<_> = (0..6)
+            .filter_map(|t| r.route(&req(None), &root(), PEER, &w, t))
+            .map(|d| d.worker)
+            .collect();
+        assert!(newcomers.contains(&1), "a respawned worker takes new keys");
+    }
+
+    #[test]
+    fn affinity_cookie_to_a_dead_worker_moves() {
+        let (r, w) = setup(2, |_| {});
+        let token = r
+            .affinity()
+            .expect("on")
+            .token(0)
+            .expect("token")
+            .to_string();
+        w.set_state(0, WorkerState::Down);
+        let h = req(Some(&format!("sticky.worker={token}")));
+        let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        assert_eq!(
+            (d.worker, d.outcome, d.set_affinity),
+            (1, Outcome::Moved, true)
+        );
+    }
+
+    #[test]
+    fn no_worker_up_means_no_decision() {
+        let (r, w) = setup(2, |_| {});
+        w.set_state(0, WorkerState::Down);
+        w.set_state(1, WorkerState::Starting);
+        assert_eq!(r.route(&req(None), &root(), PEER, &w, 0), None);
+    }
+
+    #[test]
+    fn session_key_none_is_plain_round_robin() {
+        let (r, w) = setup(2, |s| s.session_keys = vec![KeySource::None]);
+        let h = req(Some("connect.sid=k"));
+        let picks: Vec<_> = (0..4)
+            .filter_map(|t| r.route(&h, &root(), PEER, &w, t))
+            .map(|d| d.worker)
+            .collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+        assert!(r.affinity().is_none());
+    }
+
+    #[test]
+    fn ip_source_pins_by_client_address() {
+        let (r, w) = setup(4, |s| s.session_keys = vec![KeySource::Ip]);
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
+        let first = r
+            .route(&req(None), &root(), a, &w, 0)
+            .expect("a worker")
+            .worker;
+        let again = r
+            .route(&req(None), &root(), mapped, &w, 1)
+            .expect("a worker")
+            .worker;
+        assert_eq!(first, again);
+    }
+}

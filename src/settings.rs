@@ -1,0 +1,575 @@
+//! The one settings type shared by the CLI, the TOML file and the library builder.
+//!
+//! Precedence: command-line flags override the TOML file, which overrides the `DEFAULT_*`
+//! constants below. Everything is validated once, in [`Settings::validate`], so the rest of
+//! the program can trust what it is handed.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// First worker port; worker `i` listens on `DEFAULT_WORKER_PORT + i`.
+pub const DEFAULT_WORKER_PORT: u16 = 8000;
+/// Proxy port for plain HTTP.
+pub const DEFAULT_PROXY_PORT: u16 = 80;
+/// Least time between start and the proxy accepting connections (seed: `delay: 1000`).
+pub const DEFAULT_DELAY: Duration = Duration::from_secs(1);
+/// Session cookie that keys stickiness unless `--session-key` says otherwise.
+pub const DEFAULT_SESSION_COOKIE: &str = "connect.sid";
+/// Sliding lifetime of a remembered session key (seed: `session.ttl`, 1 h).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+/// Cap on remembered session keys.
+pub const DEFAULT_SESSION_MAX: usize = 1_000_000;
+/// Name of the affinity cookie the proxy sets.
+pub const DEFAULT_AFFINITY_COOKIE: &str = "sticky.worker";
+/// How long a starting worker may take before its port accepts connections.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests may run on after a stop signal.
+pub const DEFAULT_GRACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker has between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Environment variable holding the affinity-cookie secret.
+pub const SECRET_ENV: &str = "STICKY_CLUSTER_SECRET";
+
+/// Where a request's session key is read from; the first source present wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A cookie, by name (`cookie:connect.sid`).
+    Cookie(String),
+    /// A request header, by name (`header:x-session`).
+    Header(http::HeaderName),
+    /// A query-string parameter, by name (`query:token`).
+    Query(String),
+    /// The client's IP address (`ip`), like nginx's `ip_hash`.
+    Ip,
+    /// No key at all (`none`): plain round-robin with no stickiness of any kind.
+    None,
+}
+
+impl FromStr for KeySource {
+    type Err = SettingsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || SettingsError::BadKeySource {
+            value: s.to_string(),
+        };
+        match s.split_once(':') {
+            None if s == "ip" => Ok(Self::Ip),
+            None if s == "none" => Ok(Self::None),
+            Some(("cookie", name)) if valid_token(name) => Ok(Self::Cookie(name.to_string())),
+            Some(("query", name)) if !name.is_empty() => Ok(Self::Query(name.to_string())),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+                .map(Self::Header)
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cookie(n) => write!(f, "cookie:{n}"),
+            Self::Header(n) => write!(f, "header:{n}"),
+            Self::Query(n) => write!(f, "query:{n}"),
+            Self::Ip => f.write_str("ip"),
+            Self::None => f.write_str("none"),
+        }
+    }
+}
+
+/// A cookie name is an RFC 6265 token: visible ASCII without separators.
+fn valid_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+/// Everything that was wrong with the settings, each message naming the value and a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A duration without a known unit.
+    #[error("invalid duration {value:?} for {field}: write a number with a unit, e.g. 1500ms, 30s, 5m or 1h")]
+    BadDuration {
+        /// The flag or key it was given for.
+        field: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// A `--session-key` that is not one of the known forms.
+    #[error("invalid session key source {value:?}: expected cookie:NAME, header:NAME, query:NAME, ip or none")]
+    BadKeySource {
+        /// What was given.
+        value: String,
+    },
+    /// `--workers 0`.
+    #[error("--workers must be at least 1 (got 0)")]
+    NoWorkers,
+    /// Worker ports that would run past 65535.
+    #[error("--worker-port {first} with {workers} workers needs ports up to {last}, past 65535: lower --worker-port or --workers")]
+    WorkerPortsOutOfRange {
+        /// First worker port.
+        first: u16,
+        /// Number of workers.
+        workers: usize,
+        /// Last port that would be needed.
+        last: u32,
+    },
+    /// The proxy port falls inside the worker port range.
+    #[error("--proxy-port {proxy} collides with the worker ports {first}-{last}: pick a proxy port outside that range")]
+    PortCollision {
+        /// Proxy port.
+        proxy: u16,
+        /// First worker port.
+        first: u16,
+        /// Last worker port.
+        last: u32,
+    },
+    /// A session cookie or affinity cookie name that cannot be a cookie name.
+    #[error("invalid cookie name {value:?} for {field}: use letters, digits and .-_ only")]
+    BadCookieName {
+        /// The flag or key.
+        field: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// `--session-max 0`.
+    #[error("--session-max must be at least 1 (got 0)")]
+    NoSessions,
+    /// `--threads 0`.
+    #[error("--threads must be at least 1 (got 0)")]
+    NoThreads,
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for our keys.
+    #[error("invalid config file {path}{location}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// ` line N, column M` where known, else empty.
+        location: String,
+        /// What the TOML parser said, including the key.
+        message: String,
+    },
+}
+
+/// Parses `1500ms`, `30s`, `5m`, `1h`, `2d`; a bare number is refused as ambiguous.
+pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, SettingsError> {
+    let bad = || SettingsError::BadDuration {
+        field,
+        value: value.to_string(),
+    };
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(bad()),
+    };
+    let secs = number * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The validated settings of one cluster: proxy, router and supervisor read only this.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Number of worker processes.
+    pub workers: usize,
+    /// First worker port; worker `i` listens on `worker_port + i`.
+    pub worker_port: u16,
+    /// Port the proxy listens on.
+    pub proxy_port: u16,
+    /// Address the proxy binds (`0.0.0.0`, `::`, `127.0.0.1`, ...).
+    pub bind: IpAddr,
+    /// Restart workers that exit.
+    pub respawn: bool,
+    /// Proxy WebSocket and other HTTP/1.1 upgrades.
+    pub websocket: bool,
+    /// Least time before the proxy starts accepting.
+    pub delay: Duration,
+    /// Log debug detail.
+    pub debug: bool,
+    /// Name of the application's session cookie (learned from Set-Cookie).
+    pub session_cookie: String,
+    /// Ordered key sources; empty means the default `cookie:<session_cookie>`.
+    pub session_keys: Vec<KeySource>,
+    /// Sliding lifetime of a remembered key.
+    pub session_ttl: Duration,
+    /// Cap on remembered keys.
+    pub session_max: usize,
+    /// Affinity cookie name, or `None` when turned off.
+    pub affinity_cookie: Option<String>,
+    /// Secret keying the affinity cookie; `None` means use (or create) `secret_file`.
+    pub affinity_secret: Option<String>,
+    /// Where a generated affinity secret is kept across restarts.
+    pub secret_file: PathBuf,
+    /// How long a worker may take to accept connections.
+    pub ready_timeout: Duration,
+    /// How long in-flight requests may finish after a stop signal.
+    pub grace_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL for a worker.
+    pub kill_timeout: Duration,
+    /// Proxy runtime threads.
+    pub threads: usize,
+    /// The worker command; empty runs the built-in demo worker (re-executing this binary).
+    pub command: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            workers: cores,
+            worker_port: DEFAULT_WORKER_PORT,
+            proxy_port: DEFAULT_PROXY_PORT,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            respawn: true,
+            websocket: true,
+            delay: DEFAULT_DELAY,
+            debug: false,
+            session_cookie: DEFAULT_SESSION_COOKIE.to_string(),
+            session_keys: Vec::new(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            session_max: DEFAULT_SESSION_MAX,
+            affinity_cookie: Some(DEFAULT_AFFINITY_COOKIE.to_string()),
+            affinity_secret: None,
+            secret_file: default_secret_file(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            grace_timeout: DEFAULT_GRACE_TIMEOUT,
+            kill_timeout: DEFAULT_KILL_TIMEOUT,
+            threads: cores,
+            command: Vec::new(),
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/sticky-cluster/affinity.key`, else `~/.local/state/...`, else the cwd.
+fn default_secret_file() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("sticky-cluster").join("affinity.key")
+}
+
+impl Settings {
+    /// The key sources in force: the configured ones, or `cookie:<session_cookie>`.
+    pub fn key_sources(&self) -> Vec<KeySource> {
+        if self.session_keys.is_empty() {
+            vec![KeySource::Cookie(self.session_cookie.clone())]
+        } else {
+            self.session_keys.clone()
+        }
+    }
+
+    /// True when `--session-key none` turned stickiness off altogether.
+    pub fn sticky(&self) -> bool {
+        !self.session_keys.contains(&KeySource::None)
+    }
+
+    /// Address of worker `index` (workers listen on loopback).
+    pub fn worker_addr(&self, index: usize) -> SocketAddr {
+        // validate() guarantees worker_port + index fits in u16.
+        let port = u16::try_from(usize::from(self.worker_port) + index).unwrap_or(u16::MAX);
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// Address the proxy listens on.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.proxy_port)
+    }
+
+    /// Checks every cross-field rule once.
+    ///
+    /// # Errors
+    /// The first rule broken, as a [`SettingsError`] naming the flag and a fix.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.workers == 0 {
+            return Err(SettingsError::NoWorkers);
+        }
+        if self.session_max == 0 {
+            return Err(SettingsError::NoSessions);
+        }
+        if self.threads == 0 {
+            return Err(SettingsError::NoThreads);
+        }
+        let first = self.worker_port;
+        let last = u32::from(first) + self.workers as u32 - 1;
+        if last > u32::from(u16::MAX) || self.workers > usize::from(u16::MAX) {
+            return Err(SettingsError::WorkerPortsOutOfRange {
+                first,
+                workers: self.workers,
+                last,
+            });
+        }
+        let proxy = u32::from(self.proxy_port);
+        if proxy >= u32::from(first) && proxy <= last {
+            return Err(SettingsError::PortCollision {
+                proxy: self.proxy_port,
+                first,
+                last,
+            });
+        }
+        if !valid_token(&self.session_cookie) {
+            return Err(SettingsError::BadCookieName {
+                field: "--session-cookie",
+                value: self.session_cookie.clone(),
+            });
+        }
+        if let Some(name) = &self.affinity_cookie {
+            if !valid_token(name) {
+                return Err(SettingsError::BadCookieName {
+                    field: "--affinity-cookie",
+                    value: name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The TOML file: the same settings as the long flags, in kebab-case, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSettings {
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--worker-port`.
+    pub worker_port: Option<u16>,
+    /// `--proxy-port`.
+    pub proxy_port: Option<u16>,
+    /// `--bind`.
+    pub bind: Option<IpAddr>,
+    /// Inverse of `--no-respawn`.
+    pub respawn: Option<bool>,
+    /// Inverse of `--no-websocket`.
+    pub websocket: Option<bool>,
+    /// `--delay`.
+    pub delay: Option<String>,
+    /// `--debug`.
+    pub debug: Option<bool>,
+    /// `--session-cookie`.
+    pub session_cookie: Option<String>,
+    /// `--session-key`, in order.
+    pub session_key: Option<Vec<String>>,
+    /// `--session-ttl`.
+    pub session_ttl: Option<String>,
+    /// `--session-max`.
+    pub session_max: Option<usize>,
+    /// `--affinity-cookie`.
+    pub affinity_cookie: Option<String>,
+    /// Inverse of `--no-affinity-cookie`.
+    pub affinity: Option<bool>,
+    /// `--affinity-secret`.
+    pub affinity_secret: Option<String>,
+    /// `--secret-file`.
+    pub secret_file: Option<PathBuf>,
+    /// `--ready-timeout`.
+    pub ready_timeout: Option<String>,
+    /// `--grace-timeout`.
+    pub grace_timeout: Option<String>,
+    /// `--kill-timeout`.
+    pub kill_timeout: Option<String>,
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// The worker command and its arguments.
+    pub command: Option<Vec<String>>,
+}
+
+impl FileSettings {
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// [`SettingsError::ReadFile`] or [`SettingsError::ParseFile`] naming the file, line and key.
+    pub fn load(path: &std::path::Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let location = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    let column = before.len() - line_start + 1;
+                    let key = text[line_start..]
+                        .lines()
+                        .next()
+                        .and_then(|l| l.split_once('='))
+                        .map(|(k, _)| format!(", key {}", k.trim()))
+                        .unwrap_or_default();
+                    format!(" line {line}, column {column}{key}")
+                })
+                .unwrap_or_default();
+            SettingsError::ParseFile {
+                path: path.to_path_buf(),
+                location,
+                message: e.message().split_whitespace().collect::<Vec<_>>().join(" "),
+            }
+        })
+    }
+
+    /// Lays this file's values over `settings`.
+    ///
+    /// # Errors
+    /// A bad duration or key source, naming the key.
+    pub fn apply(self, s: &mut Settings) -> Result<(), SettingsError> {
+        set(&mut s.workers, self.workers);
+        set(&mut s.worker_port, self.worker_port);
+        set(&mut s.proxy_port, self.proxy_port);
+        set(&mut s.bind, self.bind);
+        set(&mut s.respawn, self.respawn);
+        set(&mut s.websocket, self.websocket);
+        set(&mut s.debug, self.debug);
+        set(&mut s.session_cookie, self.session_cookie);
+        set(&mut s.session_max, self.session_max);
+        set(&mut s.threads, self.threads);
+        set(&mut s.secret_file, self.secret_file);
+        set(&mut s.command, self.command);
+        if let Some(keys) = self.session_key {
+            s.session_keys = keys.iter().map(|k| k.parse()).collect::<Result<_, _>>()?;
+        }
+        if let Some(name) = self.affinity_cookie {
+            s.affinity_cookie = Some(name);
+        }
+        if self.affinity == Some(false) {
+            s.affinity_cookie = None;
+        }
+        if self.affinity_secret.is_some() {
+            s.affinity_secret = self.affinity_secret;
+        }
+        set_duration(&mut s.delay, "delay", self.delay)?;
+        set_duration(&mut s.session_ttl, "session-ttl", self.session_ttl)?;
+        set_duration(&mut s.ready_timeout, "ready-timeout", self.ready_timeout)?;
+        set_duration(&mut s.grace_timeout, "grace-timeout", self.grace_timeout)?;
+        set_duration(&mut s.kill_timeout, "kill-timeout", self.kill_timeout)?;
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn set_duration(
+    slot: &mut Duration,
+    field: &'static str,
+    value: Option<String>,
+) -> Result<(), SettingsError> {
+    if let Some(v) = value {
+        *slot = parse_duration(field, &v)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(
+            parse_duration("x", "1500ms").ok(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_duration("x", "30s").ok(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("x", "1h").ok(),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse_duration("x", "1.5s").ok(),
+            Some(Duration::from_millis(1500))
+        );
+        for bad in ["", "10", "ms", "1x", "-1s", "1e400s"] {
+            assert!(parse_duration("x", bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn key_sources_parse() {
+        assert_eq!(
+            "cookie:connect.sid".parse::<KeySource>().ok(),
+            Some(KeySource::Cookie("connect.sid".into()))
+        );
+        assert_eq!("ip".parse::<KeySource>().ok(), Some(KeySource::Ip));
+        assert!(matches!(
+            "header:X-Session".parse::<KeySource>(),
+            Ok(KeySource::Header(_))
+        ));
+        for bad in [
+            "cookie:",
+            "cookie:a;b",
+            "header:bad header",
+            "host",
+            "query:",
+        ] {
+            assert!(bad.parse::<KeySource>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn example_config_parses_with_every_key() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/sticky-cluster.toml"
+        ));
+        let mut s = Settings::default();
+        FileSettings::load(path)
+            .and_then(|f| f.apply(&mut s))
+            .expect("example config is valid");
+        assert_eq!(s.workers, 4);
+        assert_eq!(s.proxy_port, 8080);
+        assert_eq!(s.command, vec!["node", "app.js"]);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn validation_catches_port_ranges() {
+        let mut s = Settings {
+            workers: 4,
+            worker_port: 65534,
+            ..Settings::default()
+        };
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::WorkerPortsOutOfRange { .. })
+        ));
+        s.worker_port = 8000;
+        s.proxy_port = 8002;
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::PortCollision { .. })
+        ));
+        s.proxy_port = 8080;
+        assert!(s.validate().is_ok());
+    }
+}

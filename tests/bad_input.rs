@@ -1,0 +1,293 @@
+//! Bad input: one clear line and a non-zero exit (never a panic, never a stray worker);
+//! malformed client requests get a 4xx and the proxy stays up.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{free_ports, raw_request, run_to_exit, TestCluster};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Runs with `args` and checks: exit `code`, one `error:` line on stderr containing every
+/// one of `needles`, and no panic text.
+fn refused(args: &[&str], code: i32, needles: &[&str]) {
+    let (status, _, err) = run_to_exit(args, T);
+    assert_eq!(status.code(), Some(code), "{args:?}\n{err}");
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("sticky-cluster: error:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one error line for {args:?}:\n{err}"
+    );
+    assert_eq!(
+        err.lines().last(),
+        Some(lines[0]),
+        "the error is the last word"
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{args:?}: {n:?} missing from {:?}",
+            lines[0]
+        );
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_flag() {
+    refused(&["--frobnicate"], 2, &["--frobnicate"]);
+}
+
+#[test]
+fn bad_duration() {
+    refused(&["--delay", "10"], 2, &["\"10\"", "delay", "1500ms"]);
+    refused(&["--session-ttl", "soon"], 2, &["\"soon\"", "session-ttl"]);
+}
+
+#[test]
+fn zero_workers_and_bad_numbers() {
+    refused(&["--workers", "0"], 2, &["--workers", "at least 1"]);
+    refused(&["--workers", "-3"], 2, &["-3"]);
+    refused(&["--session-max", "0"], 2, &["--session-max"]);
+}
+
+#[test]
+fn ports_out_of_range() {
+    refused(&["--proxy-port", "70000"], 2, &["70000"]);
+    refused(
+        &[
+            "--worker-port",
+            "65535",
+            "--workers",
+            "2",
+            "--proxy-port",
+            "8080",
+        ],
+        2,
+        &["65535", "--worker-port"],
+    );
+    refused(
+        &[
+            "--worker-port",
+            "9000",
+            "--workers",
+            "4",
+            "--proxy-port",
+            "9002",
+        ],
+        2,
+        &["9002", "collides"],
+    );
+}
+
+#[test]
+fn bad_session_key_and_cookie_names() {
+    refused(&["--session-key", "body:x"], 2, &["body:x", "cookie:NAME"]);
+    refused(&["--session-cookie", "a;b"], 2, &["a;b"]);
+}
+
+#[test]
+fn proxy_port_in_use_starts_no_worker() {
+    let ports = free_ports(3);
+    let proxy = ports.first.to_string();
+    let workers = (ports.first + 1).to_string();
+    // `ports` still holds the proxy port bound.
+    refused(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--proxy-port",
+            &proxy,
+            "--worker-port",
+            &workers,
+            "-w",
+            "2",
+        ],
+        1,
+        &[&proxy, "already in use", "--proxy-port"],
+    );
+    drop(ports);
+}
+
+#[test]
+fn worker_port_in_use() {
+    let ports = free_ports(3);
+    let proxy = ports.first.to_string();
+    let workers = (ports.first + 1).to_string();
+    let mut ports = ports;
+    ports.release();
+    let _hold = std::net::TcpListener::bind(("127.0.0.1", ports.first + 2)).unwrap();
+    refused(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--proxy-port",
+            &proxy,
+            "--worker-port",
+            &workers,
+            "-w",
+            "2",
+        ],
+        1,
+        &[&(ports.first + 2).to_string(), "--worker-port"],
+    );
+}
+
+#[test]
+fn command_not_found() {
+    let ports = free_ports(2);
+    let proxy = ports.first.to_string();
+    let workers = (ports.first + 1).to_string();
+    drop(ports);
+    refused(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--proxy-port",
+            &proxy,
+            "--worker-port",
+            &workers,
+            "-w",
+            "1",
+            "--delay",
+            "0s",
+            "--",
+            "no-such-program-xyz",
+        ],
+        1,
+        &["no-such-program-xyz", "not found"],
+    );
+}
+
+#[test]
+fn config_file_errors_name_file_line_and_key() {
+    let dir = common::scratch("toml");
+    let bad = dir.join("bad.toml");
+    std::fs::File::create(&bad)
+        .unwrap()
+        .write_all(b"workers = 2\nsession-ttl = 5\n")
+        .unwrap();
+    refused(
+        &["--config", bad.to_str().unwrap()],
+        2,
+        &["bad.toml", "line 2", "session-ttl"],
+    );
+    let unknown = dir.join("unknown.toml");
+    std::fs::write(&unknown, "workers = 2\nprxy-port = 80\n").unwrap();
+    refused(
+        &["--config", unknown.to_str().unwrap()],
+        2,
+        &["unknown.toml", "line 2", "prxy-port"],
+    );
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "workers = [\n").unwrap();
+    refused(&["--config", broken.to_str().unwrap()], 2, &["broken.toml"]);
+    refused(
+        &["--config", "/nonexistent/sc.toml"],
+        2,
+        &["/nonexistent/sc.toml"],
+    );
+}
+
+#[test]
+fn config_file_sets_values_and_flags_override_it() {
+    let dir = common::scratch("toml-ok");
+    let file = dir.join("sc.toml");
+    std::fs::write(
+        &file,
+        "workers = 3\nsession-key = [\"header:x-user\"]\naffinity = false\nsession-ttl = \"10m\"\n",
+    )
+    .unwrap();
+    let c = TestCluster::start(common::Options {
+        workers: 2, // the flag wins over the file's 3
+        args: vec!["--config".into(), file.display().to_string()],
+        ..Default::default()
+    });
+    let (r, first) = c.whoami(&[("X-User", "ann")]);
+    assert!(
+        !r.set_cookies().contains_key("sticky.worker"),
+        "affinity = false honoured"
+    );
+    for _ in 0..4 {
+        assert_eq!(c.whoami(&[("X-User", "ann")]).1["worker"], first["worker"]);
+    }
+    let seen: std::collections::HashSet<_> = (0..6)
+        .map(|_| c.whoami(&[]).1["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        2,
+        "two workers (flag), not three (file): {seen:?}"
+    );
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let (status, out, _) = run_to_exit(&["--help"], T);
+    assert!(status.success());
+    for flag in [
+        "--workers",
+        "--worker-port",
+        "--proxy-port",
+        "--session-key",
+        "--session-ttl",
+        "--session-max",
+        "--no-respawn",
+        "--no-websocket",
+        "--delay",
+        "--config",
+    ] {
+        assert!(out.contains(flag), "--help lists {flag}");
+    }
+    let (status, out, _) = run_to_exit(&["--version"], T);
+    assert!(status.success() && out.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn malformed_requests_get_4xx_and_the_proxy_stays_up() {
+    let c = TestCluster::demo(1, &[]);
+    let cases: &[&[u8]] = &[
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+    ];
+    for raw in cases {
+        let r = raw_request(c.proxy, raw)
+            .unwrap_or_else(|e| panic!("{e} for {:?}", String::from_utf8_lossy(raw)));
+        assert!(
+            (400..500).contains(&r.status) || r.status == 505,
+            "{} for {:?}",
+            r.status,
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend_from_slice(b"\r\n\r\n");
+    if let Ok(r) = raw_request(c.proxy, &big) {
+        assert!(
+            (400..500).contains(&r.status),
+            "oversized header: {}",
+            r.status
+        );
+    }
+    assert_eq!(
+        c.get("/whoami", &[]).status,
+        200,
+        "still serving\n{}",
+        c.logs()
+    );
+    assert!(!c.stderr().contains("panicked"));
+}

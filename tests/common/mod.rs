@@ -1,0 +1,483 @@
+//! Test harness: the real binary, real worker processes, free loopback ports, a tiny
+//! blocking HTTP/1.1 client, and a `TestCluster` that stops everything it started on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sticky-cluster");
+
+/// A fresh scratch directory under the target dir, unique per call.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A run of `n` consecutive free loopback ports, held bound until `release`.
+pub struct Ports {
+    pub first: u16,
+    held: Vec<TcpListener>,
+}
+
+impl Ports {
+    pub fn release(&mut self) {
+        self.held.clear();
+    }
+}
+
+/// Finds `n` consecutive free ports (proxy port + worker ports, say).
+pub fn free_ports(n: usize) -> Ports {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed =
+        (std::process::id() * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729) % 12_000;
+    for attempt in 0..2000u32 {
+        // Below the kernel's ephemeral range (32768+), so a readiness probe can never
+        // connect to itself through TCP simultaneous open.
+        let first = 20_000 + ((seed + attempt * 37) % 12_000) as u16;
+        let held: Result<Vec<_>, _> = (0..n as u16)
+            .map(|i| TcpListener::bind(("127.0.0.1", first + i)))
+            .collect();
+        if let Ok(held) = held {
+            return Ports { first, held };
+        }
+    }
+    panic!("no run of {n} free ports");
+}
+
+/// Options for one cluster.
+pub struct Options {
+    pub workers: usize,
+    pub args: Vec<String>,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub secret_dir: Option<PathBuf>,
+    pub wait_ready: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            args: Vec::new(),
+            command: Vec::new(),
+            env: Vec::new(),
+            secret_dir: None,
+            wait_ready: true,
+        }
+    }
+}
+
+/// A running `sticky-cluster` process with its workers; stopped on drop.
+pub struct TestCluster {
+    pub child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub worker_port: u16,
+    pub workers: usize,
+    pub dir: PathBuf,
+    pub cmdline: String,
+}
+
+impl TestCluster {
+    pub fn start(opts: Options) -> Self {
+        let mut ports = free_ports(opts.workers + 1);
+        let proxy_port = ports.first;
+        let worker_port = ports.first + 1;
+        let dir = scratch("cluster");
+        let secret_dir = opts.secret_dir.clone().unwrap_or_else(|| dir.clone());
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--proxy-port".into(),
+            proxy_port.to_string(),
+            "--worker-port".into(),
+            worker_port.to_string(),
+            "--workers".into(),
+            opts.workers.to_string(),
+            "--delay".into(),
+            "0s".into(),
+            "--secret-file".into(),
+            secret_dir.join("affinity.key").display().to_string(),
+        ];
+        args.extend(opts.args.iter().cloned());
+        if !opts.command.is_empty() {
+            args.push("--".into());
+            args.extend(opts.command.iter().cloned());
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args)
+            .env_remove("STICKY_CLUSTER_SECRET")
+            .env_remove("STICKY_CLUSTER_ROLE")
+            .env_remove("STICKY_CLUSTER_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        ports.release();
+        let cmdline = format!("{BIN} {}", args.join(" "));
+        let child = cmd.spawn().unwrap();
+        let cluster = Self {
+            child: Some(child),
+            proxy: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
+            worker_port,
+            workers: opts.workers,
+            dir,
+            cmdline,
+        };
+        if opts.wait_ready {
+            cluster.wait_listening(Duration::from_secs(60));
+        }
+        cluster
+    }
+
+    /// Starts the built-in demo worker cluster with extra flags.
+    pub fn demo(workers: usize, args: &[&str]) -> Self {
+        Self::start(Options {
+            workers,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn wait_listening(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect(self.proxy).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("proxy never listened\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "command: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmdline,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// Waits until the log contains `needle` (the supervisor reports its state changes).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            if Instant::now() > deadline {
+                panic!("log never said {needle:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.stderr().matches(needle).count()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the supervisor to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "sticky-cluster did not exit within {timeout:?}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        request(self.proxy, "GET", path, headers, b"")
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}\n{}", self.logs()))
+    }
+
+    /// GET /whoami as JSON.
+    pub fn whoami(&self, headers: &[(&str, &str)]) -> (Response, serde_json::Value) {
+        let r = self.get("/whoami", headers);
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), self.logs());
+        let json = serde_json::from_slice(&r.body).unwrap();
+        (r, json)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `cond` holds, at most `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// `name=value` pairs of every Set-Cookie.
+    pub fn set_cookies(&self) -> HashMap<String, String> {
+        self.all("set-cookie")
+            .into_iter()
+            .filter_map(|c| {
+                let first = c.split(';').next()?;
+                let (k, v) = first.split_once('=')?;
+                Some((k.trim().to_string(), v.trim().to_string()))
+            })
+            .collect()
+    }
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    raw_request(addr, &raw)
+}
+
+/// Sends raw bytes, reads until the server closes, parses one response.
+pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(raw)?;
+    let mut reader = BufReader::new(s);
+    read_response(&mut reader)
+}
+
+/// Reads one response (Content-Length, chunked, or until close).
+pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').ok_or_else(|| bad("bad header"))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if status == 101 || status == 204 || status == 304 {
+        return Ok(resp);
+    }
+    if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        resp.body = vec![0; len];
+        reader.read_exact(&mut resp.body)?;
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            resp.body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        reader.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
+
+/// Runs the binary to completion with `args` (no cluster expected to start).
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let dir = scratch("run");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("STICKY_CLUSTER_SECRET")
+        .env_remove("STICKY_CLUSTER_ROLE")
+        .env("XDG_STATE_HOME", &dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{args:?} did not exit within {timeout:?}\nstderr: {}",
+                std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
+    let err = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    (status, out, err)
+}
+
+/// Path of a file under `tests/`.
+pub fn tests_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
+}
+
+/// Makes sure `tests/node/node_modules` exists (runs `npm ci` once, under a lock).
+pub fn node_modules() -> PathBuf {
+    let dir = tests_dir().join("node");
+    let lock = dir.join(".npm-install.lock");
+    let mut guard = None;
+    for _ in 0..6000 {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            guard = Some(f);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(guard.is_some(), "could not take {}", lock.display());
+    let ok = dir.join("node_modules/.package-lock.json").exists() || {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status();
+        matches!(status, Ok(s) if s.success())
+    };
+    let _ = std::fs::remove_file(&lock);
+    assert!(ok, "npm ci in {} failed", dir.display());
+    dir
+}
