@@ -84,6 +84,9 @@ struct Args {
     /// Proxy runtime threads [default: CPU count]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Shell command that gets every worker message as a JSON line on its stdin
+    #[arg(long, value_name = "COMMAND")]
+    on_message: Option<String>,
     /// TOML file with the same settings (kebab-case keys); flags override it
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -153,6 +156,7 @@ impl Args {
             grace_timeout: self.grace_timeout,
             kill_timeout: self.kill_timeout,
             threads: self.threads,
+            on_message: self.on_message,
             command: (!self.command.is_empty()).then_some(self.command),
         };
         flags.apply(s)?;

@@ -31,6 +31,7 @@
 
 pub mod cli;
 mod demo;
+pub mod ipc;
 mod proxy;
 pub mod routing;
 pub mod settings;
@@ -47,8 +48,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use demo::serve as demo_worker;
+pub use ipc::{IpcError, MessageHandler, WorkerBus};
 pub use proxy::handshake_sid;
 pub use routing::affinity::SecretError;
+pub use routing::SessionHash;
 pub use settings::{KeySource, Settings, SettingsError};
 pub use supervisor::{StartError, WorkerError};
 pub use workers::WorkerId;
@@ -107,6 +110,9 @@ pub enum Error {
     /// A worker process was started without a valid `PORT` or `WORKER_ID`.
     #[error("invalid worker environment: {0}")]
     WorkerEnv(String),
+    /// The worker message bus could not be set up.
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
     /// The worker closure returned an error.
     #[error("worker failed: {0}")]
     Worker(Box<dyn std::error::Error + Send + Sync>),
@@ -118,6 +124,7 @@ pub struct Worker {
     id: WorkerId,
     port: u16,
     shutdown: CancellationToken,
+    bus: Option<WorkerBus>,
 }
 
 impl Worker {
@@ -136,8 +143,8 @@ impl Worker {
         std::process::id()
     }
 
-    /// Resolves when the supervisor asks this worker to stop (SIGTERM or SIGINT): pass it
-    /// to `axum::serve(..).with_graceful_shutdown(..)`.
+    /// Resolves when the supervisor asks this worker to stop (SIGTERM or SIGINT, also during
+    /// a rolling restart): pass it to `axum::serve(..).with_graceful_shutdown(..)`.
     pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
         self.shutdown.clone().cancelled_owned()
     }
@@ -145,18 +152,60 @@ impl Worker {
     pub(crate) fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+
+    /// The message bus to the supervisor and the other workers (`None` when the worker was
+    /// not started by a sticky-cluster master).
+    pub fn bus(&self) -> Option<&WorkerBus> {
+        self.bus.as_ref()
+    }
 }
 
-/// A sticky cluster: settings plus [`Cluster::run`].
-#[derive(Debug, Clone)]
+/// A sticky cluster: its settings and hooks, and [`Cluster::run`]. Every setter consumes and
+/// returns the cluster, so settings read from the command line can be amended in code:
+/// `Cluster::from_args()?.on_message(...).run(...)`.
+#[derive(Clone)]
 pub struct Cluster {
     settings: Settings,
+    session_hash: Option<SessionHash>,
+    on_message: Option<MessageHandler>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("settings", &self.settings)
+            .field("session_hash", &self.session_hash.is_some())
+            .field("on_message", &self.on_message.is_some())
+            .finish()
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$s:ident, $v:ident| $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $v: $ty) -> Self {
+                let $s = &mut self.settings;
+                $body;
+                self
+            }
+        )*
+    };
 }
 
 impl Cluster {
     /// A cluster with these settings (validated by [`Cluster::run`]).
     pub fn new(settings: Settings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            session_hash: None,
+            on_message: None,
+        }
+    }
+
+    /// A cluster with the defaults, to be configured with the setters.
+    pub fn builder() -> Self {
+        Self::new(Settings::default())
     }
 
     /// A cluster configured by the process's command line, exactly like the
@@ -165,7 +214,23 @@ impl Cluster {
     /// # Errors
     /// [`Error::Usage`] for bad flags or `--help`, [`Error::Settings`] for bad values.
     pub fn from_args() -> Result<Self, Error> {
-        match cli::parse(std::env::args_os())? {
+        Self::from_args_iter(std::env::args_os())
+    }
+
+    /// Like [`Cluster::from_args`], from the given arguments (program name first).
+    ///
+    /// # Errors
+    /// As [`Cluster::from_args`].
+    pub fn from_args_iter<I, T>(args: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        if Self::is_worker() {
+            // A worker takes its identity from the environment, never from flags.
+            return Ok(Self::builder());
+        }
+        match cli::parse(args)? {
             cli::Parsed::Run(settings) => Ok(Self::new(*settings)),
             cli::Parsed::Clap(e) => Err(Error::Usage(e)),
         }
@@ -174,6 +239,62 @@ impl Cluster {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The settings, to change any of them.
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
+    setters! {
+        /// Number of worker processes.
+        workers: usize => |s, v| s.workers = v;
+        /// First worker port; worker `i` listens on `port + i`.
+        worker_port: u16 => |s, v| s.worker_port = v;
+        /// Port the proxy listens on.
+        proxy_port: u16 => |s, v| s.proxy_port = v;
+        /// Address the proxy binds.
+        bind: std::net::IpAddr => |s, v| s.bind = v;
+        /// Restart workers that exit.
+        respawn: bool => |s, v| s.respawn = v;
+        /// Proxy WebSocket upgrades.
+        websocket: bool => |s, v| s.websocket = v;
+        /// Least time before the proxy accepts connections.
+        delay: std::time::Duration => |s, v| s.delay = v;
+        /// Log routing decisions.
+        debug: bool => |s, v| s.debug = v;
+        /// The application's session cookie.
+        session_cookie: impl Into<String> => |s, v| s.session_cookie = v.into();
+        /// Adds a key source (`cookie:NAME`, `header:NAME`, `query:NAME`, `ip`, `none`).
+        session_key: KeySource => |s, v| s.session_keys.push(v);
+        /// Sliding lifetime of a remembered key.
+        session_ttl: std::time::Duration => |s, v| s.session_ttl = v;
+        /// Cap on remembered keys.
+        session_max: usize => |s, v| s.session_max = v;
+        /// The affinity cookie's name, or `None` to turn it off.
+        affinity_cookie: Option<String> => |s, v| s.affinity_cookie = v;
+        /// Proxy runtime threads.
+        threads: usize => |s, v| s.threads = v;
+    }
+
+    /// A custom session-key function (seed: `session.hash` as a function), consulted before
+    /// the configured key sources; `None` from it falls through to them.
+    pub fn session_hash<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.session_hash = Some(Arc::new(f));
+        self
+    }
+
+    /// Called in the master for every message a worker sends to the supervisor (seed:
+    /// `workerListener`). Keep it quick: it runs on the bus task.
+    pub fn on_message<F>(mut self, f: F) -> Self
+    where
+        F: Fn(WorkerId, &serde_json::Value) + Send + Sync + 'static,
+    {
+        self.on_message = Some(Arc::new(f));
+        self
     }
 
     /// True in a process that the master started as a worker.
@@ -213,7 +334,7 @@ impl Cluster {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        runtime.block_on(master(self.settings, launch))
+        runtime.block_on(master(self, launch))
     }
 }
 
@@ -238,7 +359,20 @@ where
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let _reloads = shutdown::listen(shutdown.clone()).map_err(Error::Runtime)?;
-        let handle = Worker { id, port, shutdown };
+        let bus = match std::env::var_os(ipc::IPC_ENV) {
+            Some(path) => Some(
+                WorkerBus::connect(std::path::Path::new(&path))
+                    .await
+                    .map_err(|e| Error::WorkerEnv(format!("cannot reach the message bus: {e}")))?,
+            ),
+            None => None,
+        };
+        let handle = Worker {
+            id,
+            port,
+            shutdown,
+            bus,
+        };
         worker(handle, port)
             .await
             .map_err(|e| Error::Worker(e.into()))
@@ -276,7 +410,12 @@ fn check_worker_ports(settings: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
-async fn master(settings: Settings, launch: Launch) -> Result<(), Error> {
+async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
+    let Cluster {
+        settings,
+        session_hash,
+        on_message,
+    } = cluster;
     let proxy_addr = settings.proxy_addr();
     let socket = bind_proxy(proxy_addr)?;
     check_worker_ports(&settings)?;
@@ -291,7 +430,11 @@ async fn master(settings: Settings, launch: Launch) -> Result<(), Error> {
         (0..settings.workers).map(|i| settings.worker_addr(i)),
     ));
     let table = Arc::new(StickyTable::new(settings.session_max, settings.session_ttl));
-    let router = Arc::new(Router::new(&settings, table.clone(), affinity));
+    let mut router = Router::new(&settings, table.clone(), affinity);
+    if let Some(f) = session_hash {
+        router = router.with_session_hash(f);
+    }
+    let router = Arc::new(router);
 
     let stop = CancellationToken::new();
     let stop_workers = CancellationToken::new();
@@ -302,11 +445,34 @@ async fn master(settings: Settings, launch: Launch) -> Result<(), Error> {
         }
     });
 
+    let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+    let bus = ipc::Bus::start(
+        settings.workers,
+        router.clone(),
+        inbox_tx,
+        stop_workers.clone(),
+    )?;
+    tokio::spawn(ipc::pipe_to_command(
+        settings.on_message.clone().unwrap_or_default(),
+        inbox_rx,
+        on_message,
+    ));
+    let worker_env = workers
+        .ids()
+        .map(|id| {
+            vec![(
+                ipc::IPC_ENV.to_string(),
+                bus.socket_path(id).into_os_string(),
+            )]
+        })
+        .collect();
+
     let config = Arc::new(SupervisorConfig {
         launch,
         respawn: settings.respawn,
         ready_timeout: settings.ready_timeout,
         kill_timeout: settings.kill_timeout,
+        worker_env,
     });
     let (first_tx, mut first_rx) = mpsc::unbounded_channel();
     let mut slots = supervisor::start(config, workers.clone(), stop_workers.clone(), first_tx);
@@ -374,5 +540,6 @@ async fn master(settings: Settings, launch: Launch) -> Result<(), Error> {
     tracing::info!("proxy closed; stopping workers");
     stop_all(&mut slots).await;
     tracing::info!("all workers stopped");
+    drop(bus);
     Ok(())
 }

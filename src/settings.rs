@@ -232,6 +232,8 @@ pub struct Settings {
     pub kill_timeout: Duration,
     /// Proxy runtime threads.
     pub threads: usize,
+    /// Shell command that receives every worker message as a JSON line on its stdin.
+    pub on_message: Option<String>,
     /// The worker command; empty runs the built-in demo worker (re-executing this binary).
     pub command: Vec<String>,
 }
@@ -259,6 +261,7 @@ impl Default for Settings {
             grace_timeout: DEFAULT_GRACE_TIMEOUT,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             threads: cores,
+            on_message: None,
             command: Vec::new(),
         }
     }
@@ -393,6 +396,8 @@ pub struct FileSettings {
     pub kill_timeout: Option<String>,
     /// `--threads`.
     pub threads: Option<usize>,
+    /// `--on-message`.
+    pub on_message: Option<String>,
     /// The worker command and its arguments.
     pub command: Option<Vec<String>>,
 }
@@ -449,6 +454,9 @@ impl FileSettings {
         set(&mut s.threads, self.threads);
         set(&mut s.secret_file, self.secret_file);
         set(&mut s.command, self.command);
+        if self.on_message.is_some() {
+            s.on_message = self.on_message;
+        }
         if let Some(keys) = self.session_key {
             s.session_keys = keys.iter().map(|k| k.parse()).collect::<Result<_, _>>()?;
         }

@@ -38,12 +38,11 @@ pub async fn handle(
             "WebSocket proxying is off (--no-websocket)",
         ));
     }
+    let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (head, body) = req.into_parts();
     let now = proxy.router.table().now();
-    let Some(decision) =
-        proxy
-            .router
-            .route(req.headers(), req.uri(), peer.ip(), &proxy.workers, now)
-    else {
+    let Some(decision) = proxy.router.route(&head, peer.ip(), &proxy.workers, now) else {
         let mut resp = error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_worker",
@@ -53,12 +52,11 @@ pub async fn handle(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(resp);
     };
+    let mut req = Request::from_parts(head, body);
     let worker = decision.worker;
     if proxy.debug {
         tracing::debug!(worker, outcome = ?decision.outcome, uri = %req.uri(), peer = %peer, "route");
     }
-    let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
-    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let Some(authority) = proxy.authorities.get(usize::from(worker)) else {
         return Ok(error(

@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::SET_COOKIE;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
 
 use crate::settings::{KeySource, Settings};
 use crate::workers::{WorkerId, WorkerSet};
@@ -54,14 +55,29 @@ pub struct Decision {
     pub set_affinity: bool,
 }
 
+/// A custom session-key function (seed: `session.hash` as a function), consulted before the
+/// configured key sources.
+pub type SessionHash = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
 /// The routing rules and the state they remember.
-#[derive(Debug)]
 pub struct Router {
+    custom: Option<SessionHash>,
     sources: Vec<KeySource>,
     sticky: bool,
     learn_cookies: Vec<String>,
     table: Arc<StickyTable>,
     affinity: Option<Affinity>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("custom", &self.custom.is_some())
+            .field("sources", &self.sources)
+            .field("sticky", &self.sticky)
+            .field("keys", &self.table.len())
+            .finish()
+    }
 }
 
 impl Router {
@@ -78,12 +94,19 @@ impl Router {
             })
             .collect();
         Self {
+            custom: None,
             sources,
             sticky,
             learn_cookies,
             table,
             affinity: affinity.filter(|_| sticky),
         }
+    }
+
+    /// Consults `f` for a session key before the configured sources.
+    pub fn with_session_hash(mut self, f: SessionHash) -> Self {
+        self.custom = Some(f);
+        self
     }
 
     /// The table behind this router.
@@ -104,12 +127,12 @@ impl Router {
     /// Chooses the worker for a request; `None` when no worker is up.
     pub fn route(
         &self,
-        headers: &HeaderMap,
-        uri: &Uri,
+        head: &Parts,
         peer: IpAddr,
         workers: &WorkerSet,
         now: Tick,
     ) -> Option<Decision> {
+        let (headers, uri) = (&head.headers, &head.uri);
         if !self.sticky {
             let worker = workers.next_up()?;
             return Some(Decision {
@@ -118,8 +141,18 @@ impl Router {
                 set_affinity: false,
             });
         }
-        let hash = key::extract(&self.sources, headers, uri, peer)
-            .map(|k| self.table.hash(&k.hash_input()));
+        let hash = match key::engineio_sid(uri) {
+            Some(sid) => Some(self.table.hash(&sid)),
+            None => self
+                .custom
+                .as_ref()
+                .and_then(|f| f(head))
+                .map(|k| self.table.hash(k.as_bytes()))
+                .or_else(|| {
+                    key::extract(&self.sources, headers, uri, peer)
+                        .map(|k| self.table.hash(&k.hash_input()))
+                }),
+        };
         let cookie_worker = self
             .affinity
             .as_ref()
@@ -219,29 +252,22 @@ mod tests {
         (Router::new(&s, table, affinity), workers)
     }
 
-    fn req(cookie: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn req(cookie: Option<&str>) -> Parts {
+        let mut b = http::Request::builder().uri("/");
         if let Some(c) = cookie {
-            h.insert(
-                http::header::COOKIE,
-                HeaderValue::from_str(c).expect("cookie"),
-            );
+            b = b.header(http::header::COOKIE, c);
         }
-        h
-    }
-
-    fn root() -> Uri {
-        Uri::from_static("/")
+        b.body(()).expect("request").into_parts().0
     }
 
     #[test]
     fn rule2_known_key_goes_to_its_worker() {
         let (r, w) = setup(4, |_| {});
         let h = req(Some("connect.sid=abc"));
-        let first = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        let first = r.route(&h, PEER, &w, 0).expect("a worker");
         assert_eq!(first.outcome, Outcome::New);
         for t in 1..20 {
-            let d = r.route(&h, &root(), PEER, &w, t).expect("a worker");
+            let d = r.route(&h, PEER, &w, t).expect("a worker");
             assert_eq!(d.worker, first.worker);
             assert_eq!(d.outcome, Outcome::Kept);
         }
@@ -251,7 +277,7 @@ mod tests {
     fn rule2_keys_expire_after_ttl_of_disuse() {
         let (r, w) = setup(4, |s| s.session_ttl = Duration::from_secs(1));
         let h = req(Some("connect.sid=abc"));
-        let first = r.route(&h, &root(), PEER, &w, 0).expect("a worker").worker;
+        let first = r.route(&h, PEER, &w, 0).expect("a worker").worker;
         assert_eq!(r.table().len(), 1);
         assert_eq!(r.table().sweep(11), None, "10 ticks = 1 s later it is gone");
         assert_eq!(r.table().len(), 0);
@@ -269,7 +295,7 @@ mod tests {
         r.learn_from_response(&resp, 2, 0);
         for t in 0..8 {
             let d = r
-                .route(&req(Some("connect.sid=s%3Anew")), &root(), PEER, &w, t)
+                .route(&req(Some("connect.sid=s%3Anew")), PEER, &w, t)
                 .expect("a worker");
             assert_eq!(d.worker, 2, "the worker that created the session");
         }
@@ -279,7 +305,7 @@ mod tests {
     fn rule4_keyless_clients_are_spread_and_get_an_affinity_cookie() {
         let (r, w) = setup(4, |_| {});
         let picks: Vec<_> = (0..8)
-            .map(|t| r.route(&req(None), &root(), PEER, &w, t).expect("a worker"))
+            .map(|t| r.route(&req(None), PEER, &w, t).expect("a worker"))
             .collect();
         let distinct: std::collections::HashSet<_> = picks.iter().map(|d| d.worker).collect();
         assert_eq!(distinct.len(), 4, "round-robin over all four workers");
@@ -296,16 +322,13 @@ mod tests {
             .expect("token")
             .to_string();
         let h = req(Some(&format!("sticky.worker={token}; connect.sid=k1")));
-        let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        let d = r.route(&h, PEER, &w, 0).expect("a worker");
         assert_eq!(
             (d.worker, d.outcome, d.set_affinity),
             (3, Outcome::Kept, false)
         );
         let key_only = req(Some("connect.sid=k1"));
-        assert_eq!(
-            r.route(&key_only, &root(), PEER, &w, 1).map(|d| d.worker),
-            Some(3)
-        );
+        assert_eq!(r.route(&key_only, PEER, &w, 1).map(|d| d.worker), Some(3));
     }
 
     #[test]
@@ -313,7 +336,7 @@ mod tests {
         let (r, w) = setup(4, |_| {});
         for forged in ["0", "3", "ffffffffffffffffffffffffffffffff", "x;y"] {
             let h = req(Some(&format!("sticky.worker={forged}")));
-            let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+            let d = r.route(&h, PEER, &w, 0).expect("a worker");
             assert!(d.set_affinity, "a forged cookie is replaced");
             assert_eq!(d.outcome, Outcome::New);
         }
@@ -330,7 +353,7 @@ mod tests {
             .expect("token")
             .to_string();
         let h = req(Some(&format!("sticky.worker={token}; connect.sid=k")));
-        let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        let d = r.route(&h, PEER, &w, 0).expect("a worker");
         assert_eq!((d.worker, d.set_affinity), (1, true));
     }
 
@@ -340,17 +363,17 @@ mod tests {
         r.learn_key(b"k", 1, 0);
         w.set_state(1, WorkerState::Down);
         let h = req(Some("connect.sid=k"));
-        let moved = r.route(&h, &root(), PEER, &w, 1).expect("a worker");
+        let moved = r.route(&h, PEER, &w, 1).expect("a worker");
         assert_ne!(moved.worker, 1);
         assert_eq!(moved.outcome, Outcome::Moved);
         w.set_state(1, WorkerState::Up);
         for t in 2..10 {
-            let d = r.route(&h, &root(), PEER, &w, t).expect("a worker");
+            let d = r.route(&h, PEER, &w, t).expect("a worker");
             assert_eq!(d.worker, moved.worker, "no second move when 1 is back");
             assert_eq!(d.outcome, Outcome::Kept);
         }
         let newcomers: std::collections::HashSet<_> = (0..6)
-            .filter_map(|t| r.route(&req(None), &root(), PEER, &w, t))
+            .filter_map(|t| r.route(&req(None), PEER, &w, t))
             .map(|d| d.worker)
             .collect();
         assert!(newcomers.contains(&1), "a respawned worker takes new keys");
@@ -367,7 +390,7 @@ mod tests {
             .to_string();
         w.set_state(0, WorkerState::Down);
         let h = req(Some(&format!("sticky.worker={token}")));
-        let d = r.route(&h, &root(), PEER, &w, 0).expect("a worker");
+        let d = r.route(&h, PEER, &w, 0).expect("a worker");
         assert_eq!(
             (d.worker, d.outcome, d.set_affinity),
             (1, Outcome::Moved, true)
@@ -379,7 +402,7 @@ mod tests {
         let (r, w) = setup(2, |_| {});
         w.set_state(0, WorkerState::Down);
         w.set_state(1, WorkerState::Starting);
-        assert_eq!(r.route(&req(None), &root(), PEER, &w, 0), None);
+        assert_eq!(r.route(&req(None), PEER, &w, 0), None);
     }
 
     #[test]
@@ -387,7 +410,7 @@ mod tests {
         let (r, w) = setup(2, |s| s.session_keys = vec![KeySource::None]);
         let h = req(Some("connect.sid=k"));
         let picks: Vec<_> = (0..4)
-            .filter_map(|t| r.route(&h, &root(), PEER, &w, t))
+            .filter_map(|t| r.route(&h, PEER, &w, t))
             .map(|d| d.worker)
             .collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
@@ -399,14 +422,8 @@ mod tests {
         let (r, w) = setup(4, |s| s.session_keys = vec![KeySource::Ip]);
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
-        let first = r
-            .route(&req(None), &root(), a, &w, 0)
-            .expect("a worker")
-            .worker;
-        let again = r
-            .route(&req(None), &root(), mapped, &w, 1)
-            .expect("a worker")
-            .worker;
+        let first = r.route(&req(None), a, &w, 0).expect("a worker").worker;
+        let again = r.route(&req(None), mapped, &w, 1).expect("a worker").worker;
         assert_eq!(first, again);
     }
 }

@@ -34,6 +34,8 @@ pub struct SupervisorConfig {
     pub ready_timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
     pub kill_timeout: Duration,
+    /// Extra environment per worker slot (the message bus socket, say).
+    pub worker_env: Vec<Vec<(String, std::ffi::OsString)>>,
 }
 
 /// How the first start of a slot went.
@@ -107,7 +109,11 @@ async fn run_slot(
     loop {
         workers.set_state(id, WorkerState::Starting);
         let started = Instant::now();
-        let outcome = match config.launch.spawn(id, addr.port()) {
+        let env = config
+            .worker_env
+            .get(usize::from(id))
+            .map_or(&[][..], Vec::as_slice);
+        let outcome = match config.launch.spawn(id, addr.port(), env) {
             Ok(child) => {
                 run_once(
                     id,

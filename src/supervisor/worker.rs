@@ -74,7 +74,12 @@ impl Launch {
     ///
     /// # Errors
     /// [`WorkerError::NotFound`] or [`WorkerError::Spawn`].
-    pub fn spawn(&self, id: WorkerId, port: u16) -> Result<Child, WorkerError> {
+    pub fn spawn(
+        &self,
+        id: WorkerId,
+        port: u16,
+        extra_env: &[(String, OsString)],
+    ) -> Result<Child, WorkerError> {
         let mut cmd = match self {
             Launch::Command { program, args } => {
                 let mut c = Command::new(program);
@@ -89,6 +94,7 @@ impl Launch {
         };
         cmd.env("PORT", port.to_string())
             .env("WORKER_ID", id.to_string())
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

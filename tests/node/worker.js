@@ -3,9 +3,30 @@
 // GET /login?id=X      -> sets connect.sid=X (as express-session would after login)
 // GET /close           -> stops listening and drops open connections (process stays alive)
 // GET /exit            -> exits with code 3
+// GET /bus/send?msg=X  -> {"type":"message"} to the supervisor (the message bus)
+// GET /bus/broadcast?msg=X, /bus/bind?key=K, /bus/unbind?key=K, /bus/garbage?n=N&big=1
+// GET /bus/inbox        -> JSON array of bus messages received so far
 // anything else        -> "worker N"
 const http = require('http');
+const net = require('net');
 const id = process.env.WORKER_ID;
+
+const inbox = [];
+let bus = null;
+if (process.env.STICKY_CLUSTER_IPC) {
+  bus = net.connect(process.env.STICKY_CLUSTER_IPC);
+  let buf = '';
+  bus.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      inbox.push(JSON.parse(buf.slice(0, i)));
+      buf = buf.slice(i + 1);
+    }
+  });
+  bus.on('error', () => {});
+}
+const post = (msg) => bus && bus.write(JSON.stringify(msg) + '\n');
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   const cookie = (req.headers.cookie || '').split(';').map(s => s.trim())
@@ -20,6 +41,20 @@ const server = http.createServer((req, res) => {
   } else if (url.pathname === '/login') {
     res.setHeader('set-cookie', `connect.sid=${url.searchParams.get('id')}; Path=/; HttpOnly`);
     res.end(`logged in on worker ${id}`);
+  } else if (url.pathname.startsWith('/bus/')) {
+    const q = url.searchParams;
+    switch (url.pathname) {
+      case '/bus/send': post({ type: 'message', data: { text: q.get('msg'), worker: Number(id) } }); break;
+      case '/bus/broadcast': post({ type: 'broadcast', data: { text: q.get('msg') } }); break;
+      case '/bus/bind': post({ type: 'bind', key: q.get('key') }); break;
+      case '/bus/unbind': post({ type: 'unbind', key: q.get('key') }); break;
+      case '/bus/garbage':
+        for (let i = 0; i < Number(q.get('n') || 100); i++) bus.write('not json at all\n');
+        if (q.get('big')) bus.write('x'.repeat(200000) + '\n');
+        break;
+    }
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(url.pathname === '/bus/inbox' ? inbox : { ok: true, connected: !!bus && !bus.destroyed }));
   } else if (url.pathname === '/close') {
     setInterval(() => {}, 1 << 30); // stay alive with the port closed
     res.end('closing', () => { server.close(); server.closeAllConnections(); });

@@ -1,0 +1,499 @@
+//! The worker message bus: one Unix socket per worker slot (its path in the worker's
+//! `STICKY_CLUSTER_IPC`), carrying newline-delimited JSON both ways.
+//!
+//! Worker -> supervisor lines:
+//! - `{"type":"message","data":...}`: for the supervisor (logged at debug, piped to
+//!   `--on-message`, handed to the library's `on_message`).
+//! - `{"type":"broadcast","data":...}`: delivered to every other worker.
+//! - `{"type":"send","to":N,"data":...}`: delivered to worker N.
+//! - `{"type":"bind","key":"..."}` / `{"type":"unbind","key":"..."}`: pin a session key to
+//!   this worker (after login rotated the session id) or forget it (logout).
+//!
+//! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`.
+//!
+//! A worker is identified by the socket it connected to (the directory is 0700), never by
+//! what it claims. Lines over [`MAX_LINE`] or a run of garbage disconnect it; a flood is
+//! throttled to [`RATE_PER_SEC`] lines per second. Nothing a worker sends can stop the bus.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::routing::Router;
+use crate::workers::WorkerId;
+
+/// Environment variable naming the worker's socket.
+pub const IPC_ENV: &str = "STICKY_CLUSTER_IPC";
+/// Longest accepted line, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Lines per second a worker may send before it is throttled.
+pub const RATE_PER_SEC: u32 = 2000;
+/// Garbage lines in a row after which a worker is disconnected.
+const MAX_GARBAGE: u32 = 20;
+/// Messages queued for one worker before the oldest are dropped.
+const QUEUE: usize = 1024;
+
+/// A message a worker sent to the supervisor.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Sender.
+    pub worker: WorkerId,
+    /// The `data` it sent.
+    pub data: Value,
+}
+
+/// Why the bus could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the worker message bus socket {path}: {source}")]
+pub struct IpcError {
+    /// The path.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// The supervisor's side of the bus.
+#[derive(Debug)]
+pub struct Bus {
+    dir: PathBuf,
+    outboxes: Vec<broadcast::Sender<Arc<str>>>,
+}
+
+impl Bus {
+    /// Binds one socket per worker in a fresh private directory and serves them until
+    /// `stop`. Messages for the supervisor go to `inbox`; bind/unbind go to `router`.
+    ///
+    /// # Errors
+    /// When the directory or a socket cannot be created.
+    pub fn start(
+        workers: usize,
+        router: Arc<Router>,
+        inbox: mpsc::UnboundedSender<Incoming>,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, IpcError> {
+        let dir = private_dir().map_err(|source| IpcError {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let outboxes: Vec<_> = (0..workers).map(|_| broadcast::channel(QUEUE).0).collect();
+        let bus = Arc::new(Self { dir, outboxes });
+        for id in 0..workers {
+            let path = bus.socket_path(id as WorkerId);
+            let listener = UnixListener::bind(&path).map_err(|source| IpcError {
+                path: path.clone(),
+                source,
+            })?;
+            tokio::spawn(accept_loop(
+                id as WorkerId,
+                listener,
+                bus.clone(),
+                router.clone(),
+                inbox.clone(),
+                stop.clone(),
+            ));
+        }
+        Ok(bus)
+    }
+
+    /// The socket path of worker `id` (what its `STICKY_CLUSTER_IPC` holds).
+    pub fn socket_path(&self, id: WorkerId) -> PathBuf {
+        self.dir.join(format!("worker-{id}.sock"))
+    }
+
+    /// Sends `data` to worker `to` (from the supervisor when `from` is `None`).
+    pub fn send(&self, to: WorkerId, from: Option<WorkerId>, data: &Value) {
+        if let Some(outbox) = self.outboxes.get(usize::from(to)) {
+            let line = json!({"type": "message", "from": from, "data": data}).to_string();
+            let _ = outbox.send(Arc::from(line));
+        }
+    }
+
+    /// Sends `data` to every worker except `from`.
+    pub fn broadcast(&self, from: Option<WorkerId>, data: &Value) {
+        let line: Arc<str> =
+            Arc::from(json!({"type": "message", "from": from, "data": data}).to_string());
+        for (id, outbox) in self.outboxes.iter().enumerate() {
+            if from != Some(id as WorkerId) {
+                let _ = outbox.send(line.clone());
+            }
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let mut raw = [0u8; 6];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    let tag: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = base.join(format!("sticky-cluster-{}-{tag}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+async fn accept_loop(
+    id: WorkerId,
+    listener: UnixListener,
+    bus: Arc<Bus>,
+    router: Arc<Router>,
+    inbox: mpsc::UnboundedSender<Incoming>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(worker = id, error = %e, "bus accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let outbox = bus.outboxes[usize::from(id)].subscribe();
+        tokio::spawn(serve_worker(
+            id,
+            stream,
+            outbox,
+            bus.clone(),
+            router.clone(),
+            inbox.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+async fn serve_worker(
+    id: WorkerId,
+    stream: UnixStream,
+    mut outbox: broadcast::Receiver<Arc<str>>,
+    bus: Arc<Bus>,
+    router: Arc<Router>,
+    inbox: mpsc::UnboundedSender<Incoming>,
+    stop: CancellationToken,
+) {
+    let (read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        loop {
+            match outbox.recv().await {
+                Ok(line) => {
+                    if write.write_all(line.as_bytes()).await.is_err()
+                        || write.write_all(b"\n").await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        worker = id,
+                        dropped = n,
+                        "worker reads its bus too slowly; messages dropped"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(256);
+    let mut garbage = 0u32;
+    let mut bucket = TokenBucket::new(RATE_PER_SEC);
+    loop {
+        line.clear();
+        let n = tokio::select! {
+            n = read_line_limited(&mut reader, &mut line) => n,
+            _ = stop.cancelled() => break,
+        };
+        match n {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "worker disconnected from the bus");
+                break;
+            }
+        }
+        if let Some(wait) = bucket.take() {
+            tracing::debug!(worker = id, "bus flood; throttling");
+            tokio::time::sleep(wait).await;
+        }
+        match handle_line(id, &line, &bus, &router, &inbox) {
+            Ok(()) => garbage = 0,
+            Err(why) => {
+                garbage += 1;
+                tracing::debug!(worker = id, why, "bad bus line");
+                if garbage >= MAX_GARBAGE {
+                    tracing::warn!(
+                        worker = id,
+                        "worker sent only garbage on the bus; disconnected"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    writer.abort();
+}
+
+/// Reads one line; errors out (disconnecting the worker) past [`MAX_LINE`].
+async fn read_line_limited(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(line.len());
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if line.len() + take > MAX_LINE {
+            return Err(std::io::Error::other(format!(
+                "line longer than {MAX_LINE} bytes"
+            )));
+        }
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(line.len());
+        }
+    }
+}
+
+fn handle_line(
+    id: WorkerId,
+    line: &[u8],
+    bus: &Bus,
+    router: &Router,
+    inbox: &mpsc::UnboundedSender<Incoming>,
+) -> Result<(), &'static str> {
+    let trimmed = line.trim_ascii();
+    if trimmed.is_empty() {
+        return Ok(());
+    }
+    let msg: Value = serde_json::from_slice(trimmed).map_err(|_| "not JSON")?;
+    let kind = msg.get("type").and_then(Value::as_str).ok_or("no type")?;
+    let data = msg.get("data").cloned().unwrap_or(Value::Null);
+    match kind {
+        "message" => {
+            tracing::debug!(worker = id, %data, "message from worker");
+            let _ = inbox.send(Incoming { worker: id, data });
+        }
+        "broadcast" => bus.broadcast(Some(id), &data),
+        "send" => {
+            let to = msg
+                .get("to")
+                .and_then(Value::as_u64)
+                .and_then(|t| WorkerId::try_from(t).ok())
+                .ok_or("send needs a numeric \"to\"")?;
+            bus.send(to, Some(id), &data);
+        }
+        "bind" | "unbind" => {
+            let key = msg
+                .get("key")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty())
+                .ok_or("bind/unbind need a \"key\" string")?;
+            if kind == "bind" {
+                router.learn_key(key.as_bytes(), id, router.table().now());
+            } else {
+                router.forget_key(key.as_bytes());
+            }
+            tracing::debug!(worker = id, kind, "session key {kind}");
+        }
+        _ => return Err("unknown type"),
+    }
+    Ok(())
+}
+
+struct TokenBucket {
+    rate: u32,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate),
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token; returns how long to wait when there is none.
+    fn take(&mut self) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let rate = f64::from(self.rate);
+        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate))
+    }
+}
+
+/// Called in the master for every message a worker sends to the supervisor.
+pub type MessageHandler = Arc<dyn Fn(WorkerId, &Value) + Send + Sync>;
+
+/// Pipes every incoming message to `--on-message COMMAND`'s stdin as a JSON line
+/// `{"worker":N,"data":...}`, (re)starting the command when it is not running.
+pub async fn pipe_to_command(
+    command: String,
+    mut inbox: mpsc::UnboundedReceiver<Incoming>,
+    also: Option<MessageHandler>,
+) {
+    let mut child: Option<(tokio::process::Child, tokio::process::ChildStdin)> = None;
+    while let Some(msg) = inbox.recv().await {
+        if let Some(f) = &also {
+            f(msg.worker, &msg.data);
+        }
+        if command.is_empty() {
+            continue;
+        }
+        let line = format!("{}\n", json!({"worker": msg.worker, "data": msg.data}));
+        for _attempt in 0..2 {
+            if child.is_none() {
+                child = spawn_listener(&command);
+            }
+            let Some((_, stdin)) = child.as_mut() else {
+                break;
+            };
+            if stdin.write_all(line.as_bytes()).await.is_ok() {
+                break;
+            }
+            tracing::warn!(command, "--on-message command is gone; restarting it");
+            child = None;
+        }
+    }
+}
+
+fn spawn_listener(command: &str) -> Option<(tokio::process::Child, tokio::process::ChildStdin)> {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    match c.spawn() {
+        Ok(mut child) => {
+            let stdin = child.stdin.take()?;
+            Some((child, stdin))
+        }
+        Err(e) => {
+            tracing::warn!(command, error = %e, "cannot start --on-message command");
+            None
+        }
+    }
+}
+
+/// A worker's end of the bus (library mode).
+#[derive(Debug, Clone)]
+pub struct WorkerBus {
+    out: mpsc::UnboundedSender<String>,
+    incoming: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>>,
+}
+
+impl WorkerBus {
+    /// Connects to the socket in `path`.
+    ///
+    /// # Errors
+    /// When the socket cannot be reached.
+    pub async fn connect(path: &Path) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(path).await?;
+        let (read, mut write) = stream.into_split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(line) = out_rx.recv().await {
+                if write.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let from = msg
+                    .get("from")
+                    .and_then(Value::as_u64)
+                    .and_then(|f| WorkerId::try_from(f).ok());
+                let data = msg.get("data").cloned().unwrap_or(Value::Null);
+                // `from` is None for the supervisor; u16::MAX stands for it.
+                let worker = from.unwrap_or(WorkerId::MAX);
+                if in_tx.send(Incoming { worker, data }).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            out,
+            incoming: Arc::new(tokio::sync::Mutex::new(in_rx)),
+        })
+    }
+
+    fn push(&self, msg: Value) {
+        let _ = self.out.send(format!("{msg}\n"));
+    }
+
+    /// Sends `data` to the supervisor.
+    pub fn send(&self, data: Value) {
+        self.push(json!({"type": "message", "data": data}));
+    }
+
+    /// Sends `data` to every other worker.
+    pub fn broadcast(&self, data: Value) {
+        self.push(json!({"type": "broadcast", "data": data}));
+    }
+
+    /// Sends `data` to worker `to`.
+    pub fn send_to(&self, to: WorkerId, data: Value) {
+        self.push(json!({"type": "send", "to": to, "data": data}));
+    }
+
+    /// Pins session key `key` to this worker.
+    pub fn bind(&self, key: &str) {
+        self.push(json!({"type": "bind", "key": key}));
+    }
+
+    /// Forgets session key `key`.
+    pub fn unbind(&self, key: &str) {
+        self.push(json!({"type": "unbind", "key": key}));
+    }
+
+    /// The next message from another worker or the supervisor; `None` once the bus closed.
+    pub async fn recv(&self) -> Option<Incoming> {
+        self.incoming.lock().await.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_throttles_floods() {
+        let mut b = TokenBucket::new(10);
+        let waits = (0..15).filter_map(|_| b.take()).count();
+        assert!(waits >= 4, "past the burst, takes must wait ({waits})");
+    }
+}
