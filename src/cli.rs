@@ -87,6 +87,51 @@ struct Args {
     /// Shell command that gets every worker message as a JSON line on its stdin
     #[arg(long, value_name = "COMMAND")]
     on_message: Option<String>,
+    /// A worker this process does not start (repeatable); with no COMMAND, nothing is spawned
+    #[arg(long = "upstream", value_name = "HOST:PORT")]
+    upstreams: Vec<String>,
+    /// HTTP path for active health checks (2xx/3xx passes) [default: a TCP connect]
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// Interval between health checks [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// Timeout of one health check [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Consecutive passed checks that bring a worker back [default: 2]
+    #[arg(long, value_name = "N")]
+    health_rise: Option<u32>,
+    /// Consecutive failed checks that take a worker out [default: 3]
+    #[arg(long, value_name = "N")]
+    health_fall: Option<u32>,
+    /// Requests pinned to a down worker: redispatch, or hold until it is back [default: redispatch]
+    #[arg(long, value_name = "POLICY")]
+    on_worker_down: Option<String>,
+    /// Longest wait of a held request before it is redispatched [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    hold_timeout: Option<String>,
+    /// How long a replaced worker may finish requests and WebSockets in a reload [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    drain_timeout: Option<String>,
+    /// Upstream connect timeout [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    connect_timeout: Option<String>,
+    /// How long a worker may take to send response headers [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    response_timeout: Option<String>,
+    /// How long a client may take to send a request head, and the longest keep-alive idle wait [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    header_timeout: Option<String>,
+    /// Largest request head in bytes [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    max_header_size: Option<usize>,
+    /// Most client connections at once; more wait to be accepted [default: 16384]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// A WebSocket idle both ways for this long is closed [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    ws_idle_timeout: Option<String>,
     /// TOML file with the same settings (kebab-case keys); flags override it
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -157,6 +202,21 @@ impl Args {
             kill_timeout: self.kill_timeout,
             threads: self.threads,
             on_message: self.on_message,
+            upstream: (!self.upstreams.is_empty()).then_some(self.upstreams),
+            health_path: self.health_path,
+            health_interval: self.health_interval,
+            health_timeout: self.health_timeout,
+            health_rise: self.health_rise,
+            health_fall: self.health_fall,
+            on_worker_down: self.on_worker_down.map(|v| v.parse()).transpose()?,
+            hold_timeout: self.hold_timeout,
+            drain_timeout: self.drain_timeout,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            header_timeout: self.header_timeout,
+            max_header_size: self.max_header_size,
+            max_connections: self.max_connections,
+            ws_idle_timeout: self.ws_idle_timeout,
             command: (!self.command.is_empty()).then_some(self.command),
         };
         flags.apply(s)?;

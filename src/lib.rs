@@ -31,6 +31,7 @@
 
 pub mod cli;
 mod demo;
+pub mod health;
 pub mod ipc;
 mod proxy;
 pub mod routing;
@@ -59,8 +60,9 @@ pub use workers::WorkerId;
 use routing::affinity::{load_secret, Affinity};
 use routing::table::StickyTable;
 use routing::Router;
+use settings::WorkerDownPolicy;
 use supervisor::worker::{ROLE_ENV, ROLE_WORKER};
-use supervisor::{FirstStart, Launch, SupervisorConfig};
+use supervisor::{FirstStart, Launch, Supervisor, SupervisorConfig};
 use workers::WorkerSet;
 
 /// Everything that can stop a cluster from running.
@@ -399,11 +401,12 @@ fn bind_proxy(addr: SocketAddr) -> Result<TcpSocket, Error> {
 }
 
 fn check_worker_ports(settings: &Settings) -> Result<(), Error> {
-    for i in 0..settings.workers {
-        let addr = settings.worker_addr(i);
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                return Err(Error::WorkerPortInUse { port: addr.port() });
+    for i in 0..settings.spawned_workers() {
+        for addr in [settings.worker_addr(i), settings.spare_addr(i)] {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    return Err(Error::WorkerPortInUse { port: addr.port() });
+                }
             }
         }
     }
@@ -419,16 +422,18 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let proxy_addr = settings.proxy_addr();
     let socket = bind_proxy(proxy_addr)?;
     check_worker_ports(&settings)?;
+    let spawned = settings.spawned_workers();
+    let workers = Arc::new(WorkerSet::new(
+        (0..spawned).map(|i| (settings.worker_addr(i), settings.spare_addr(i))),
+        settings.upstreams.iter().copied(),
+    ));
     let affinity = match (&settings.affinity_cookie, settings.sticky()) {
         (Some(name), true) => {
             let secret = load_secret(settings.affinity_secret.as_deref(), &settings.secret_file)?;
-            Some(Affinity::new(name, &secret, settings.workers, false))
+            Some(Affinity::new(name, &secret, workers.len(), false))
         }
         _ => None,
     };
-    let workers = Arc::new(WorkerSet::new(
-        (0..settings.workers).map(|i| settings.worker_addr(i)),
-    ));
     let table = Arc::new(StickyTable::new(settings.session_max, settings.session_ttl));
     let mut router = Router::new(&settings, table.clone(), affinity);
     if let Some(f) = session_hash {
@@ -438,54 +443,71 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
 
     let stop = CancellationToken::new();
     let stop_workers = CancellationToken::new();
-    let mut reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
-    tokio::spawn(async move {
-        while reloads.recv().await.is_some() {
-            tracing::warn!("SIGHUP received: rolling restart is not implemented yet; ignoring");
-        }
-    });
+    let reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
 
     let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
-    let bus = ipc::Bus::start(
-        settings.workers,
-        router.clone(),
-        inbox_tx,
-        stop_workers.clone(),
-    )?;
+    let bus = ipc::Bus::start(spawned, router.clone(), inbox_tx, stop_workers.clone())?;
     tokio::spawn(ipc::pipe_to_command(
         settings.on_message.clone().unwrap_or_default(),
         inbox_rx,
         on_message,
     ));
-    let worker_env = workers
-        .ids()
+    let worker_env = (0..spawned)
         .map(|id| {
-            vec![(
-                ipc::IPC_ENV.to_string(),
-                bus.socket_path(id).into_os_string(),
-            )]
+            let path = bus.socket_path(id as WorkerId).into_os_string();
+            vec![(ipc::IPC_ENV.to_string(), path)]
         })
         .collect();
+    let proxy_config = proxy::ProxyConfig {
+        websocket: settings.websocket,
+        debug: settings.debug,
+        scheme: "http",
+        hold: (settings.on_worker_down == WorkerDownPolicy::Hold).then_some(settings.hold_timeout),
+        hold_queue: settings::DEFAULT_HOLD_QUEUE,
+        connect_timeout: settings.connect_timeout,
+        response_timeout: settings.response_timeout,
+        header_timeout: settings.header_timeout,
+        max_header_size: settings.max_header_size,
+        max_connections: settings.max_connections,
+        ws_idle_timeout: settings.ws_idle_timeout,
+        drain_timeout: settings.drain_timeout,
+    };
+    let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), proxy_config));
 
     let config = Arc::new(SupervisorConfig {
         launch,
         respawn: settings.respawn,
         ready_timeout: settings.ready_timeout,
         kill_timeout: settings.kill_timeout,
+        drain_timeout: settings.drain_timeout,
+        close_jitter: settings
+            .drain_timeout
+            .min(std::time::Duration::from_secs(10)),
         worker_env,
     });
     let (first_tx, mut first_rx) = mpsc::unbounded_channel();
-    let mut slots = supervisor::start(config, workers.clone(), stop_workers.clone(), first_tx);
-    tracing::info!(
-        workers = settings.workers,
-        first_port = settings.worker_port,
-        "starting workers"
+    let supervisor = Supervisor::start(
+        config,
+        workers.clone(),
+        spawned,
+        stop_workers.clone(),
+        first_tx,
     );
+    if spawned > 0 {
+        tracing::info!(
+            workers = spawned,
+            first_port = settings.worker_port,
+            "starting workers"
+        );
+    }
+    if !settings.upstreams.is_empty() {
+        tracing::info!(upstreams = ?settings.upstreams, "routing to upstream workers too");
+    }
 
     let startup = async {
         let mut ready = 0usize;
         let mut first_error = None;
-        for _ in 0..settings.workers {
+        for _ in 0..spawned {
             match first_rx.recv().await {
                 Some(FirstStart::Ready) => ready += 1,
                 Some(FirstStart::Failed(e)) => {
@@ -496,50 +518,72 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         }
         (ready, first_error)
     };
-    let (ready, first_error) = tokio::select! {
-        (outcome, _) = async { tokio::join!(startup, tokio::time::sleep(settings.delay)) } => outcome,
-        _ = stop.cancelled() => (usize::MAX, None),
+    let started = tokio::select! {
+        (outcome, _) = async { tokio::join!(startup, tokio::time::sleep(settings.delay)) } => Some(outcome),
+        _ = stop.cancelled() => None,
     };
-    let stop_all = |slots: &mut tokio::task::JoinSet<()>| {
+    let Some((ready, first_error)) = started else {
         stop_workers.cancel();
-        let slots = std::mem::take(slots);
-        async move { slots.join_all().await }
-    };
-    if ready == usize::MAX {
-        stop_all(&mut slots).await;
+        supervisor.join().await;
         return Ok(());
-    }
-    if ready == 0 {
-        stop_all(&mut slots).await;
-        return Err(Error::NoWorker(first_error.unwrap_or(StartError::Exited {
-            id: 0,
-            port: settings.worker_port,
-            status: "unknown".into(),
-        })));
+    };
+    if spawned > 0 && ready == 0 {
+        stop_workers.cancel();
+        supervisor.join().await;
+        return Err(Error::NoWorker(first_error.unwrap_or(StartError::Stopping)));
     }
     if let Some(e) = first_error {
-        tracing::warn!(ready, workers = settings.workers, error = %e, "not every worker started; the others serve meanwhile");
+        tracing::warn!(ready, workers = spawned, error = %e, "not every worker started; the others serve meanwhile");
     }
     let listener = socket.listen(1024).map_err(|source| Error::ProxyBind {
         addr: proxy_addr,
         source,
     })?;
-    tracing::info!("proxy listening on http://{proxy_addr} for {ready} workers");
+    tracing::info!(
+        "proxy listening on http://{proxy_addr} for {} workers",
+        workers.len()
+    );
 
+    health::start(
+        workers.clone(),
+        Arc::new(health::HealthConfig {
+            path: settings.health_path.clone(),
+            interval: settings.health_interval,
+            timeout: settings.health_timeout,
+            rise: settings.health_rise,
+            fall: settings.health_fall,
+        }),
+        stop_workers.clone(),
+    );
     tokio::spawn(routing::table::sweep_forever(
         table,
         stop_workers.clone().cancelled_owned(),
     ));
-    let proxy = Arc::new(proxy::Proxy::new(
-        router,
-        workers,
-        settings.websocket,
-        settings.debug,
-    ));
+    let supervisor = Arc::new(supervisor);
+    tokio::spawn(handle_reloads(reloads, supervisor.clone()));
+
     proxy::serve(proxy, listener, stop.clone(), settings.grace_timeout).await;
     tracing::info!("proxy closed; stopping workers");
-    stop_all(&mut slots).await;
+    stop_workers.cancel();
+    supervisor.join().await;
     tracing::info!("all workers stopped");
     drop(bus);
     Ok(())
+}
+
+/// SIGHUP: replace the workers one by one; a second SIGHUP during a restart is ignored.
+async fn handle_reloads(mut reloads: mpsc::UnboundedReceiver<()>, supervisor: Arc<Supervisor>) {
+    while reloads.recv().await.is_some() {
+        tracing::info!("SIGHUP: rolling restart of the workers");
+        match supervisor.rolling_restart().await {
+            Ok(n) => tracing::info!(replaced = n, "rolling restart done"),
+            Err((id, why)) => tracing::error!(
+                worker = id,
+                error = %why,
+                "rolling restart stopped; that worker and the ones after it keep their old processes"
+            ),
+        }
+        // SIGHUPs that arrived during the restart are folded into the one just done.
+        while reloads.try_recv().is_ok() {}
+    }
 }

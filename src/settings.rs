@@ -32,6 +32,32 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_GRACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a worker has between SIGTERM and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval between active health checks of a worker.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Timeout of one health check.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive passed checks that bring a worker back.
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+/// Consecutive failed checks that take a worker out.
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// How long a request bound to a restarting worker may wait for it (`--on-worker-down hold`).
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many requests may wait for restarting workers at once.
+pub const DEFAULT_HOLD_QUEUE: usize = 1024;
+/// How long a replaced worker may finish its requests and WebSockets during a reload.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upstream TCP connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker may take to send response headers.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request head (slowloris guard).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// Most client connections open at once; more wait in the kernel's accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// A WebSocket with no traffic either way for this long is closed.
+pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Environment variable holding the affinity-cookie secret.
 pub const SECRET_ENV: &str = "STICKY_CLUSTER_SECRET";
 
@@ -90,6 +116,51 @@ fn valid_token(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
+/// What happens to a request whose pinned worker is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerDownPolicy {
+    /// Send it to a live worker at once and re-pin the key there.
+    #[default]
+    Redispatch,
+    /// Wait (bounded) for the worker to come back, then redispatch.
+    Hold,
+}
+
+impl FromStr for WorkerDownPolicy {
+    type Err = SettingsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "redispatch" => Ok(Self::Redispatch),
+            "hold" => Ok(Self::Hold),
+            _ => Err(SettingsError::BadWorkerDown {
+                value: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// Parses `HOST:PORT` (a name is resolved once, at start) into an address.
+///
+/// # Errors
+/// [`SettingsError::BadUpstream`] naming the value.
+pub fn parse_upstream(value: &str) -> Result<SocketAddr, SettingsError> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: String| SettingsError::BadUpstream {
+        value: value.to_string(),
+        why,
+    };
+    if !value.contains(':') {
+        return Err(bad("no port".into()));
+    }
+    value
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("the name resolves to no address".into()))
+}
+
 /// Everything that was wrong with the settings, each message naming the value and a fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -111,7 +182,7 @@ pub enum SettingsError {
     #[error("--workers must be at least 1 (got 0)")]
     NoWorkers,
     /// Worker ports that would run past 65535.
-    #[error("--worker-port {first} with {workers} workers needs ports up to {last}, past 65535: lower --worker-port or --workers")]
+    #[error("--worker-port {first} with {workers} workers needs ports up to {last} (a port and a spare per worker), past 65535: lower --worker-port or --workers")]
     WorkerPortsOutOfRange {
         /// First worker port.
         first: u16,
@@ -144,6 +215,23 @@ pub enum SettingsError {
     /// `--threads 0`.
     #[error("--threads must be at least 1 (got 0)")]
     NoThreads,
+    /// An `--upstream` that is not `HOST:PORT`.
+    #[error("invalid --upstream {value:?}: {why}; expected HOST:PORT, e.g. 10.0.0.5:8000")]
+    BadUpstream {
+        /// What was given.
+        value: String,
+        /// Why it failed.
+        why: String,
+    },
+    /// An `--on-worker-down` that is not a known policy.
+    #[error("invalid --on-worker-down {value:?}: expected redispatch or hold")]
+    BadWorkerDown {
+        /// What was given.
+        value: String,
+    },
+    /// Health rise/fall counts of 0.
+    #[error("--health-rise and --health-fall must be at least 1")]
+    BadHealthCounts,
     /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     ReadFile {
@@ -234,6 +322,36 @@ pub struct Settings {
     pub threads: usize,
     /// Shell command that receives every worker message as a JSON line on its stdin.
     pub on_message: Option<String>,
+    /// Workers this process does not start; routed exactly like spawned ones.
+    pub upstreams: Vec<SocketAddr>,
+    /// HTTP path for active health checks (2xx/3xx passes); `None` checks a TCP connect.
+    pub health_path: Option<String>,
+    /// Interval between health checks.
+    pub health_interval: Duration,
+    /// Timeout of one health check.
+    pub health_timeout: Duration,
+    /// Consecutive passes that bring a worker back.
+    pub health_rise: u32,
+    /// Consecutive failures that take a worker out.
+    pub health_fall: u32,
+    /// What happens to requests pinned to a worker that is down.
+    pub on_worker_down: WorkerDownPolicy,
+    /// Longest wait of a held request.
+    pub hold_timeout: Duration,
+    /// How long a replaced worker may finish its requests during a reload.
+    pub drain_timeout: Duration,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response-header timeout.
+    pub response_timeout: Duration,
+    /// Client request-head timeout.
+    pub header_timeout: Duration,
+    /// Largest client request head, in bytes.
+    pub max_header_size: usize,
+    /// Most concurrent client connections.
+    pub max_connections: usize,
+    /// Idle timeout of a WebSocket tunnel.
+    pub ws_idle_timeout: Duration,
     /// The worker command; empty runs the built-in demo worker (re-executing this binary).
     pub command: Vec<String>,
 }
@@ -262,6 +380,21 @@ impl Default for Settings {
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             threads: cores,
             on_message: None,
+            upstreams: Vec::new(),
+            health_path: None,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
+            health_rise: DEFAULT_HEALTH_RISE,
+            health_fall: DEFAULT_HEALTH_FALL,
+            on_worker_down: WorkerDownPolicy::Redispatch,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
             command: Vec::new(),
         }
     }
@@ -291,11 +424,32 @@ impl Settings {
         !self.session_keys.contains(&KeySource::None)
     }
 
-    /// Address of worker `index` (workers listen on loopback).
+    /// Number of worker processes to start: none when upstreams are given without a
+    /// command, else `workers`.
+    pub fn spawned_workers(&self) -> usize {
+        if !self.upstreams.is_empty() && self.command.is_empty() {
+            0
+        } else {
+            self.workers
+        }
+    }
+
+    /// Number of worker slots: spawned workers, then upstreams.
+    pub fn slots(&self) -> usize {
+        self.spawned_workers() + self.upstreams.len()
+    }
+
+    /// Address of spawned worker `index` (workers listen on loopback).
     pub fn worker_addr(&self, index: usize) -> SocketAddr {
-        // validate() guarantees worker_port + index fits in u16.
+        // validate() guarantees worker_port + 2 * workers fits in u16.
         let port = u16::try_from(usize::from(self.worker_port) + index).unwrap_or(u16::MAX);
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// The spare address of spawned worker `index`: its replacement listens there during a
+    /// rolling restart, and the two alternate from one restart to the next.
+    pub fn spare_addr(&self, index: usize) -> SocketAddr {
+        self.worker_addr(self.spawned_workers() + index)
     }
 
     /// Address the proxy listens on.
@@ -317,9 +471,14 @@ impl Settings {
         if self.threads == 0 {
             return Err(SettingsError::NoThreads);
         }
+        if self.health_rise == 0 || self.health_fall == 0 {
+            return Err(SettingsError::BadHealthCounts);
+        }
         let first = self.worker_port;
-        let last = u32::from(first) + self.workers as u32 - 1;
-        if last > u32::from(u16::MAX) || self.workers > usize::from(u16::MAX) {
+        // Each spawned worker has a port and a spare for rolling restarts.
+        let spawned = self.spawned_workers().max(1);
+        let last = u32::from(first) + 2 * spawned as u32 - 1;
+        if last > u32::from(u16::MAX) || self.workers > usize::from(u16::MAX) / 2 {
             return Err(SettingsError::WorkerPortsOutOfRange {
                 first,
                 workers: self.workers,
@@ -398,6 +557,36 @@ pub struct FileSettings {
     pub threads: Option<usize>,
     /// `--on-message`.
     pub on_message: Option<String>,
+    /// `--upstream`, in order.
+    pub upstream: Option<Vec<String>>,
+    /// `--health-path`.
+    pub health_path: Option<String>,
+    /// `--health-interval`.
+    pub health_interval: Option<String>,
+    /// `--health-timeout`.
+    pub health_timeout: Option<String>,
+    /// `--health-rise`.
+    pub health_rise: Option<u32>,
+    /// `--health-fall`.
+    pub health_fall: Option<u32>,
+    /// `--on-worker-down`.
+    pub on_worker_down: Option<WorkerDownPolicy>,
+    /// `--hold-timeout`.
+    pub hold_timeout: Option<String>,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<String>,
+    /// `--connect-timeout`.
+    pub connect_timeout: Option<String>,
+    /// `--response-timeout`.
+    pub response_timeout: Option<String>,
+    /// `--header-timeout`.
+    pub header_timeout: Option<String>,
+    /// `--max-header-size`.
+    pub max_header_size: Option<usize>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--ws-idle-timeout`.
+    pub ws_idle_timeout: Option<String>,
     /// The worker command and its arguments.
     pub command: Option<Vec<String>>,
 }
@@ -457,6 +646,44 @@ impl FileSettings {
         if self.on_message.is_some() {
             s.on_message = self.on_message;
         }
+        if let Some(list) = self.upstream {
+            s.upstreams = list
+                .iter()
+                .map(|u| parse_upstream(u))
+                .collect::<Result<_, _>>()?;
+        }
+        if self.health_path.is_some() {
+            s.health_path = self.health_path;
+        }
+        set(&mut s.health_rise, self.health_rise);
+        set(&mut s.health_fall, self.health_fall);
+        set(&mut s.on_worker_down, self.on_worker_down);
+        set(&mut s.max_header_size, self.max_header_size);
+        set(&mut s.max_connections, self.max_connections);
+        set_duration(
+            &mut s.health_interval,
+            "health-interval",
+            self.health_interval,
+        )?;
+        set_duration(&mut s.health_timeout, "health-timeout", self.health_timeout)?;
+        set_duration(&mut s.hold_timeout, "hold-timeout", self.hold_timeout)?;
+        set_duration(&mut s.drain_timeout, "drain-timeout", self.drain_timeout)?;
+        set_duration(
+            &mut s.connect_timeout,
+            "connect-timeout",
+            self.connect_timeout,
+        )?;
+        set_duration(
+            &mut s.response_timeout,
+            "response-timeout",
+            self.response_timeout,
+        )?;
+        set_duration(&mut s.header_timeout, "header-timeout", self.header_timeout)?;
+        set_duration(
+            &mut s.ws_idle_timeout,
+            "ws-idle-timeout",
+            self.ws_idle_timeout,
+        )?;
         if let Some(keys) = self.session_key {
             s.session_keys = keys.iter().map(|k| k.parse()).collect::<Result<_, _>>()?;
         }

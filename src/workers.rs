@@ -1,25 +1,31 @@
-//! The shared picture of the worker slots: the supervisor (and health checks) write each
-//! slot's state, the proxy reads it on every request without taking a lock.
+//! The shared picture of the worker slots: the supervisor writes each slot's process state,
+//! health checks write its health, and the proxy reads both on every request without a lock.
+//!
+//! A slot is a fixed index (the worker's `WORKER_ID`). A spawned worker's slot has two
+//! addresses, its port and a spare: a rolling restart starts the replacement on the other
+//! one and flips `active`, so the old process can drain while the new one already serves.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-/// Index of a worker slot, `0..workers`. It is also the worker's `WORKER_ID`.
+/// Index of a worker slot, `0..slots`. For spawned workers it is also the `WORKER_ID`.
 pub type WorkerId = u16;
 
-/// Life cycle of one worker slot.
+/// Life cycle of one worker slot's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum WorkerState {
     /// Spawned, not yet accepting connections.
     Starting = 0,
-    /// Accepting connections: the only state the router picks.
+    /// Accepting connections: the only state the router picks (when also healthy).
     Up = 1,
     /// Finishing in-flight work before a planned stop; takes no new requests.
     Draining = 2,
-    /// Exited or unreachable.
+    /// Exited.
     Down = 3,
 }
 
@@ -34,13 +40,29 @@ impl WorkerState {
     }
 }
 
-/// One slot: a fixed address and an atomically updated state.
+/// What serves a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// A process this supervisor starts.
+    Spawned,
+    /// An address someone else runs (`--upstream`).
+    Upstream,
+}
+
+/// One slot.
 #[derive(Debug)]
 pub struct Slot {
-    addr: SocketAddr,
+    kind: SlotKind,
+    addrs: [SocketAddr; 2],
+    active: AtomicU8,
     state: AtomicU8,
+    healthy: AtomicBool,
     pid: AtomicU32,
     restarts: AtomicU32,
+    /// Requests and tunnels in flight, per address.
+    in_flight: [AtomicUsize; 2],
+    /// Cancelled to close the tunnels of one address at the end of a drain.
+    tunnels: Mutex<[CancellationToken; 2]>,
 }
 
 /// All worker slots. The set of slots is fixed for the life of the cluster; only their
@@ -53,22 +75,41 @@ pub struct WorkerSet {
 }
 
 impl WorkerSet {
-    /// Slots for the given worker addresses, all `Starting`.
-    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        let slots = addrs
+    /// Slots for spawned workers (each with its address and spare), then upstreams.
+    pub fn new(
+        spawned: impl IntoIterator<Item = (SocketAddr, SocketAddr)>,
+        upstreams: impl IntoIterator<Item = SocketAddr>,
+    ) -> Self {
+        let slot = |kind, addrs, state: WorkerState| Slot {
+            kind,
+            addrs,
+            active: AtomicU8::new(0),
+            state: AtomicU8::new(state as u8),
+            healthy: AtomicBool::new(true),
+            pid: AtomicU32::new(0),
+            restarts: AtomicU32::new(0),
+            in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            tunnels: Mutex::new([CancellationToken::new(), CancellationToken::new()]),
+        };
+        let slots = spawned
             .into_iter()
-            .map(|addr| Slot {
-                addr,
-                state: AtomicU8::new(WorkerState::Starting as u8),
-                pid: AtomicU32::new(0),
-                restarts: AtomicU32::new(0),
-            })
+            .map(|(a, b)| slot(SlotKind::Spawned, [a, b], WorkerState::Starting))
+            // Upstreams are assumed up until a health check says otherwise, as in nginx.
+            .chain(
+                upstreams
+                    .into_iter()
+                    .map(|a| slot(SlotKind::Upstream, [a, a], WorkerState::Up)),
+            )
             .collect();
         Self {
             slots,
             next: AtomicUsize::new(0),
             changed: Notify::new(),
         }
+    }
+
+    fn slot(&self, id: WorkerId) -> Option<&Slot> {
+        self.slots.get(usize::from(id))
     }
 
     /// Number of slots.
@@ -81,52 +122,99 @@ impl WorkerSet {
         self.slots.is_empty()
     }
 
-    /// Address of a worker; `None` for an id that is not a slot.
+    /// Spawned or upstream.
+    pub fn kind(&self, id: WorkerId) -> Option<SlotKind> {
+        self.slot(id).map(|s| s.kind)
+    }
+
+    /// The address new requests for a worker go to, and its index (0 or 1).
+    pub fn active(&self, id: WorkerId) -> Option<(usize, SocketAddr)> {
+        self.slot(id).map(|s| {
+            let i = usize::from(s.active.load(Ordering::Acquire) & 1);
+            (i, s.addrs[i])
+        })
+    }
+
+    /// Address of a worker for new requests; `None` for an id that is not a slot.
     pub fn addr(&self, id: WorkerId) -> Option<SocketAddr> {
-        self.slots.get(usize::from(id)).map(|s| s.addr)
+        self.active(id).map(|(_, a)| a)
     }
 
-    /// Current state; an unknown id reads as `Down`.
+    /// Both addresses of a slot (equal for upstreams).
+    pub fn addrs(&self, id: WorkerId) -> Option<[SocketAddr; 2]> {
+        self.slot(id).map(|s| s.addrs)
+    }
+
+    /// Points new requests for `id` at its address `index`.
+    pub fn set_active(&self, id: WorkerId, index: usize) {
+        if let Some(s) = self.slot(id) {
+            s.active.store((index & 1) as u8, Ordering::Release);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Current process state; an unknown id reads as `Down`.
     pub fn state(&self, id: WorkerId) -> WorkerState {
-        self.slots
-            .get(usize::from(id))
-            .map_or(WorkerState::Down, |s| {
-                WorkerState::from_u8(s.state.load(Ordering::Acquire))
-            })
+        self.slot(id).map_or(WorkerState::Down, |s| {
+            WorkerState::from_u8(s.state.load(Ordering::Acquire))
+        })
     }
 
-    /// True when the worker takes new requests.
+    /// True when the worker takes new requests: up and healthy.
     pub fn is_up(&self, id: WorkerId) -> bool {
-        self.state(id) == WorkerState::Up
+        self.slot(id).is_some_and(|s| {
+            s.state.load(Ordering::Acquire) == WorkerState::Up as u8
+                && s.healthy.load(Ordering::Acquire)
+        })
     }
 
-    /// Sets a worker's state and wakes whoever waits for a change.
+    /// Sets a worker's process state (a new `Up` process starts healthy) and wakes whoever
+    /// waits for a change.
     pub fn set_state(&self, id: WorkerId, state: WorkerState) {
-        if let Some(slot) = self.slots.get(usize::from(id)) {
+        if let Some(slot) = self.slot(id) {
+            if state == WorkerState::Up {
+                slot.healthy.store(true, Ordering::Release);
+            }
             slot.state.store(state as u8, Ordering::Release);
             self.changed.notify_waiters();
         }
     }
 
+    /// Marks a worker healthy or not; returns the previous value.
+    pub fn set_healthy(&self, id: WorkerId, healthy: bool) -> bool {
+        let Some(slot) = self.slot(id) else {
+            return false;
+        };
+        let before = slot.healthy.swap(healthy, Ordering::AcqRel);
+        if before != healthy {
+            self.changed.notify_waiters();
+        }
+        before
+    }
+
+    /// The health flag alone.
+    pub fn is_healthy(&self, id: WorkerId) -> bool {
+        self.slot(id)
+            .is_some_and(|s| s.healthy.load(Ordering::Acquire))
+    }
+
     /// Records the pid of the process now serving a slot (0: none).
     pub fn set_pid(&self, id: WorkerId, pid: u32) {
-        if let Some(slot) = self.slots.get(usize::from(id)) {
+        if let Some(slot) = self.slot(id) {
             slot.pid.store(pid, Ordering::Relaxed);
         }
     }
 
     /// Pid of the process serving a slot, if any.
     pub fn pid(&self, id: WorkerId) -> Option<u32> {
-        self.slots
-            .get(usize::from(id))
+        self.slot(id)
             .map(|s| s.pid.load(Ordering::Relaxed))
             .filter(|&p| p != 0)
     }
 
     /// Counts one more restart of a slot and returns the new count.
     pub fn count_restart(&self, id: WorkerId) -> u32 {
-        self.slots
-            .get(usize::from(id))
+        self.slot(id)
             .map_or(0, |s| s.restarts.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
@@ -135,12 +223,12 @@ impl WorkerSet {
         (0..self.slots.len()).map(|i| i as WorkerId)
     }
 
-    /// Number of workers that are `Up`.
+    /// Number of workers that take requests.
     pub fn up_count(&self) -> usize {
         self.ids().filter(|&id| self.is_up(id)).count()
     }
 
-    /// The next `Up` worker in round-robin order, or `None` when none is up.
+    /// The next worker that takes requests, round-robin; `None` when none does.
     pub fn next_up(&self) -> Option<WorkerId> {
         let n = self.slots.len();
         if n == 0 {
@@ -152,9 +240,59 @@ impl WorkerSet {
             .find(|&id| self.is_up(id))
     }
 
-    /// Resolves at the next state change of any slot.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// A future that resolves at the next state change of any slot. Create it (and
+    /// `enable` it) before checking the state, so no change slips between check and wait.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Requests and tunnels in flight on address `index` of `id`.
+    pub fn in_flight(&self, id: WorkerId, index: usize) -> usize {
+        self.slot(id)
+            .map_or(0, |s| s.in_flight[index & 1].load(Ordering::Acquire))
+    }
+
+    /// The token that closes the tunnels on address `index` of `id`.
+    pub fn tunnel_token(&self, id: WorkerId, index: usize) -> CancellationToken {
+        self.slot(id).map_or_else(CancellationToken::new, |s| {
+            s.tunnels.lock().unwrap_or_else(|e| e.into_inner())[index & 1].clone()
+        })
+    }
+
+    /// Closes the tunnels on address `index` of `id` (each after its own jitter) and arms a
+    /// fresh token for the next process on that address.
+    pub fn close_tunnels(&self, id: WorkerId, index: usize) {
+        if let Some(s) = self.slot(id) {
+            let mut tokens = s.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::replace(&mut tokens[index & 1], CancellationToken::new());
+            old.cancel();
+        }
+    }
+}
+
+/// Counts one request (or tunnel) in flight on a worker address until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    workers: Arc<WorkerSet>,
+    id: WorkerId,
+    index: usize,
+}
+
+impl InFlight {
+    /// Starts counting on address `index` of `id`.
+    pub fn new(workers: Arc<WorkerSet>, id: WorkerId, index: usize) -> Self {
+        if let Some(s) = workers.slot(id) {
+            s.in_flight[index & 1].fetch_add(1, Ordering::AcqRel);
+        }
+        Self { workers, id, index }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(s) = self.workers.slot(self.id) {
+            s.in_flight[self.index & 1].fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -163,19 +301,56 @@ mod tests {
     use super::*;
 
     fn set(n: u16) -> WorkerSet {
-        WorkerSet::new((0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))))
+        WorkerSet::new(
+            (0..n).map(|i| {
+                (
+                    SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    SocketAddr::from(([127, 0, 0, 1], 9100 + i)),
+                )
+            }),
+            [],
+        )
     }
 
     #[test]
-    fn round_robin_skips_workers_that_are_not_up() {
-        let w = set(3);
+    fn round_robin_skips_workers_that_are_not_up_or_unhealthy() {
+        let w = set(4);
         assert_eq!(w.next_up(), None, "nothing is up yet");
         for id in w.ids().collect::<Vec<_>>() {
             w.set_state(id, WorkerState::Up);
         }
         w.set_state(1, WorkerState::Down);
-        let picks: Vec<_> = (0..6).filter_map(|_| w.next_up()).collect();
-        assert!(picks.iter().all(|&p| p != 1), "{picks:?}");
+        w.set_healthy(3, false);
+        let picks: Vec<_> = (0..8).filter_map(|_| w.next_up()).collect();
+        assert!(picks.iter().all(|&p| p == 0 || p == 2), "{picks:?}");
         assert!(picks.contains(&0) && picks.contains(&2), "{picks:?}");
+        w.set_state(3, WorkerState::Up);
+        assert!(w.is_up(3), "a new Up process starts healthy");
+    }
+
+    #[test]
+    fn active_address_flips_and_in_flight_counts() {
+        let w = Arc::new(set(1));
+        assert_eq!(w.addr(0).map(|a| a.port()), Some(9000));
+        w.set_active(0, 1);
+        assert_eq!(w.active(0).map(|(i, a)| (i, a.port())), Some((1, 9100)));
+        let guard = InFlight::new(w.clone(), 0, 1);
+        assert_eq!(w.in_flight(0, 1), 1);
+        drop(guard);
+        assert_eq!(w.in_flight(0, 1), 0);
+        let t = w.tunnel_token(0, 1);
+        w.close_tunnels(0, 1);
+        assert!(t.is_cancelled());
+        assert!(
+            !w.tunnel_token(0, 1).is_cancelled(),
+            "fresh token for the next process"
+        );
+    }
+
+    #[test]
+    fn upstreams_start_up() {
+        let w = WorkerSet::new([], [SocketAddr::from(([127, 0, 0, 1], 1))]);
+        assert!(w.is_up(0));
+        assert_eq!(w.kind(0), Some(SlotKind::Upstream));
     }
 }

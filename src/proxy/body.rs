@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::routing::Router;
-use crate::workers::WorkerId;
+use crate::workers::{InFlight, WorkerId};
 
 /// Reads the engine.io session id out of the first frame of a polling handshake reply
 /// (`0{"sid":"...",...}` for EIO 4, `96:0{"sid":...}` for EIO 3) and teaches it to the router.
@@ -57,9 +57,16 @@ pub fn handshake_sid(chunk: &[u8]) -> Option<&[u8]> {
     Some(&rest[at..at + len]).filter(|s| !s.is_empty())
 }
 
-/// What the proxy answers with.
+/// What the proxy answers with: the body, and the in-flight count it holds open until the
+/// body is done (so a draining worker is stopped only after its responses are sent).
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    _in_flight: Option<InFlight>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// A worker's body, streamed as it comes.
     Upstream(Incoming),
     /// A worker's handshake body, watched until its first data frame.
@@ -71,12 +78,39 @@ pub enum ProxyBody {
 impl ProxyBody {
     /// A body of the proxy's own.
     pub fn own(bytes: impl Into<Bytes>) -> Self {
-        Self::Own(Some(bytes.into()))
+        Self {
+            kind: Kind::Own(Some(bytes.into())),
+            _in_flight: None,
+        }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self::Own(None)
+        Self {
+            kind: Kind::Own(None),
+            _in_flight: None,
+        }
+    }
+
+    /// A worker's body, optionally sniffed for an engine.io sid, counted in flight.
+    pub fn upstream(body: Incoming, sniffer: Option<SidSniffer>, in_flight: InFlight) -> Self {
+        let kind = match sniffer {
+            Some(s) => Kind::Sniffing(body, Some(s)),
+            None => Kind::Upstream(body),
+        };
+        Self {
+            kind,
+            _in_flight: Some(in_flight),
+        }
+    }
+
+    /// The bytes of a body of our own (tests).
+    #[cfg(test)]
+    pub fn own_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Own(b) => b.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -88,10 +122,10 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // Every variant is Unpin (Incoming is), so no projection is needed.
-        match self.get_mut() {
-            Self::Upstream(inner) => Pin::new(inner).poll_frame(cx),
-            Self::Sniffing(inner, sniffer) => {
+        // Every part is Unpin (Incoming is), so no projection is needed.
+        match &mut self.get_mut().kind {
+            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            Kind::Sniffing(inner, sniffer) => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(data) = frame.data_ref() {
@@ -102,21 +136,60 @@ impl Body for ProxyBody {
                 }
                 polled
             }
-            Self::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(b) | Kind::Sniffing(b, _) => b.is_end_stream(),
+            Kind::Own(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream(b) | Kind::Sniffing(b, _) => b.size_hint(),
+            Kind::Own(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// What the proxy sends a worker: the client's body, or nothing (a retried bodyless
+/// request). An enum, so the pooled client has one concrete body type.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// The client's body, streamed.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Client(b) => Pin::new(b).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream(b) | Self::Sniffing(b, _) => b.is_end_stream(),
-            Self::Own(b) => b.is_none(),
+            Self::Client(b) => b.is_end_stream(),
+            Self::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream(b) | Self::Sniffing(b, _) => b.size_hint(),
-            Self::Own(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Client(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
-use super::body::{ProxyBody, SidSniffer};
-use super::{upgrade, Proxy};
-use crate::routing::key;
+use super::body::{ProxyBody, SidSniffer, UpstreamBody};
+use super::upgrade::{self, TunnelLimits};
+use super::Proxy;
+use crate::routing::{key, Decision};
+use crate::workers::InFlight;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -41,42 +44,114 @@ pub async fn handle(
     let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (head, body) = req.into_parts();
-    let now = proxy.router.table().now();
-    let Some(decision) = proxy.router.route(&head, peer.ip(), &proxy.workers, now) else {
-        let mut resp = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_worker",
-            "no worker is up; retry shortly",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(resp);
+    let Some(decision) = proxy.choose(&head, peer).await else {
+        return Ok(no_worker());
     };
-    let mut req = Request::from_parts(head, body);
-    let worker = decision.worker;
-    if proxy.debug {
-        tracing::debug!(worker, outcome = ?decision.outcome, uri = %req.uri(), peer = %peer, "route");
+    // A bodyless request can be sent again when its worker cannot even be reached: nothing
+    // of it was delivered. The copy is made before the head is rewritten.
+    let retry = (!wants_upgrade && body.is_end_stream()).then(|| copy_head(&head));
+    let first = forward_once(
+        &proxy,
+        head,
+        UpstreamBody::Client(body),
+        decision,
+        peer,
+        client_upgrade,
+        sniff,
+    )
+    .await;
+    match (first, retry) {
+        (Ok(resp), _) => Ok(resp),
+        (Err(failure), Some(head)) if failure.connect => {
+            // No other worker to try: the client learns why the first one failed.
+            let Some(decision) = proxy.choose(&head, peer).await else {
+                return Ok(failure.response);
+            };
+            tracing::debug!(worker = decision.worker, "retrying on another worker");
+            Ok(forward_once(
+                &proxy,
+                head,
+                UpstreamBody::Empty,
+                decision,
+                peer,
+                None,
+                sniff,
+            )
+            .await
+            .unwrap_or_else(|f| f.response))
+        }
+        (Err(failure), _) => Ok(failure.response),
     }
+}
 
-    let Some(authority) = proxy.authorities.get(usize::from(worker)) else {
-        return Ok(error(
-            StatusCode::BAD_GATEWAY,
-            "proxy_error",
-            "unknown worker",
-        ));
+/// A request that did not get a worker's response.
+struct Failure {
+    /// The error response for the client.
+    response: Response<ProxyBody>,
+    /// The worker could not be reached at all (nothing was sent).
+    connect: bool,
+}
+
+async fn forward_once(
+    proxy: &Arc<Proxy>,
+    head: http::request::Parts,
+    body: UpstreamBody,
+    decision: Decision,
+    peer: SocketAddr,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    sniff: bool,
+) -> Result<Response<ProxyBody>, Failure> {
+    let worker = decision.worker;
+    let Some((index, _)) = proxy.workers.active(worker) else {
+        return Err(Failure {
+            response: error(StatusCode::BAD_GATEWAY, "proxy_error", "unknown worker"),
+            connect: false,
+        });
     };
-    rewrite_request(&mut req, authority, peer, proxy.scheme, wants_upgrade);
+    let authority = &proxy.authorities[usize::from(worker)][index];
+    if proxy.debug {
+        tracing::debug!(worker, outcome = ?decision.outcome, uri = %head.uri, peer = %peer, "route");
+    }
+    let mut req = Request::from_parts(head, body);
+    rewrite_request(
+        &mut req,
+        authority,
+        peer,
+        proxy.scheme,
+        client_upgrade.is_some(),
+    );
     req.headers_mut()
         .insert(X_STICKY.clone(), decision.outcome.header_value());
+    let in_flight = InFlight::new(proxy.workers.clone(), worker, index);
 
-    let mut resp = match proxy.client.request(req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            let reason = upstream_reason(&e, worker);
-            tracing::warn!(worker, error = %reason, "upstream request failed");
-            return Ok(error(StatusCode::BAD_GATEWAY, "proxy_error", &reason));
-        }
-    };
+    let mut resp =
+        match tokio::time::timeout(proxy.response_timeout, proxy.client.request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let reason = upstream_reason(&e, worker);
+                let connect = e.is_connect();
+                if connect {
+                    // Passive health: out of rotation at once; active checks bring it back.
+                    proxy.workers.set_healthy(worker, false);
+                }
+                tracing::warn!(worker, error = %reason, "upstream request failed");
+                return Err(Failure {
+                    response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
+                    connect,
+                });
+            }
+            Err(_) => {
+                let reason = format!(
+                    "worker {worker} sent no response headers within {:?}",
+                    proxy.response_timeout
+                );
+                tracing::warn!(worker, "{reason}");
+                return Err(Failure {
+                    response: error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", &reason),
+                    connect: false,
+                });
+            }
+        };
     proxy
         .router
         .learn_from_response(resp.headers(), worker, proxy.router.table().now());
@@ -94,17 +169,40 @@ pub async fn handle(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, worker);
+            let limits = TunnelLimits {
+                idle: proxy.ws_idle_timeout,
+                drain: proxy.workers.tunnel_token(worker, index),
+                jitter: proxy.close_jitter,
+            };
+            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, worker, limits, in_flight);
             return Ok(resp.map(|_| ProxyBody::empty()));
         }
     }
     strip_hop_by_hop(resp.headers_mut());
     let sniffer = (sniff && resp.status() == StatusCode::OK)
         .then(|| SidSniffer::new(proxy.router.clone(), worker));
-    Ok(resp.map(|body| match sniffer {
-        Some(s) => ProxyBody::Sniffing(body, Some(s)),
-        None => ProxyBody::Upstream(body),
-    }))
+    Ok(resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight)))
+}
+
+fn no_worker() -> Response<ProxyBody> {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_worker",
+        "no worker is up; retry shortly",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// A copy of a request head (without extensions), for a retry.
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }
 
 /// Requests refused before routing: CONNECT (this is no forward proxy). Conflicting
@@ -136,7 +234,7 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 }
 
 fn rewrite_request(
-    req: &mut Request<Incoming>,
+    req: &mut Request<UpstreamBody>,
     authority: &http::uri::Authority,
     peer: SocketAddr,
     scheme: &'static str,
@@ -309,12 +407,9 @@ mod tests {
     #[test]
     fn error_bodies_are_json() {
         let r = error(StatusCode::BAD_GATEWAY, "proxy_error", "say \"hi\"\n");
-        match r.into_body() {
-            ProxyBody::Own(Some(b)) => assert_eq!(
-                &b[..],
-                br#"{"error":"proxy_error","reason":"say \"hi\"\u000a"}"#
-            ),
-            other => panic!("unexpected body {other:?}"),
-        }
+        assert_eq!(
+            r.body().own_bytes().map(|b| &b[..]),
+            Some(&br#"{"error":"proxy_error","reason":"say \"hi\"\u000a"}"#[..])
+        );
     }
 }

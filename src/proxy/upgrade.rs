@@ -1,14 +1,45 @@
 //! WebSocket (and any HTTP/1.1 Upgrade) pass-through: once the worker has answered 101, the
-//! two upgraded connections are spliced until either side closes.
+//! two upgraded connections are spliced until either side closes, the tunnel has been idle
+//! both ways for `--ws-idle-timeout`, or its worker is being replaced and its drain time is
+//! over (then it closes after a random delay, so thousands of clients do not all reconnect
+//! in the same instant).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::workers::WorkerId;
+use crate::workers::{InFlight, WorkerId};
+
+/// How a tunnel ends besides either side closing.
+#[derive(Debug, Clone)]
+pub struct TunnelLimits {
+    /// Closed after this long with no bytes either way.
+    pub idle: Duration,
+    /// Cancelled when the worker's drain time is over.
+    pub drain: CancellationToken,
+    /// Upper bound of the random delay before a drained tunnel closes.
+    pub jitter: Duration,
+}
 
 /// Spawns the task that joins the client's and the worker's upgraded connections.
-pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, worker: WorkerId) {
+pub fn spawn_tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    worker: WorkerId,
+    limits: TunnelLimits,
+    in_flight: InFlight,
+) {
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -16,11 +47,113 @@ pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, worker: WorkerId) {
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(worker, up, down, "tunnel closed"),
-            Err(e) => tracing::debug!(worker, error = %e, "tunnel ended"),
+        let start = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut client = Tracked::new(TokioIo::new(client), start, last.clone());
+        let mut upstream = Tracked::new(TokioIo::new(upstream), start, last.clone());
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let idle = async {
+            loop {
+                let since = Duration::from_millis(last.load(Ordering::Relaxed));
+                let deadline = start + since + limits.idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
+        let drained = async {
+            limits.drain.cancelled().await;
+            tokio::time::sleep(jittered(limits.jitter)).await;
+        };
+        tokio::select! {
+            result = copy => match result {
+                Ok((up, down)) => tracing::debug!(worker, up, down, "tunnel closed"),
+                Err(e) => tracing::debug!(worker, error = %e, "tunnel ended"),
+            },
+            _ = idle => tracing::debug!(worker, idle = ?limits.idle, "idle tunnel closed"),
+            _ = drained => tracing::debug!(worker, "tunnel closed: its worker was replaced"),
         }
     });
+}
+
+/// A random duration in `[0, max)`.
+fn jittered(max: Duration) -> Duration {
+    let mut raw = [0u8; 4];
+    if max.is_zero()
+        || ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).is_err()
+    {
+        return Duration::ZERO;
+    }
+    max.mul_f64(f64::from(u32::from_le_bytes(raw)) / (f64::from(u32::MAX) + 1.0))
+}
+
+/// An IO that records the time of its last read or write (ms since `start`).
+struct Tracked<T> {
+    inner: T,
+    start: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<T> Tracked<T> {
+    fn new(inner: T, start: Instant, last: Arc<AtomicU64>) -> Self {
+        Self { inner, start, last }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+    use std::time::Duration;
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let max = Duration::from_secs(10);
+        let picks: Vec<_> = (0..50).map(|_| jittered(max)).collect();
+        assert!(picks.iter().all(|d| *d < max));
+        assert!(picks.iter().any(|d| *d != picks[0]), "random, not constant");
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
 }

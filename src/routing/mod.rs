@@ -53,6 +53,9 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The response must (re)set the affinity cookie to `worker`.
     pub set_affinity: bool,
+    /// `worker` is not up: wait for it to come back (`--on-worker-down hold`) before
+    /// sending, and route again (without holding) if it does not come back in time.
+    pub wait: bool,
 }
 
 /// A custom session-key function (seed: `session.hash` as a function), consulted before the
@@ -131,6 +134,7 @@ impl Router {
         peer: IpAddr,
         workers: &WorkerSet,
         now: Tick,
+        hold: bool,
     ) -> Option<Decision> {
         let (headers, uri) = (&head.headers, &head.uri);
         if !self.sticky {
@@ -139,6 +143,7 @@ impl Router {
                 worker,
                 outcome: Outcome::New,
                 set_affinity: false,
+                wait: false,
             });
         }
         let hash = match key::engineio_sid(uri) {
@@ -163,8 +168,20 @@ impl Router {
                 if workers.is_up(w) {
                     return Some(self.decided(w, Outcome::Kept, cookie_worker));
                 }
+                if hold {
+                    return Some(Decision {
+                        wait: true,
+                        ..self.decided(w, Outcome::Kept, cookie_worker)
+                    });
+                }
                 pinned_elsewhere = true;
             }
+        }
+        if let Some(w) = cookie_worker.filter(|&w| hold && !workers.is_up(w)) {
+            return Some(Decision {
+                wait: true,
+                ..self.decided(w, Outcome::Kept, cookie_worker)
+            });
         }
         let (worker, outcome) = match cookie_worker {
             Some(w) if workers.is_up(w) => {
@@ -196,6 +213,7 @@ impl Router {
             worker,
             outcome,
             set_affinity: self.affinity.is_some() && cookie != Some(worker),
+            wait: false,
         }
     }
 
@@ -244,8 +262,8 @@ mod tests {
             .affinity_cookie
             .as_ref()
             .map(|name| Affinity::new(name, b"test-secret-0123456789", usize::from(n), false));
-        let workers =
-            WorkerSet::new((0..n).map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, 9000 + i))));
+        let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        let workers = WorkerSet::new((0..n).map(|i| (addr(9000 + i), addr(9100 + i))), []);
         for i in 0..n {
             workers.set_state(i, WorkerState::Up);
         }
@@ -264,10 +282,10 @@ mod tests {
     fn rule2_known_key_goes_to_its_worker() {
         let (r, w) = setup(4, |_| {});
         let h = req(Some("connect.sid=abc"));
-        let first = r.route(&h, PEER, &w, 0).expect("a worker");
+        let first = r.route(&h, PEER, &w, 0, false).expect("a worker");
         assert_eq!(first.outcome, Outcome::New);
         for t in 1..20 {
-            let d = r.route(&h, PEER, &w, t).expect("a worker");
+            let d = r.route(&h, PEER, &w, t, false).expect("a worker");
             assert_eq!(d.worker, first.worker);
             assert_eq!(d.outcome, Outcome::Kept);
         }
@@ -277,7 +295,7 @@ mod tests {
     fn rule2_keys_expire_after_ttl_of_disuse() {
         let (r, w) = setup(4, |s| s.session_ttl = Duration::from_secs(1));
         let h = req(Some("connect.sid=abc"));
-        let first = r.route(&h, PEER, &w, 0).expect("a worker").worker;
+        let first = r.route(&h, PEER, &w, 0, false).expect("a worker").worker;
         assert_eq!(r.table().len(), 1);
         assert_eq!(r.table().sweep(11), None, "10 ticks = 1 s later it is gone");
         assert_eq!(r.table().len(), 0);
@@ -295,7 +313,7 @@ mod tests {
         r.learn_from_response(&resp, 2, 0);
         for t in 0..8 {
             let d = r
-                .route(&req(Some("connect.sid=s%3Anew")), PEER, &w, t)
+                .route(&req(Some("connect.sid=s%3Anew")), PEER, &w, t, false)
                 .expect("a worker");
             assert_eq!(d.worker, 2, "the worker that created the session");
         }
@@ -305,7 +323,7 @@ mod tests {
     fn rule4_keyless_clients_are_spread_and_get_an_affinity_cookie() {
         let (r, w) = setup(4, |_| {});
         let picks: Vec<_> = (0..8)
-            .map(|t| r.route(&req(None), PEER, &w, t).expect("a worker"))
+            .map(|t| r.route(&req(None), PEER, &w, t, false).expect("a worker"))
             .collect();
         let distinct: std::collections::HashSet<_> = picks.iter().map(|d| d.worker).collect();
         assert_eq!(distinct.len(), 4, "round-robin over all four workers");
@@ -322,13 +340,16 @@ mod tests {
             .expect("token")
             .to_string();
         let h = req(Some(&format!("sticky.worker={token}; connect.sid=k1")));
-        let d = r.route(&h, PEER, &w, 0).expect("a worker");
+        let d = r.route(&h, PEER, &w, 0, false).expect("a worker");
         assert_eq!(
             (d.worker, d.outcome, d.set_affinity),
             (3, Outcome::Kept, false)
         );
         let key_only = req(Some("connect.sid=k1"));
-        assert_eq!(r.route(&key_only, PEER, &w, 1).map(|d| d.worker), Some(3));
+        assert_eq!(
+            r.route(&key_only, PEER, &w, 1, false).map(|d| d.worker),
+            Some(3)
+        );
     }
 
     #[test]
@@ -336,7 +357,7 @@ mod tests {
         let (r, w) = setup(4, |_| {});
         for forged in ["0", "3", "ffffffffffffffffffffffffffffffff", "x;y"] {
             let h = req(Some(&format!("sticky.worker={forged}")));
-            let d = r.route(&h, PEER, &w, 0).expect("a worker");
+            let d = r.route(&h, PEER, &w, 0, false).expect("a worker");
             assert!(d.set_affinity, "a forged cookie is replaced");
             assert_eq!(d.outcome, Outcome::New);
         }
@@ -353,7 +374,7 @@ mod tests {
             .expect("token")
             .to_string();
         let h = req(Some(&format!("sticky.worker={token}; connect.sid=k")));
-        let d = r.route(&h, PEER, &w, 0).expect("a worker");
+        let d = r.route(&h, PEER, &w, 0, false).expect("a worker");
         assert_eq!((d.worker, d.set_affinity), (1, true));
     }
 
@@ -363,20 +384,58 @@ mod tests {
         r.learn_key(b"k", 1, 0);
         w.set_state(1, WorkerState::Down);
         let h = req(Some("connect.sid=k"));
-        let moved = r.route(&h, PEER, &w, 1).expect("a worker");
+        let moved = r.route(&h, PEER, &w, 1, false).expect("a worker");
         assert_ne!(moved.worker, 1);
         assert_eq!(moved.outcome, Outcome::Moved);
         w.set_state(1, WorkerState::Up);
         for t in 2..10 {
-            let d = r.route(&h, PEER, &w, t).expect("a worker");
+            let d = r.route(&h, PEER, &w, t, false).expect("a worker");
             assert_eq!(d.worker, moved.worker, "no second move when 1 is back");
             assert_eq!(d.outcome, Outcome::Kept);
         }
         let newcomers: std::collections::HashSet<_> = (0..6)
-            .filter_map(|t| r.route(&req(None), PEER, &w, t))
+            .filter_map(|t| r.route(&req(None), PEER, &w, t, false))
             .map(|d| d.worker)
             .collect();
         assert!(newcomers.contains(&1), "a respawned worker takes new keys");
+    }
+
+    #[test]
+    fn hold_waits_for_the_pinned_worker_instead_of_moving() {
+        let (r, w) = setup(2, |_| {});
+        r.learn_key(b"k", 1, 0);
+        w.set_state(1, WorkerState::Starting);
+        let h = req(Some("connect.sid=k"));
+        let held = r.route(&h, PEER, &w, 1, true).expect("a decision");
+        assert_eq!((held.worker, held.wait), (1, true));
+        let moved = r.route(&h, PEER, &w, 2, false).expect("a worker");
+        assert_eq!(
+            (moved.worker, moved.outcome, moved.wait),
+            (0, Outcome::Moved, false)
+        );
+    }
+
+    #[test]
+    fn custom_session_hash_comes_before_the_sources() {
+        let (r, w) = setup(3, |_| {});
+        let r = r.with_session_hash(Arc::new(|p: &Parts| {
+            p.headers
+                .get("x-tenant")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        }));
+        let mut h = req(Some("connect.sid=a"));
+        h.headers
+            .insert("x-tenant", HeaderValue::from_static("acme"));
+        let first = r.route(&h, PEER, &w, 0, false).expect("a worker").worker;
+        let mut other_cookie = req(Some("connect.sid=b"));
+        other_cookie
+            .headers
+            .insert("x-tenant", HeaderValue::from_static("acme"));
+        assert_eq!(
+            r.route(&other_cookie, PEER, &w, 1, false).map(|d| d.worker),
+            Some(first)
+        );
     }
 
     #[test]
@@ -390,7 +449,7 @@ mod tests {
             .to_string();
         w.set_state(0, WorkerState::Down);
         let h = req(Some(&format!("sticky.worker={token}")));
-        let d = r.route(&h, PEER, &w, 0).expect("a worker");
+        let d = r.route(&h, PEER, &w, 0, false).expect("a worker");
         assert_eq!(
             (d.worker, d.outcome, d.set_affinity),
             (1, Outcome::Moved, true)
@@ -402,7 +461,7 @@ mod tests {
         let (r, w) = setup(2, |_| {});
         w.set_state(0, WorkerState::Down);
         w.set_state(1, WorkerState::Starting);
-        assert_eq!(r.route(&req(None), PEER, &w, 0), None);
+        assert_eq!(r.route(&req(None), PEER, &w, 0, false), None);
     }
 
     #[test]
@@ -410,7 +469,7 @@ mod tests {
         let (r, w) = setup(2, |s| s.session_keys = vec![KeySource::None]);
         let h = req(Some("connect.sid=k"));
         let picks: Vec<_> = (0..4)
-            .filter_map(|t| r.route(&h, PEER, &w, t))
+            .filter_map(|t| r.route(&h, PEER, &w, t, false))
             .map(|d| d.worker)
             .collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
@@ -422,8 +481,14 @@ mod tests {
         let (r, w) = setup(4, |s| s.session_keys = vec![KeySource::Ip]);
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
-        let first = r.route(&req(None), a, &w, 0).expect("a worker").worker;
-        let again = r.route(&req(None), mapped, &w, 1).expect("a worker").worker;
+        let first = r
+            .route(&req(None), a, &w, 0, false)
+            .expect("a worker")
+            .worker;
+        let again = r
+            .route(&req(None), mapped, &w, 1, false)
+            .expect("a worker")
+            .worker;
         assert_eq!(first, again);
     }
 }

@@ -1,6 +1,12 @@
-//! The supervisor: one task per worker slot that starts the process, waits until its port
-//! accepts connections, publishes its state in the [`WorkerSet`], and respawns it with a
-//! growing back-off when it dies. It owns processes and nothing about HTTP.
+//! The supervisor: one task per spawned worker slot that starts the process, waits until
+//! its port accepts connections, publishes its state in the [`WorkerSet`], respawns it with
+//! a growing back-off when it dies, and replaces it without downtime on request (rolling
+//! restart). It owns processes and nothing about HTTP.
+//!
+//! Rolling restart of one slot: start the replacement on the slot's other address (each
+//! slot has a port and a spare), wait until it accepts connections, point new requests at
+//! it, let the old process finish its requests and WebSockets (bounded by the drain time;
+//! tunnels still open then are closed with jittered delays), then stop the old process.
 
 pub mod worker;
 
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::process::Child;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +28,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const READY_POLL: Duration = Duration::from_millis(20);
+/// Crashes in a row after which a worker is reported as crash-looping.
+const CRASH_LOOP: u32 = 5;
 
 /// What the supervisor needs to know.
 #[derive(Debug, Clone)]
@@ -34,6 +42,10 @@ pub struct SupervisorConfig {
     pub ready_timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
     pub kill_timeout: Duration,
+    /// How long a replaced worker may finish its requests.
+    pub drain_timeout: Duration,
+    /// Upper bound of the jittered close of a replaced worker's WebSockets.
+    pub close_jitter: Duration,
     /// Extra environment per worker slot (the message bus socket, say).
     pub worker_env: Vec<Vec<(String, std::ffi::OsString)>>,
 }
@@ -73,105 +85,92 @@ pub enum StartError {
         /// The timeout.
         timeout: Duration,
     },
+    /// The cluster is stopping.
+    #[error("stopping")]
+    Stopping,
 }
 
-/// Runs every slot until `stop` fires; each slot reports its first start on `first`.
-pub fn start(
-    config: Arc<SupervisorConfig>,
-    workers: Arc<WorkerSet>,
-    stop: CancellationToken,
-    first: mpsc::UnboundedSender<FirstStart>,
-) -> JoinSet<()> {
-    let mut set = JoinSet::new();
-    for id in workers.ids() {
-        set.spawn(run_slot(
-            id,
-            config.clone(),
-            workers.clone(),
-            stop.clone(),
-            first.clone(),
-        ));
+/// A request to replace a slot's process; answered once the old one is gone (or kept).
+#[derive(Debug)]
+pub struct Replace {
+    /// `Ok(())` when replaced; the reason when the old process was kept.
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The running slots.
+#[derive(Debug)]
+pub struct Supervisor {
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+    replace: Vec<mpsc::Sender<Replace>>,
+}
+
+impl Supervisor {
+    /// Starts every spawned slot (`0..count`) until `stop` fires; each reports its first
+    /// start on `first`.
+    pub fn start(
+        config: Arc<SupervisorConfig>,
+        workers: Arc<WorkerSet>,
+        count: usize,
+        stop: CancellationToken,
+        first: mpsc::UnboundedSender<FirstStart>,
+    ) -> Self {
+        let mut tasks = JoinSet::new();
+        let mut replace = Vec::with_capacity(count);
+        for id in (0..count).map(|i| i as WorkerId) {
+            let (tx, rx) = mpsc::channel(1);
+            replace.push(tx);
+            let slot = SlotTask {
+                id,
+                config: config.clone(),
+                workers: workers.clone(),
+                stop: stop.clone(),
+                first: first.clone(),
+                replace: rx,
+                reported: false,
+            };
+            tasks.spawn(slot.run());
+        }
+        Self {
+            tasks: tokio::sync::Mutex::new(tasks),
+            replace,
+        }
     }
-    set
+
+    /// Replaces every worker, one at a time; stops at the first one whose replacement fails
+    /// to start (that worker keeps its old process). Returns how many were replaced.
+    ///
+    /// # Errors
+    /// The worker and the reason the rolling restart stopped.
+    pub async fn rolling_restart(&self) -> Result<usize, (WorkerId, String)> {
+        for (i, tx) in self.replace.iter().enumerate() {
+            let id = i as WorkerId;
+            let (done, answer) = oneshot::channel();
+            tx.send(Replace { done })
+                .await
+                .map_err(|_| (id, "its supervisor task is gone".to_string()))?;
+            answer
+                .await
+                .map_err(|_| (id, "its supervisor task is gone".to_string()))?
+                .map_err(|why| (id, why))?;
+        }
+        Ok(self.replace.len())
+    }
+
+    /// Waits until every slot task has stopped its process (after `stop` fired).
+    pub async fn join(&self) {
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
-async fn run_slot(
+struct SlotTask {
     id: WorkerId,
     config: Arc<SupervisorConfig>,
     workers: Arc<WorkerSet>,
     stop: CancellationToken,
     first: mpsc::UnboundedSender<FirstStart>,
-) {
-    let Some(addr) = workers.addr(id) else { return };
-    let total = workers.len();
-    let mut reported = false;
-    let mut crashes: u32 = 0;
-    loop {
-        workers.set_state(id, WorkerState::Starting);
-        let started = Instant::now();
-        let env = config
-            .worker_env
-            .get(usize::from(id))
-            .map_or(&[][..], Vec::as_slice);
-        let outcome = match config.launch.spawn(id, addr.port(), env) {
-            Ok(child) => {
-                run_once(
-                    id,
-                    total,
-                    addr,
-                    child,
-                    &config,
-                    &workers,
-                    &stop,
-                    &first,
-                    &mut reported,
-                )
-                .await
-            }
-            // At first start the master reports this once, as the cluster's error.
-            Err(e) if !reported => {
-                let _ = first.send(FirstStart::Failed(StartError::Spawn(e)));
-                return;
-            }
-            Err(e) => {
-                tracing::error!(worker = id, error = %e, "worker could not be started");
-                Exit::Failed(StartError::Spawn(e))
-            }
-        };
-        workers.set_state(id, WorkerState::Down);
-        workers.set_pid(id, 0);
-        let failure = match outcome {
-            Exit::Stopped => return,
-            Exit::Failed(e) => e,
-        };
-        if !reported {
-            reported = true;
-            let _ = first.send(FirstStart::Failed(failure));
-        }
-        if !config.respawn || stop.is_cancelled() {
-            return;
-        }
-        crashes = if started.elapsed() >= STABLE_AFTER {
-            1
-        } else {
-            crashes + 1
-        };
-        let delay = backoff(crashes);
-        let restarts = workers.count_restart(id);
-        if crashes > 3 {
-            tracing::warn!(
-                worker = id,
-                crashes,
-                ?delay,
-                "worker keeps crashing; backing off"
-            );
-        }
-        tracing::info!(worker = id, ?delay, restarts, "restarting worker");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
+    replace: mpsc::Receiver<Replace>,
+    reported: bool,
 }
 
 enum Exit {
@@ -181,65 +180,226 @@ enum Exit {
     Failed(StartError),
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_once(
-    id: WorkerId,
-    total: usize,
-    addr: SocketAddr,
-    mut child: Child,
-    config: &SupervisorConfig,
-    workers: &WorkerSet,
-    stop: &CancellationToken,
-    first: &mpsc::UnboundedSender<FirstStart>,
-    reported: &mut bool,
-) -> Exit {
-    let pid = child.id().unwrap_or(0);
-    workers.set_pid(id, pid);
-    let port = addr.port();
-    tokio::select! {
-        ready = wait_ready(addr, config.ready_timeout) => {
-            if !ready {
-                let e = StartError::NotReady { id, port, timeout: config.ready_timeout };
-                tracing::error!(worker = id, error = %e, "worker not ready");
-                worker::stop(&mut child, config.kill_timeout).await;
-                return Exit::Failed(e);
+impl SlotTask {
+    async fn run(mut self) {
+        let id = self.id;
+        let mut crashes: u32 = 0;
+        loop {
+            self.workers.set_state(id, WorkerState::Starting);
+            let started = Instant::now();
+            let index = self.workers.active(id).map_or(0, |(i, _)| i);
+            let outcome = match self.start_process(index).await {
+                Ok(child) => self.serve(child).await,
+                // At first start the master reports this once, as the cluster's error.
+                Err(StartError::Spawn(e)) if !self.reported => {
+                    let _ = self.first.send(FirstStart::Failed(StartError::Spawn(e)));
+                    return;
+                }
+                Err(StartError::Stopping) => Exit::Stopped,
+                Err(e) => Exit::Failed(e),
+            };
+            self.workers.set_state(id, WorkerState::Down);
+            self.workers.set_pid(id, 0);
+            let failure = match outcome {
+                Exit::Stopped => return,
+                Exit::Failed(e) => e,
+            };
+            if !self.reported {
+                self.reported = true;
+                let _ = self.first.send(FirstStart::Failed(failure));
+            }
+            if !self.config.respawn || self.stop.is_cancelled() {
+                return;
+            }
+            crashes = if started.elapsed() >= STABLE_AFTER {
+                1
+            } else {
+                crashes + 1
+            };
+            let delay = backoff(crashes);
+            let restarts = self.workers.count_restart(id);
+            if crashes >= CRASH_LOOP {
+                tracing::error!(
+                    worker = id,
+                    crashes,
+                    ?delay,
+                    "worker is crash-looping; backing off"
+                );
+            }
+            tracing::info!(worker = id, ?delay, restarts, "restarting worker");
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = self.stop.cancelled() => return,
+                    Some(r) = self.replace.recv() => {
+                        let _ = r.done.send(Err(format!("worker {id} is down (restarting in {delay:?})")));
+                    }
+                }
             }
         }
-        status = child.wait() => {
-            let status = status.map_or_else(|e| e.to_string(), |s| worker::describe_exit(&s));
-            let e = StartError::Exited { id, port, status };
-            tracing::error!(worker = id, error = %e, "worker died while starting");
-            return Exit::Failed(e);
-        }
-        _ = stop.cancelled() => {
-            worker::stop(&mut child, config.kill_timeout).await;
-            return Exit::Stopped;
+    }
+
+    /// Starts a process on address `index` of the slot and waits until it listens.
+    async fn start_process(&mut self, index: usize) -> Result<Child, StartError> {
+        let id = self.id;
+        let Some(addr) = self.workers.addrs(id).map(|a| a[index]) else {
+            return Err(StartError::Stopping);
+        };
+        let env = self
+            .config
+            .worker_env
+            .get(usize::from(id))
+            .map_or(&[][..], Vec::as_slice);
+        let mut child = self.config.launch.spawn(id, addr.port(), env)?;
+        let port = addr.port();
+        tokio::select! {
+            ready = wait_ready(addr, self.config.ready_timeout) => {
+                if ready {
+                    return Ok(child);
+                }
+                let e = StartError::NotReady { id, port, timeout: self.config.ready_timeout };
+                tracing::error!(worker = id, error = %e, "worker not ready");
+                worker::stop(&mut child, self.config.kill_timeout).await;
+                Err(e)
+            }
+            status = child.wait() => {
+                let status = status.map_or_else(|e| e.to_string(), |s| worker::describe_exit(&s));
+                let e = StartError::Exited { id, port, status };
+                tracing::error!(worker = id, error = %e, "worker died while starting");
+                Err(e)
+            }
+            _ = self.stop.cancelled() => {
+                worker::stop(&mut child, self.config.kill_timeout).await;
+                Err(StartError::Stopping)
+            }
         }
     }
-    workers.set_state(id, WorkerState::Up);
-    if *reported {
-        tracing::info!(worker = id, port, pid, "worker back up");
-    } else {
-        *reported = true;
+
+    /// Runs an up process until it dies or the cluster stops, replacing it on request.
+    async fn serve(&mut self, mut child: Child) -> Exit {
+        let id = self.id;
+        let mut pid = child.id().unwrap_or(0);
+        self.workers.set_pid(id, pid);
+        self.workers.set_state(id, WorkerState::Up);
+        let port = self.workers.addr(id).map_or(0, |a| a.port());
+        let total = self.config.worker_env.len();
+        if self.reported {
+            tracing::info!(worker = id, port, pid, "worker back up");
+        } else {
+            self.reported = true;
+            tracing::info!(
+                "worker {id} ready on :{port} (pid {pid}), {}/{total} up",
+                self.workers.up_count().min(total)
+            );
+            let _ = self.first.send(FirstStart::Ready);
+        }
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    self.workers.set_state(id, WorkerState::Down);
+                    let status = status.map_or_else(|e| e.to_string(), |s| worker::describe_exit(&s));
+                    tracing::warn!(worker = id, pid, %status, "worker died");
+                    return Exit::Failed(StartError::Exited { id, port, status });
+                }
+                _ = self.stop.cancelled() => {
+                    self.workers.set_state(id, WorkerState::Draining);
+                    let status = worker::stop(&mut child, self.config.kill_timeout).await;
+                    tracing::debug!(worker = id, pid, status = ?status.map(|s| worker::describe_exit(&s)), "worker stopped");
+                    return Exit::Stopped;
+                }
+                Some(request) = self.replace.recv() => {
+                    match self.replace_process(&mut child).await {
+                        Ok(new_pid) => {
+                            pid = new_pid;
+                            let _ = request.done.send(Ok(()));
+                        }
+                        Err(why) => {
+                            let _ = request.done.send(Err(why));
+                        }
+                    }
+                    if self.stop.is_cancelled() {
+                        worker::stop(&mut child, self.config.kill_timeout).await;
+                        return Exit::Stopped;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the replacement on the spare address, switches new requests to it, drains
+    /// and stops the old process. On failure the old process keeps serving.
+    async fn replace_process(&mut self, child: &mut Child) -> Result<u32, String> {
+        let id = self.id;
+        let old_pid = child.id().unwrap_or(0);
+        let Some((old_index, old_addr)) = self.workers.active(id) else {
+            return Err("no such worker".into());
+        };
+        let new_index = 1 - old_index;
+        let mut replacement = match self.start_process(new_index).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(worker = id, error = %e, "replacement did not start; the old worker keeps serving");
+                return Err(e.to_string());
+            }
+        };
+        let new_pid = replacement.id().unwrap_or(0);
+        self.workers.set_pid(id, new_pid);
+        self.workers.set_active(id, new_index);
+        let new_port = self.workers.addr(id).map_or(0, |a| a.port());
         tracing::info!(
-            "worker {id} ready on :{port} (pid {pid}), {}/{total} up",
-            workers.up_count()
+            worker = id,
+            old_pid,
+            new_pid,
+            port = new_port,
+            "replacement ready; draining the old worker"
         );
-        let _ = first.send(FirstStart::Ready);
+        self.drain(old_index).await;
+        let status = worker::stop(child, self.config.kill_timeout).await;
+        tracing::info!(
+            worker = id,
+            old_pid,
+            old_port = old_addr.port(),
+            status = ?status.map(|s| worker::describe_exit(&s)),
+            "old worker stopped"
+        );
+        std::mem::swap(child, &mut replacement);
+        Ok(new_pid)
     }
-    tokio::select! {
-        status = child.wait() => {
-            workers.set_state(id, WorkerState::Down);
-            let status = status.map_or_else(|e| e.to_string(), |s| worker::describe_exit(&s));
-            tracing::warn!(worker = id, pid, %status, "worker died");
-            Exit::Failed(StartError::Exited { id, port, status })
+
+    /// Waits until address `index` has nothing in flight, at most the drain time; then
+    /// closes its tunnels (each after a random delay) and waits for them, bounded.
+    async fn drain(&self, index: usize) {
+        let id = self.id;
+        let idle = |workers: &WorkerSet| workers.in_flight(id, index) == 0;
+        if wait_until(&self.workers, self.config.drain_timeout, &self.stop, idle).await {
+            return;
         }
-        _ = stop.cancelled() => {
-            workers.set_state(id, WorkerState::Draining);
-            let status = worker::stop(&mut child, config.kill_timeout).await;
-            tracing::debug!(worker = id, pid, status = ?status.map(|s| worker::describe_exit(&s)), "worker stopped");
-            Exit::Stopped
+        let left = self.workers.in_flight(id, index);
+        tracing::warn!(worker = id, left, jitter = ?self.config.close_jitter, "drain time over; closing what is left");
+        self.workers.close_tunnels(id, index);
+        let grace = self.config.close_jitter + Duration::from_secs(1);
+        wait_until(&self.workers, grace, &self.stop, idle).await;
+    }
+}
+
+/// Polls `done` every 20 ms until it holds (true), `timeout` passes or `stop` fires (false).
+async fn wait_until(
+    workers: &WorkerSet,
+    timeout: Duration,
+    stop: &CancellationToken,
+    done: impl Fn(&WorkerSet) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if done(workers) {
+            return true;
         }
+        if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 
