@@ -132,6 +132,24 @@ struct Args {
     /// A WebSocket idle both ways for this long is closed [default: 1h]
     #[arg(long, value_name = "DURATION")]
     ws_idle_timeout: Option<String>,
+    /// PEM certificate (chain) file: the proxy speaks HTTPS, h2 and http/1.1 [default port: 443]
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key file (PKCS#8, PKCS#1 RSA or SEC1 EC)
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Also listen on this port for plain HTTP and redirect it to HTTPS
+    #[arg(long, value_name = "PORT")]
+    http_redirect_port: Option<u16>,
+    /// Only these clients may enter (repeatable): 10.0.0.1, 10.0.0.0/8, 10.0.0.1-10.0.0.9, IPv6 too
+    #[arg(long, value_name = "RULE")]
+    allow: Vec<String>,
+    /// Refuse these clients (repeatable), same forms as --allow
+    #[arg(long, value_name = "RULE")]
+    deny: Vec<String>,
+    /// Front proxies (CIDR, repeatable) whose X-Forwarded-For names the client
+    #[arg(long, value_name = "CIDR")]
+    trust_proxy: Vec<String>,
     /// TOML file with the same settings (kebab-case keys); flags override it
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -217,6 +235,12 @@ impl Args {
             max_header_size: self.max_header_size,
             max_connections: self.max_connections,
             ws_idle_timeout: self.ws_idle_timeout,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            http_redirect_port: self.http_redirect_port,
+            allow: (!self.allow.is_empty()).then_some(self.allow),
+            deny: (!self.deny.is_empty()).then_some(self.deny),
+            trust_proxy: (!self.trust_proxy.is_empty()).then_some(self.trust_proxy),
             command: (!self.command.is_empty()).then_some(self.command),
         };
         flags.apply(s)?;
@@ -260,7 +284,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(s.workers, 3);
-        assert_eq!(s.proxy_port, 9000);
+        assert_eq!(s.proxy_port(), 9000);
         assert_eq!(s.command, vec!["node", "app.js"]);
         assert_eq!(s.session_keys.len(), 2);
         assert_eq!(s.session_keys[1], KeySource::Ip);

@@ -33,11 +33,13 @@ pub mod cli;
 mod demo;
 pub mod health;
 pub mod ipc;
+pub mod ipfilter;
 mod proxy;
 pub mod routing;
 pub mod settings;
 mod shutdown;
 mod supervisor;
+pub mod tls;
 pub mod workers;
 
 use std::future::Future;
@@ -112,6 +114,20 @@ pub enum Error {
     /// A worker process was started without a valid `PORT` or `WORKER_ID`.
     #[error("invalid worker environment: {0}")]
     WorkerEnv(String),
+    /// A TLS certificate or key file is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// An `--allow`, `--deny` or `--trust-proxy` rule is invalid.
+    #[error(transparent)]
+    IpFilter(#[from] ipfilter::IpFilterError),
+    /// The HTTP redirect port cannot be bound.
+    #[error("cannot listen on {addr} for --http-redirect-port: {source}")]
+    RedirectBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The worker message bus could not be set up.
     #[error(transparent)]
     Ipc(#[from] IpcError),
@@ -254,7 +270,7 @@ impl Cluster {
         /// First worker port; worker `i` listens on `port + i`.
         worker_port: u16 => |s, v| s.worker_port = v;
         /// Port the proxy listens on.
-        proxy_port: u16 => |s, v| s.proxy_port = v;
+        proxy_port: u16 => |s, v| s.proxy_port = Some(v);
         /// Address the proxy binds.
         bind: std::net::IpAddr => |s, v| s.bind = v;
         /// Restart workers that exit.
@@ -419,8 +435,27 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         session_hash,
         on_message,
     } = cluster;
+    let filter = ipfilter::IpFilter::new(&settings.allow, &settings.deny)?;
+    let trusted = ipfilter::TrustedProxies::new(&settings.trust_proxy)?;
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(tls::TlsReloader::new(cert.clone(), key.clone())?))
+        }
+        _ => None,
+    };
     let proxy_addr = settings.proxy_addr();
     let socket = bind_proxy(proxy_addr)?;
+    let redirect = match settings.http_redirect_port {
+        Some(port) => {
+            let addr = SocketAddr::new(settings.bind, port);
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|source| Error::RedirectBind { addr, source })?;
+            Some(listener)
+        }
+        None => None,
+    };
     check_worker_ports(&settings)?;
     let spawned = settings.spawned_workers();
     let workers = Arc::new(WorkerSet::new(
@@ -430,7 +465,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let affinity = match (&settings.affinity_cookie, settings.sticky()) {
         (Some(name), true) => {
             let secret = load_secret(settings.affinity_secret.as_deref(), &settings.secret_file)?;
-            Some(Affinity::new(name, &secret, workers.len(), false))
+            Some(Affinity::new(name, &secret, workers.len(), tls.is_some()))
         }
         _ => None,
     };
@@ -461,7 +496,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let proxy_config = proxy::ProxyConfig {
         websocket: settings.websocket,
         debug: settings.debug,
-        scheme: "http",
+        scheme: if tls.is_some() { "https" } else { "http" },
         hold: (settings.on_worker_down == WorkerDownPolicy::Hold).then_some(settings.hold_timeout),
         hold_queue: settings::DEFAULT_HOLD_QUEUE,
         connect_timeout: settings.connect_timeout,
@@ -471,6 +506,9 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         max_connections: settings.max_connections,
         ws_idle_timeout: settings.ws_idle_timeout,
         drain_timeout: settings.drain_timeout,
+        tls: tls.clone(),
+        filter: Some(filter),
+        trusted: Some(trusted),
     };
     let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), proxy_config));
 
@@ -540,9 +578,24 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         source,
     })?;
     tracing::info!(
-        "proxy listening on http://{proxy_addr} for {} workers",
+        "proxy listening on {}://{proxy_addr} for {} workers",
+        if tls.is_some() { "https" } else { "http" },
         workers.len()
     );
+    if let Some(listener) = redirect {
+        tokio::spawn(proxy::serve_redirect(
+            listener,
+            proxy_addr.port(),
+            stop.clone(),
+        ));
+    }
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::watch_files(
+            tls.clone(),
+            TLS_WATCH_INTERVAL,
+            stop_workers.clone().cancelled_owned(),
+        ));
+    }
 
     health::start(
         workers.clone(),
@@ -560,7 +613,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         stop_workers.clone().cancelled_owned(),
     ));
     let supervisor = Arc::new(supervisor);
-    tokio::spawn(handle_reloads(reloads, supervisor.clone()));
+    tokio::spawn(handle_reloads(reloads, supervisor.clone(), tls.clone()));
 
     proxy::serve(proxy, listener, stop.clone(), settings.grace_timeout).await;
     tracing::info!("proxy closed; stopping workers");
@@ -571,9 +624,25 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     Ok(())
 }
 
-/// SIGHUP: replace the workers one by one; a second SIGHUP during a restart is ignored.
-async fn handle_reloads(mut reloads: mpsc::UnboundedReceiver<()>, supervisor: Arc<Supervisor>) {
+/// How often the TLS files are checked for a change.
+const TLS_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SIGHUP: re-read the TLS files, then replace the workers one by one; SIGHUPs that arrive
+/// during a restart are folded into it.
+async fn handle_reloads(
+    mut reloads: mpsc::UnboundedReceiver<()>,
+    supervisor: Arc<Supervisor>,
+    tls: Option<Arc<tls::TlsReloader>>,
+) {
     while reloads.recv().await.is_some() {
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: TLS files not reloaded; the old certificate keeps serving")
+                }
+            }
+        }
         tracing::info!("SIGHUP: rolling restart of the workers");
         match supervisor.rolling_restart().await {
             Ok(n) => tracing::info!(replaced = n, "rolling restart done"),

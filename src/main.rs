@@ -14,7 +14,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("sticky-cluster: error: {e}");
             match e {
-                Error::Settings(_) | Error::Usage(_) => ExitCode::from(2),
+                Error::Settings(_) | Error::Usage(_) | Error::Tls(_) | Error::IpFilter(_) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::from(1),
             }
         }

@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub const DEFAULT_WORKER_PORT: u16 = 8000;
 /// Proxy port for plain HTTP.
 pub const DEFAULT_PROXY_PORT: u16 = 80;
+/// Proxy port for HTTPS (`--tls-cert` given).
+pub const DEFAULT_TLS_PROXY_PORT: u16 = 443;
 /// Least time between start and the proxy accepting connections (seed: `delay: 1000`).
 pub const DEFAULT_DELAY: Duration = Duration::from_secs(1);
 /// Session cookie that keys stickiness unless `--session-key` says otherwise.
@@ -229,6 +231,9 @@ pub enum SettingsError {
         /// What was given.
         value: String,
     },
+    /// Only one of `--tls-cert` and `--tls-key`.
+    #[error("--tls-cert and --tls-key go together: give both (PEM files) or neither")]
+    TlsHalf,
     /// Health rise/fall counts of 0.
     #[error("--health-rise and --health-fall must be at least 1")]
     BadHealthCounts,
@@ -286,8 +291,8 @@ pub struct Settings {
     pub workers: usize,
     /// First worker port; worker `i` listens on `worker_port + i`.
     pub worker_port: u16,
-    /// Port the proxy listens on.
-    pub proxy_port: u16,
+    /// Port the proxy listens on; `None` means 80, or 443 with TLS (see [`Settings::proxy_port`]).
+    pub proxy_port: Option<u16>,
     /// Address the proxy binds (`0.0.0.0`, `::`, `127.0.0.1`, ...).
     pub bind: IpAddr,
     /// Restart workers that exit.
@@ -352,6 +357,18 @@ pub struct Settings {
     pub max_connections: usize,
     /// Idle timeout of a WebSocket tunnel.
     pub ws_idle_timeout: Duration,
+    /// PEM certificate chain: with `tls_key`, the proxy speaks HTTPS (h2 and http/1.1).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// A plain-HTTP port that redirects to HTTPS.
+    pub http_redirect_port: Option<u16>,
+    /// Only these clients may enter (addresses, CIDR blocks, ranges); empty: everyone.
+    pub allow: Vec<String>,
+    /// These clients are refused.
+    pub deny: Vec<String>,
+    /// Front proxies whose X-Forwarded-For is believed.
+    pub trust_proxy: Vec<String>,
     /// The worker command; empty runs the built-in demo worker (re-executing this binary).
     pub command: Vec<String>,
 }
@@ -362,7 +379,7 @@ impl Default for Settings {
         Self {
             workers: cores,
             worker_port: DEFAULT_WORKER_PORT,
-            proxy_port: DEFAULT_PROXY_PORT,
+            proxy_port: None,
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             respawn: true,
             websocket: true,
@@ -395,6 +412,12 @@ impl Default for Settings {
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
+            tls_cert: None,
+            tls_key: None,
+            http_redirect_port: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            trust_proxy: Vec::new(),
             command: Vec::new(),
         }
     }
@@ -454,7 +477,16 @@ impl Settings {
 
     /// Address the proxy listens on.
     pub fn proxy_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.bind, self.proxy_port)
+        SocketAddr::new(self.bind, self.proxy_port())
+    }
+
+    /// The proxy port in force: the configured one, else 443 with TLS and 80 without.
+    pub fn proxy_port(&self) -> u16 {
+        self.proxy_port.unwrap_or(if self.tls_cert.is_some() {
+            DEFAULT_TLS_PROXY_PORT
+        } else {
+            DEFAULT_PROXY_PORT
+        })
     }
 
     /// Checks every cross-field rule once.
@@ -471,6 +503,9 @@ impl Settings {
         if self.threads == 0 {
             return Err(SettingsError::NoThreads);
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(SettingsError::TlsHalf);
+        }
         if self.health_rise == 0 || self.health_fall == 0 {
             return Err(SettingsError::BadHealthCounts);
         }
@@ -485,10 +520,10 @@ impl Settings {
                 last,
             });
         }
-        let proxy = u32::from(self.proxy_port);
+        let proxy = u32::from(self.proxy_port());
         if proxy >= u32::from(first) && proxy <= last {
             return Err(SettingsError::PortCollision {
-                proxy: self.proxy_port,
+                proxy: self.proxy_port(),
                 first,
                 last,
             });
@@ -587,6 +622,18 @@ pub struct FileSettings {
     pub max_connections: Option<usize>,
     /// `--ws-idle-timeout`.
     pub ws_idle_timeout: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--http-redirect-port`.
+    pub http_redirect_port: Option<u16>,
+    /// `--allow`, a list.
+    pub allow: Option<Vec<String>>,
+    /// `--deny`, a list.
+    pub deny: Option<Vec<String>>,
+    /// `--trust-proxy`, a list.
+    pub trust_proxy: Option<Vec<String>>,
     /// The worker command and its arguments.
     pub command: Option<Vec<String>>,
 }
@@ -633,7 +680,9 @@ impl FileSettings {
     pub fn apply(self, s: &mut Settings) -> Result<(), SettingsError> {
         set(&mut s.workers, self.workers);
         set(&mut s.worker_port, self.worker_port);
-        set(&mut s.proxy_port, self.proxy_port);
+        if self.proxy_port.is_some() {
+            s.proxy_port = self.proxy_port;
+        }
         set(&mut s.bind, self.bind);
         set(&mut s.respawn, self.respawn);
         set(&mut s.websocket, self.websocket);
@@ -684,6 +733,18 @@ impl FileSettings {
             "ws-idle-timeout",
             self.ws_idle_timeout,
         )?;
+        if self.tls_cert.is_some() {
+            s.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            s.tls_key = self.tls_key;
+        }
+        if self.http_redirect_port.is_some() {
+            s.http_redirect_port = self.http_redirect_port;
+        }
+        set(&mut s.allow, self.allow);
+        set(&mut s.deny, self.deny);
+        set(&mut s.trust_proxy, self.trust_proxy);
         if let Some(keys) = self.session_key {
             s.session_keys = keys.iter().map(|k| k.parse()).collect::<Result<_, _>>()?;
         }
@@ -782,7 +843,7 @@ mod tests {
             .and_then(|f| f.apply(&mut s))
             .expect("example config is valid");
         assert_eq!(s.workers, 4);
-        assert_eq!(s.proxy_port, 8080);
+        assert_eq!(s.proxy_port(), 8080);
         assert_eq!(s.command, vec!["node", "app.js"]);
         assert!(s.validate().is_ok());
     }
@@ -799,12 +860,12 @@ mod tests {
             Err(SettingsError::WorkerPortsOutOfRange { .. })
         ));
         s.worker_port = 8000;
-        s.proxy_port = 8002;
+        s.proxy_port = Some(8002);
         assert!(matches!(
             s.validate(),
             Err(SettingsError::PortCollision { .. })
         ));
-        s.proxy_port = 8080;
+        s.proxy_port = Some(8080);
         assert!(s.validate().is_ok());
     }
 }

@@ -34,6 +34,23 @@ pub async fn handle(
         return Ok(refusal);
     }
     let wants_upgrade = is_upgrade(&req);
+    let client = proxy.client_ip(peer.ip(), req.headers());
+    if !proxy.admits(client) {
+        if proxy.debug {
+            tracing::debug!(client = %client, peer = %peer, uri = %req.uri(), "refused by the IP filter");
+        }
+        let mut resp = error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "your address may not enter",
+        );
+        if wants_upgrade {
+            // No upgrade for a refused client: the connection ends with this answer.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Ok(resp);
+    }
     if wants_upgrade && !proxy.websocket {
         return Ok(error(
             StatusCode::FORBIDDEN,
@@ -44,7 +61,7 @@ pub async fn handle(
     let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (head, body) = req.into_parts();
-    let Some(decision) = proxy.choose(&head, peer).await else {
+    let Some(decision) = proxy.choose(&head, client).await else {
         return Ok(no_worker());
     };
     // A bodyless request can be sent again when its worker cannot even be reached: nothing
@@ -64,7 +81,7 @@ pub async fn handle(
         (Ok(resp), _) => Ok(resp),
         (Err(failure), Some(head)) if failure.connect => {
             // No other worker to try: the client learns why the first one failed.
-            let Some(decision) = proxy.choose(&head, peer).await else {
+            let Some(decision) = proxy.choose(&head, client).await else {
                 return Ok(failure.response);
             };
             tracing::debug!(worker = decision.worker, "retrying on another worker");

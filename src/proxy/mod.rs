@@ -6,7 +6,7 @@ mod body;
 mod forward;
 mod upgrade;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +16,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use body::handshake_sid;
 
+use crate::ipfilter::{IpFilter, TrustedProxies};
 use crate::routing::{Decision, Router};
+use crate::tls::TlsReloader;
 use crate::workers::{WorkerId, WorkerSet};
-use body::UpstreamBody;
+use body::{ProxyBody, UpstreamBody};
 
 /// Idle pooled upstream connections are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -59,6 +61,12 @@ pub struct ProxyConfig {
     pub ws_idle_timeout: Duration,
     /// How long a replaced worker may drain (bounds the close jitter of its tunnels).
     pub drain_timeout: Duration,
+    /// TLS: the proxy speaks HTTPS with the reloader's current certificate.
+    pub tls: Option<Arc<TlsReloader>>,
+    /// Which clients may enter.
+    pub filter: Option<IpFilter>,
+    /// Front proxies whose X-Forwarded-For names the client.
+    pub trusted: Option<TrustedProxies>,
 }
 
 /// Everything a request needs, shared by all connections.
@@ -78,6 +86,8 @@ pub struct Proxy {
     response_timeout: Duration,
     ws_idle_timeout: Duration,
     close_jitter: Duration,
+    filter: Option<IpFilter>,
+    trusted: Option<TrustedProxies>,
     config: ProxyConfig,
 }
 
@@ -115,17 +125,18 @@ impl Proxy {
             response_timeout: config.response_timeout,
             ws_idle_timeout: config.ws_idle_timeout,
             close_jitter: config.drain_timeout.min(MAX_CLOSE_JITTER),
+            filter: config.filter.clone().filter(|f| !f.is_empty()),
+            trusted: config.trusted.clone().filter(|t| !t.is_empty()),
             config,
         }
     }
 
     /// Routes a request head; with `--on-worker-down hold`, waits (bounded) for a pinned
     /// worker that is restarting instead of moving its client.
-    async fn choose(&self, head: &http::request::Parts, peer: SocketAddr) -> Option<Decision> {
+    async fn choose(&self, head: &http::request::Parts, client: IpAddr) -> Option<Decision> {
         let now = self.router.table().now();
-        let decision =
-            self.router
-                .route(head, peer.ip(), &self.workers, now, self.hold.is_some())?;
+        let hold = self.hold.is_some();
+        let decision = self.router.route(head, client, &self.workers, now, hold)?;
         if !decision.wait {
             return Some(decision);
         }
@@ -136,8 +147,26 @@ impl Proxy {
             });
         }
         let now = self.router.table().now();
-        self.router
-            .route(head, peer.ip(), &self.workers, now, false)
+        self.router.route(head, client, &self.workers, now, false)
+    }
+
+    /// The client's address: the peer, or what a trusted front proxy says it is.
+    fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        match &self.trusted {
+            Some(t) => t.client_ip(
+                peer,
+                headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ),
+            None => crate::routing::key::canonical_ip(peer),
+        }
+    }
+
+    /// False when the IP filter refuses `client`.
+    fn admits(&self, client: IpAddr) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.permits(client))
     }
 
     /// Waits until `worker` is up, at most the hold time; false when it is not back in time
@@ -166,6 +195,9 @@ impl Proxy {
     }
 }
 
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until `shutdown` fires, then lets in-flight requests finish for at
 /// most `grace`.
 pub async fn serve(
@@ -182,7 +214,8 @@ pub async fn serve(
         .max_buf_size(proxy.config.max_header_size.max(8192))
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(proxy.config.max_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -209,21 +242,111 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let service = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+            match proxy.config.tls.clone() {
+                None => serve_connection(&builder, stream, proxy, peer, shutdown).await,
+                Some(tls) => {
+                    // A failed handshake (plain HTTP on the TLS port, a scanner) ends here.
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, proxy, peer, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("all client connections closed"),
+        _ = connections.wait() => tracing::debug!("all client connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace time over; closing open connections"),
     }
+}
+
+/// Serves one client connection; on shutdown, finishes the request in flight and closes.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Answers plain HTTP on `listener` with a permanent redirect to the HTTPS proxy port.
+pub async fn serve_redirect(listener: TcpListener, https_port: u16, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let service = service_fn(
+            move |req: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(redirect_to_https(&req, https_port))
+            },
+        );
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn redirect_to_https<B>(req: &http::Request<B>, https_port: u16) -> http::Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("localhost");
+    // Drop the plain port; keep an IPv6 literal's brackets.
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    let mut resp = http::Response::new(ProxyBody::empty());
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
 }
