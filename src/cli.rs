@@ -20,10 +20,10 @@ struct Args {
     /// Number of worker processes [default: CPU count]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
-    /// First worker port; worker i listens on W+i [default: 8000]
+    /// First worker port; worker i listens on W+i (W+N+i after a rolling restart) [default: 8000]
     #[arg(long, value_name = "W")]
     worker_port: Option<u16>,
-    /// Port the proxy listens on [default: 80]
+    /// Port the proxy listens on [default: 80, or 443 with --tls-cert]
     #[arg(short = 'p', long, value_name = "P")]
     proxy_port: Option<u16>,
     /// Address the proxy binds, IPv4 or IPv6 [default: 0.0.0.0]

@@ -64,8 +64,10 @@ pub async fn handle(
     let Some(decision) = proxy.choose(&head, client).await else {
         return Ok(no_worker());
     };
-    // A bodyless request can be sent again when its worker cannot even be reached: nothing
-    // of it was delivered. The copy is made before the head is rewritten.
+    // A bodyless request can be sent again when its worker could not be reached (nothing
+    // was delivered), or when it is idempotent and no response came. The copy is made
+    // before the head is rewritten.
+    let idempotent = head.method.is_idempotent();
     let retry = (!wants_upgrade && body.is_end_stream()).then(|| copy_head(&head));
     let first = forward_once(
         &proxy,
@@ -79,7 +81,12 @@ pub async fn handle(
     .await;
     match (first, retry) {
         (Ok(resp), _) => Ok(resp),
-        (Err(failure), Some(head)) if failure.connect => {
+        (Err(failure), Some(head)) if failure.connect || (idempotent && failure.retryable) => {
+            if !failure.connect {
+                // The connection broke mid-request: if the worker is gone, take it out now so
+                // the retry goes elsewhere (the supervisor may not have noticed yet).
+                proxy.check_reachable(decision.worker).await;
+            }
             // No other worker to try: the client learns why the first one failed.
             let Some(decision) = proxy.choose(&head, client).await else {
                 return Ok(failure.response);
@@ -107,6 +114,8 @@ struct Failure {
     response: Response<ProxyBody>,
     /// The worker could not be reached at all (nothing was sent).
     connect: bool,
+    /// No response came (the connection broke): safe to resend an idempotent request.
+    retryable: bool,
 }
 
 async fn forward_once(
@@ -123,6 +132,7 @@ async fn forward_once(
         return Err(Failure {
             response: error(StatusCode::BAD_GATEWAY, "proxy_error", "unknown worker"),
             connect: false,
+            retryable: false,
         });
     };
     let authority = &proxy.authorities[usize::from(worker)][index];
@@ -155,6 +165,7 @@ async fn forward_once(
                 return Err(Failure {
                     response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
                     connect,
+                    retryable: true,
                 });
             }
             Err(_) => {
@@ -166,6 +177,7 @@ async fn forward_once(
                 return Err(Failure {
                     response: error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", &reason),
                     connect: false,
+                    retryable: false,
                 });
             }
         };

@@ -164,6 +164,20 @@ impl Proxy {
         }
     }
 
+    /// Takes a worker out of rotation when its address refuses connections.
+    async fn check_reachable(&self, worker: WorkerId) {
+        let Some(addr) = self.workers.addr(worker) else {
+            return;
+        };
+        let probe = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        );
+        if !matches!(probe.await, Ok(Ok(_))) {
+            self.workers.set_healthy(worker, false);
+        }
+    }
+
     /// False when the IP filter refuses `client`.
     fn admits(&self, client: IpAddr) -> bool {
         self.filter.as_ref().is_none_or(|f| f.permits(client))

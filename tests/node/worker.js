@@ -3,6 +3,9 @@
 // GET /login?id=X      -> sets connect.sid=X (as express-session would after login)
 // GET /close           -> stops listening and drops open connections (process stays alive)
 // GET /exit            -> exits with code 3
+// GET /slow?ms=N        -> answers after N ms
+// GET /health           -> 200, or 500 after /sick (until /heal)
+// env CRASH_WORKER=N    -> worker N exits 300 ms after it starts listening
 // GET /bus/send?msg=X  -> {"type":"message"} to the supervisor (the message bus)
 // GET /bus/broadcast?msg=X, /bus/bind?key=K, /bus/unbind?key=K, /bus/garbage?n=N&big=1
 // GET /bus/inbox        -> JSON array of bus messages received so far
@@ -12,6 +15,7 @@ const net = require('net');
 const id = process.env.WORKER_ID;
 
 const inbox = [];
+let sick = false;
 let bus = null;
 if (process.env.STICKY_CLUSTER_IPC) {
   bus = net.connect(process.env.STICKY_CLUSTER_IPC);
@@ -55,6 +59,14 @@ const server = http.createServer((req, res) => {
     }
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(url.pathname === '/bus/inbox' ? inbox : { ok: true, connected: !!bus && !bus.destroyed }));
+  } else if (url.pathname === '/slow') {
+    setTimeout(() => res.end(`worker ${id} slow`), Number(url.searchParams.get('ms') || 1000));
+  } else if (url.pathname === '/health') {
+    res.statusCode = sick ? 500 : 200;
+    res.end(sick ? 'sick' : 'ok');
+  } else if (url.pathname === '/sick' || url.pathname === '/heal') {
+    sick = url.pathname === '/sick';
+    res.end(`worker ${id} ${sick ? 'sick' : 'healed'}`);
   } else if (url.pathname === '/close') {
     setInterval(() => {}, 1 << 30); // stay alive with the port closed
     res.end('closing', () => { server.close(); server.closeAllConnections(); });
@@ -67,5 +79,6 @@ const server = http.createServer((req, res) => {
 });
 server.listen(Number(process.env.PORT), '127.0.0.1', () => {
   console.log(`worker ${id} listening on ${process.env.PORT}`);
+  if (process.env.CRASH_WORKER === id) setTimeout(() => process.exit(7), 300);
 });
 process.on('SIGTERM', () => { server.close(); server.closeAllConnections(); process.exit(0); });

@@ -1,0 +1,520 @@
+//! Never drop a session: faults under continuous load (kill -9, rolling restart, SIGTERM),
+//! the hold policy, health checks, crash loops, limits and hostile input. Load loops are
+//! bounded in count and time.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Options, TestCluster};
+
+/// What one load client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: usize,
+    failed: Vec<String>,
+    /// worker of every answer, in order.
+    workers: Vec<u64>,
+}
+
+/// `clients` keep-alive clients, each with its own session (pinned by a first request),
+/// hammering GET /whoami until `stop` (or 20 000 requests each, or 60 s).
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Seen>>,
+    pinned: Arc<Mutex<HashMap<usize, u64>>>,
+}
+
+impl Load {
+    fn start(proxy: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pinned = Arc::new(Mutex::new(HashMap::new()));
+        let threads = (0..clients)
+            .map(|i| {
+                let stop = stop.clone();
+                let pinned = pinned.clone();
+                std::thread::spawn(move || client(proxy, i, &stop, &pinned))
+            })
+            .collect();
+        let load = Self {
+            stop,
+            threads,
+            pinned,
+        };
+        wait_until("every client pinned", Duration::from_secs(20), || {
+            load.pinned.lock().unwrap().len() == clients
+        });
+        load
+    }
+
+    fn finish(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+fn client(
+    proxy: SocketAddr,
+    i: usize,
+    stop: &AtomicBool,
+    pinned: &Mutex<HashMap<usize, u64>>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let first = common::request(proxy, "GET", "/whoami", &[], b"").unwrap();
+    let cookie: Vec<String> = first
+        .set_cookies()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let cookie = cookie.join("; ");
+    let worker = first.json()["worker"].as_u64().unwrap();
+    pinned.lock().unwrap().insert(i, worker);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    for _ in 0..20_000 {
+        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            break;
+        }
+        if conn.is_none() {
+            let s = TcpStream::connect(proxy).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn = Some((s.try_clone().unwrap(), BufReader::new(s)));
+        }
+        let Some((s, reader)) = conn.as_mut() else {
+            unreachable!()
+        };
+        let sent = write!(
+            s,
+            "GET /whoami HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n"
+        );
+        let answer = sent
+            .map_err(|e| e.to_string())
+            .and_then(|_| common::read_response(reader).map_err(|e| e.to_string()));
+        match answer {
+            Ok(r) if r.status == 200 => {
+                seen.ok += 1;
+                seen.workers.push(r.json()["worker"].as_u64().unwrap());
+                if r.header("connection") == Some("close") {
+                    conn = None;
+                }
+            }
+            Ok(r) => {
+                seen.failed.push(format!("{} {}", r.status, r.text()));
+                conn = None;
+            }
+            Err(e) => {
+                seen.failed.push(e);
+                conn = None;
+            }
+        }
+    }
+    seen
+}
+
+fn node_cluster(workers: usize, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
+    let script = common::tests_dir().join("node/worker.js");
+    let c = TestCluster::start(Options {
+        workers,
+        command: vec!["node".into(), script.display().to_string()],
+        args: extra.iter().map(|s| s.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    });
+    c.wait_log(&format!("{workers}/{workers} up"), Duration::from_secs(30));
+    c
+}
+
+fn pid_of(c: &TestCluster, worker: u64) -> u32 {
+    let mut pid = None;
+    wait_until(
+        "a request to reach the worker",
+        Duration::from_secs(20),
+        || {
+            let (_, json) = c.whoami(&[]);
+            if json["worker"].as_u64() == Some(worker) {
+                pid = json["pid"].as_u64();
+            }
+            pid.is_some()
+        },
+    );
+    pid.unwrap() as u32
+}
+
+fn kill(sig: &str, pid: u32) {
+    assert!(std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn kill_9_under_load_fails_no_request_and_moves_only_the_victims_sessions() {
+    let c = TestCluster::demo(4, &[]);
+    let load = Load::start(c.proxy, 20);
+    std::thread::sleep(Duration::from_millis(300)); // let load run before the fault
+    let victim = 2;
+    kill("KILL", pid_of(&c, victim));
+    c.wait_log("worker back up", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300)); // and after it
+    let pinned = load.pinned.lock().unwrap().clone();
+    let seen = load.finish();
+    let failed: Vec<_> = seen.iter().flat_map(|s| s.failed.iter()).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\n{}",
+        c.logs()
+    );
+    for (i, s) in seen.iter().enumerate() {
+        let home = pinned[&i];
+        if home != victim {
+            assert!(
+                s.workers.iter().all(|&w| w == home),
+                "client {i} on {home} moved: {:?}",
+                s.workers
+            );
+        } else {
+            // Moved once, to one live worker, and stayed there.
+            let after: Vec<_> = s.workers.iter().skip_while(|&&w| w == home).collect();
+            assert!(
+                after.windows(2).all(|w| w[0] == w[1]),
+                "client {i} moved twice: {after:?}"
+            );
+        }
+    }
+    let total: usize = seen.iter().map(|s| s.ok).sum();
+    assert!(total > 200, "the load ran: {total} requests");
+    let moved = (0..seen.len())
+        .filter(|i| pinned[i] == victim && seen[*i].workers.iter().any(|&w| w != victim))
+        .count();
+    assert!(moved > 0, "the kill hit clients under load");
+}
+
+#[test]
+fn rolling_restart_under_load_fails_no_request_and_keeps_every_session_on_its_worker() {
+    let c = TestCluster::demo(3, &["--drain-timeout", "5s"]);
+    let before: Vec<u32> = (0..3).map(|w| pid_of(&c, w)).collect();
+    let load = Load::start(c.proxy, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let pinned = load.pinned.lock().unwrap().clone();
+    let seen = load.finish();
+    let failed: Vec<_> = seen.iter().flat_map(|s| s.failed.iter()).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\n{}",
+        c.logs()
+    );
+    for (i, s) in seen.iter().enumerate() {
+        assert!(
+            s.workers.iter().all(|&w| w == pinned[&i]),
+            "client {i} left worker {}: {:?}",
+            pinned[&i],
+            s.workers
+        );
+    }
+    let after: Vec<u32> = (0..3).map(|w| pid_of(&c, w)).collect();
+    for w in 0..3 {
+        assert_ne!(before[w], after[w], "worker {w} was replaced");
+        wait_until(
+            "the old process to be gone",
+            Duration::from_secs(10),
+            || !common::alive(before[w]),
+        );
+    }
+    assert_eq!(c.count_log("old worker stopped"), 3);
+}
+
+#[test]
+fn a_replacement_that_fails_to_start_stops_the_reload_and_keeps_the_old_worker() {
+    // Workers listen on PORT; the replacement for worker 0 crashes at once (CRASH_WORKER is
+    // read at start), and only the replacement sees the marker file.
+    let dir = common::scratch("reload-fail");
+    let marker = dir.join("break");
+    let script = format!(
+        "if [ -e {} ]; then exit 9; fi; exec node {}",
+        marker.display(),
+        common::tests_dir().join("node/worker.js").display()
+    );
+    let c = TestCluster::start(Options {
+        workers: 2,
+        command: vec!["sh".into(), "-c".into(), script],
+        ..Default::default()
+    });
+    c.wait_log("2/2 up", Duration::from_secs(30));
+    let old = pid_of(&c, 0);
+    std::fs::write(&marker, "").unwrap();
+    c.signal("HUP");
+    c.wait_log("rolling restart stopped", Duration::from_secs(30));
+    assert_eq!(pid_of(&c, 0), old, "the old worker 0 keeps serving");
+    assert!(common::alive(old));
+    assert_eq!(c.get("/whoami", &[]).status, 200);
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_complete() {
+    let mut c = node_cluster(2, &[], &[]);
+    let proxy = c.proxy;
+    let slow = std::thread::spawn(move || common::request(proxy, "GET", "/slow?ms=1500", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal("TERM");
+    let r = slow.join().unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().ends_with("slow"));
+    assert_eq!(c.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn hold_waits_for_the_restarting_worker_instead_of_moving() {
+    let c = TestCluster::demo(2, &["--on-worker-down", "hold", "--hold-timeout", "10s"]);
+    let (first, json) = c.whoami(&[]);
+    let home = json["worker"].as_u64().unwrap();
+    let cookie: Vec<String> = first
+        .set_cookies()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let cookie = cookie.join("; ");
+    kill("KILL", json["pid"].as_u64().unwrap() as u32);
+    c.wait_log("worker died", Duration::from_secs(10));
+    let (_, again) = c.whoami(&[("Cookie", &cookie)]);
+    assert_eq!(
+        again["worker"].as_u64(),
+        Some(home),
+        "held until its worker came back"
+    );
+    assert_eq!(again["sticky"], "kept");
+    assert_ne!(again["pid"], json["pid"], "served by the respawned process");
+}
+
+#[test]
+fn hold_gives_up_after_the_deadline_and_redispatches() {
+    let c = TestCluster::demo(
+        2,
+        &[
+            "--on-worker-down",
+            "hold",
+            "--hold-timeout",
+            "300ms",
+            "--no-respawn",
+        ],
+    );
+    let (first, json) = c.whoami(&[]);
+    let cookie: Vec<String> = first
+        .set_cookies()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    kill("KILL", json["pid"].as_u64().unwrap() as u32);
+    c.wait_log("worker died", Duration::from_secs(10));
+    let started = Instant::now();
+    let (_, again) = c.whoami(&[("Cookie", &cookie.join("; "))]);
+    assert_ne!(again["worker"], json["worker"]);
+    assert_eq!(again["sticky"], "moved");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it waited first"
+    );
+}
+
+#[test]
+fn failing_health_checks_take_a_worker_out_and_passing_ones_bring_it_back() {
+    let c = node_cluster(
+        3,
+        &[
+            "--health-path",
+            "/health",
+            "--health-interval",
+            "100ms",
+            "--health-fall",
+            "2",
+            "--health-rise",
+            "2",
+        ],
+        &[],
+    );
+    let sick = 1u16;
+    let addr = SocketAddr::from(([127, 0, 0, 1], c.worker_port + sick));
+    assert_eq!(
+        common::request(addr, "GET", "/sick", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    c.wait_log("failed its health checks", Duration::from_secs(10));
+    for _ in 0..9 {
+        assert_ne!(
+            c.whoami(&[]).1["worker"],
+            u64::from(sick),
+            "out of rotation"
+        );
+    }
+    assert_eq!(
+        common::request(addr, "GET", "/heal", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    c.wait_log("passed its health checks", Duration::from_secs(10));
+    wait_until(
+        "new clients reach it again",
+        Duration::from_secs(10),
+        || c.whoami(&[]).1["worker"] == u64::from(sick),
+    );
+}
+
+#[test]
+fn crash_loops_back_off_and_are_reported_while_the_others_serve() {
+    let c = node_cluster(2, &[], &[("CRASH_WORKER", "1")]);
+    c.wait_log("crash-looping", Duration::from_secs(30));
+    let stderr = c.stderr();
+    assert!(
+        stderr.contains("delay=1.6s") || stderr.contains("delay=800ms"),
+        "back-off grows\n{stderr}"
+    );
+    for _ in 0..4 {
+        assert_eq!(c.whoami(&[]).1["worker"], 0);
+    }
+}
+
+#[test]
+fn every_worker_down_means_503_with_retry_after_not_a_hang() {
+    let c = TestCluster::demo(1, &["--no-respawn"]);
+    let pid = c.whoami(&[]).1["pid"].as_u64().unwrap() as u32;
+    kill("KILL", pid);
+    c.wait_log("worker died", Duration::from_secs(10));
+    let r = c.get("/whoami", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"], "no_worker");
+}
+
+#[test]
+fn slow_headers_and_idle_keep_alive_connections_are_closed() {
+    use std::io::Read;
+    let c = TestCluster::demo(1, &["--header-timeout", "500ms"]);
+    // Slowloris: a head that never ends.
+    let mut s = TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the header timeout"
+    );
+    // Idle keep-alive.
+    let mut s = TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(common::read_response(&mut reader).unwrap().status, 200);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "idle connection closed"
+    );
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let c = TestCluster::demo(1, &["--max-header-size", "8192"]);
+    let big = "a".repeat(16 * 1024);
+    let r = common::request(c.proxy, "GET", "/whoami", &[("X-Big", &big)], b"");
+    if let Ok(r) = r {
+        assert_eq!(r.status, 431);
+    }
+    assert_eq!(c.get("/whoami", &[]).status, 200);
+}
+
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    let c = TestCluster::demo(1, &["--max-connections", "2"]);
+    let hold = |_| {
+        let mut s = TcpStream::connect(c.proxy).unwrap();
+        s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        assert_eq!(common::read_response(&mut r).unwrap().status, 200);
+        s
+    };
+    let held: Vec<TcpStream> = (0..2).map(hold).collect();
+    let proxy = c.proxy;
+    let third = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = common::request(proxy, "GET", "/whoami", &[], b"").unwrap();
+        (r.status, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    let (status, waited) = third.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(400),
+        "it waited for a slot: {waited:?}"
+    );
+}
+
+#[test]
+fn idle_websockets_are_closed() {
+    use tungstenite::client::IntoClientRequest;
+    let c = TestCluster::demo(1, &["--ws-idle-timeout", "500ms"]);
+    let req = format!("ws://{}/ws", c.proxy)
+        .into_client_request()
+        .unwrap();
+    let stream = TcpStream::connect(c.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+    ws.send(tungstenite::Message::Text("hi".into())).unwrap();
+    assert!(ws.read().unwrap().is_text());
+    let started = Instant::now();
+    let closed = loop {
+        match ws.read() {
+            Ok(m) if m.is_close() => break true,
+            Ok(_) => continue,
+            Err(_) => break true,
+        }
+    };
+    assert!(closed && started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_flood_of_random_sessions_stays_within_session_max() {
+    let c = TestCluster::demo(2, &["--session-max", "50", "--no-affinity-cookie"]);
+    let (_, first) = c.whoami(&[("Cookie", "connect.sid=the-first")]);
+    assert_eq!(first["sticky"], "new");
+    assert_eq!(
+        c.whoami(&[("Cookie", "connect.sid=the-first")]).1["sticky"],
+        "kept"
+    );
+    for i in 0..400 {
+        let cookie = format!("connect.sid=flood-{i}; sticky.worker=garbage{i}");
+        assert_eq!(c.get("/whoami", &[("Cookie", &cookie)]).status, 200);
+    }
+    // Evicted (least recently used) by the flood: the table never held more than 50 keys.
+    assert_eq!(
+        c.whoami(&[("Cookie", "connect.sid=the-first")]).1["sticky"],
+        "new"
+    );
+}

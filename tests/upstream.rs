@@ -1,0 +1,118 @@
+//! `--upstream`: workers this process does not start are routed, kept sticky, health-checked
+//! and failed over exactly like spawned ones.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{wait_until, Options, TestCluster};
+
+/// A Node worker started by the test itself, on `port`; killed on drop.
+struct Upstream {
+    child: Child,
+    port: u16,
+}
+
+impl Upstream {
+    fn start(id: u16, port: u16) -> Self {
+        let child = Command::new("node")
+            .arg(common::tests_dir().join("node/worker.js"))
+            .env("PORT", port.to_string())
+            .env("WORKER_ID", id.to_string())
+            .env_remove("STICKY_CLUSTER_IPC")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the upstream to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn upstreams_are_routed_sticky_health_checked_and_failed_over() {
+    let ports = common::free_ports(2);
+    let (pa, pb) = (ports.first, ports.first + 1);
+    drop(ports);
+    let a = Upstream::start(0, pa);
+    let b = Upstream::start(1, pb);
+    let c = TestCluster::start(Options {
+        workers: 1,
+        args: [
+            "--upstream",
+            &format!("127.0.0.1:{pa}"),
+            "--upstream",
+            &format!("localhost:{pb}"),
+            "--health-interval",
+            "100ms",
+            "--health-rise",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..Default::default()
+    });
+    assert!(
+        !c.stderr().contains("starting workers"),
+        "nothing spawned\n{}",
+        c.logs()
+    );
+    // Spread and sticky.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (r, json) = c.whoami(&[]);
+        let cookie: Vec<String> = r
+            .set_cookies()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        clients.push((cookie.join("; "), json["worker"].as_u64().unwrap()));
+    }
+    assert!(clients.iter().any(|(_, w)| *w == 0) && clients.iter().any(|(_, w)| *w == 1));
+    for (cookie, worker) in &clients {
+        assert_eq!(
+            c.whoami(&[("Cookie", cookie)]).1["worker"].as_u64(),
+            Some(*worker)
+        );
+    }
+    // Upstream 0 goes away: its clients are served by 1 without an error.
+    drop(a);
+    for (cookie, _) in &clients {
+        let r = c.get("/whoami", &[("Cookie", cookie)]);
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), c.logs());
+        assert_eq!(r.json()["worker"], 1);
+    }
+    // Back: the health checks put it in rotation again and it takes new clients.
+    let _a = Upstream::start(0, pa);
+    wait_until(
+        "upstream 0 back in rotation",
+        Duration::from_secs(10),
+        || c.whoami(&[]).1["worker"] == 0,
+    );
+    assert_eq!(b.port, pb);
+}
+
+#[test]
+fn bad_upstreams_are_refused() {
+    for bad in ["nohost", "127.0.0.1:notaport", "no-such-host.invalid:80"] {
+        let (status, _, err) = common::run_to_exit(
+            &["--proxy-port", "18082", "--upstream", bad],
+            Duration::from_secs(30),
+        );
+        assert_eq!(status.code(), Some(2), "{err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.contains("--upstream") && last.contains(bad), "{err}");
+    }
+}
