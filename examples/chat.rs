@@ -14,8 +14,8 @@
 //! it on the cluster's message bus, and every worker relays what the bus brings to its
 //! sockets.
 //!
-//! Defaults: 4 workers and proxy port 8080, unless `--workers`/`-w`, `--proxy-port`/`-p` or a
-//! `--config` file says otherwise; every other flag is the `sticky-cluster` binary's.
+//! Defaults: 4 workers and proxy port 8080 (set in code with the builder), overridden by a
+//! `--config` file or by flags; every flag is the `sticky-cluster` binary's.
 //!
 //! HTTP contract:
 //! - `GET /`: the login form (a logged-in session is sent on to `/chat`).
@@ -65,68 +65,37 @@ const CHAT_PAGE: &str = include_str!("chat/chat.html");
 
 fn main() -> ExitCode {
     init_logging();
-    let cluster = match Cluster::from_args() {
-        Ok(cluster) => with_defaults(cluster, &std::env::args().skip(1).collect::<Vec<_>>()),
-        // --help and --version print and exit 0; a usage error prints and exits 2.
-        Err(Error::Usage(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("chat: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if !Cluster::is_worker() {
-        let s = cluster.settings();
-        let host = match s.bind {
-            ip if ip.is_unspecified() => "localhost".to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            ip => ip.to_string(),
-        };
-        let scheme = if s.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        println!(
-            "chat: {} workers behind {scheme}://{host}:{}/ (log in with any name and password)",
-            s.workers,
-            s.proxy_port()
-        );
-    }
-    match cluster.run(serve) {
+    // Our defaults first; a --config file and the flags override them.
+    let cluster = Cluster::builder()
+        .workers(DEFAULT_WORKERS)
+        .proxy_port(DEFAULT_PROXY_PORT)
+        .with_args()
+        .map(|c| {
+            c.on_ready(|addr| {
+                let host = match addr.ip() {
+                    ip if ip.is_unspecified() => "localhost".to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                };
+                println!(
+                    "chat: open http://{host}:{}/ (log in with any name and password)",
+                    addr.port()
+                );
+            })
+        });
+    let result = cluster.and_then(|c| c.run(serve));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        // --help and --version print to stdout.
+        Err(Error::Usage(e)) if !e.use_stderr() => {
+            print!("{e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("chat: error: {e}");
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// Applies this example's defaults (4 workers, port 8080) where the command line gave no
-/// value: neither the flag nor a `--config` file, whose values win over ours.
-fn with_defaults(mut cluster: Cluster, args: &[String]) -> Cluster {
-    let args: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .take_while(|a| *a != "--")
-        .collect();
-    let given = |long: &str, short: char| {
-        args.iter().any(|a| {
-            a.strip_prefix(long)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
-                || a.strip_prefix('-')
-                    .is_some_and(|rest| !rest.starts_with('-') && rest.starts_with(short))
-        })
-    };
-    if given("--config", 'c') {
-        return cluster;
-    }
-    if !given("--workers", 'w') {
-        cluster = cluster.workers(DEFAULT_WORKERS);
-    }
-    if !given("--proxy-port", 'p') {
-        cluster = cluster.proxy_port(DEFAULT_PROXY_PORT);
-    }
-    cluster
 }
 
 fn init_logging() {

@@ -176,11 +176,24 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    parse_onto(Settings::default(), args)
+}
+
+/// Like [`parse`], over `base` instead of the defaults: a library app's own defaults come
+/// first, then the config file, then the flags.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_onto<I, T>(base: Settings, args: I) -> Result<Parsed, SettingsError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => return Ok(Parsed::Clap(e)),
     };
-    let mut settings = Settings::default();
+    let mut settings = base;
     if let Some(path) = &args.config {
         FileSettings::load(path)?.apply(&mut settings)?;
     }
@@ -189,9 +202,13 @@ where
     Ok(Parsed::Run(Box::new(settings)))
 }
 
-/// A clap usage error as one line (its first), without the usage block and tips.
+/// A clap usage error as one line (its first), without the usage block and tips; `--help`
+/// and `--version` text in full.
 pub fn one_line(e: &clap::Error) -> String {
     let text = e.to_string();
+    if !e.use_stderr() {
+        return text;
+    }
     let first = text.lines().next().unwrap_or("invalid arguments");
     format!("{}; see --help", first.trim_start_matches("error: ").trim())
 }

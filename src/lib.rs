@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use demo::serve as demo_worker;
-pub use ipc::{IpcError, MessageHandler, WorkerBus};
+pub use ipc::{Incoming as BusMessage, IpcError, MessageHandler, WorkerBus};
 pub use proxy::handshake_sid;
 pub use routing::affinity::SecretError;
 pub use routing::SessionHash;
@@ -136,6 +136,18 @@ pub enum Error {
     Worker(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl Error {
+    /// The process exit code this error calls for: 0 for `--help`/`--version`, 2 for bad
+    /// usage or settings, 1 otherwise (the binary's documented codes).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(e) if !e.use_stderr() => 0,
+            Error::Usage(_) | Error::Settings(_) | Error::Tls(_) | Error::IpFilter(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// The identity of a worker process, handed to the worker closure.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -186,7 +198,11 @@ pub struct Cluster {
     settings: Settings,
     session_hash: Option<SessionHash>,
     on_message: Option<MessageHandler>,
+    on_ready: Option<ReadyHandler>,
 }
+
+/// Called in the master once the proxy accepts connections, with its address.
+pub type ReadyHandler = Arc<dyn Fn(SocketAddr) + Send + Sync>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,6 +210,7 @@ impl std::fmt::Debug for Cluster {
             .field("settings", &self.settings)
             .field("session_hash", &self.session_hash.is_some())
             .field("on_message", &self.on_message.is_some())
+            .field("on_ready", &self.on_ready.is_some())
             .finish()
     }
 }
@@ -218,6 +235,7 @@ impl Cluster {
             settings,
             session_hash: None,
             on_message: None,
+            on_ready: None,
         }
     }
 
@@ -244,12 +262,49 @@ impl Cluster {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
+        Self::builder().with_args_iter(args)
+    }
+
+    /// Lays the process's command line (and its `--config` file) over the settings made so
+    /// far, so the app's own defaults come first and the user's flags win:
+    /// `Cluster::builder().workers(4).proxy_port(8080).with_args()?`.
+    ///
+    /// # Errors
+    /// As [`Cluster::from_args`].
+    pub fn with_args(self) -> Result<Self, Error> {
+        self.with_args_iter(std::env::args_os())
+    }
+
+    /// Like [`Cluster::with_args`], from the given arguments (program name first).
+    ///
+    /// ```
+    /// use sticky_cluster::Cluster;
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .workers(4)
+    ///     .proxy_port(8080)
+    ///     .with_args_iter(["my-app", "--proxy-port", "9090"])?;
+    /// assert_eq!(cluster.settings().workers, 4, "the app's default stands");
+    /// assert_eq!(cluster.settings().proxy_port(), 9090, "the flag wins");
+    /// # Ok::<(), sticky_cluster::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Cluster::from_args`].
+    pub fn with_args_iter<I, T>(mut self, args: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         if Self::is_worker() {
             // A worker takes its identity from the environment, never from flags.
-            return Ok(Self::builder());
+            return Ok(self);
         }
-        match cli::parse(args)? {
-            cli::Parsed::Run(settings) => Ok(Self::new(*settings)),
+        match cli::parse_onto(self.settings.clone(), args)? {
+            cli::Parsed::Run(settings) => {
+                self.settings = *settings;
+                Ok(self)
+            }
             cli::Parsed::Clap(e) => Err(Error::Usage(e)),
         }
     }
@@ -312,6 +367,16 @@ impl Cluster {
         F: Fn(WorkerId, &serde_json::Value) + Send + Sync + 'static,
     {
         self.on_message = Some(Arc::new(f));
+        self
+    }
+
+    /// Called in the master once the proxy accepts connections, with the address it listens
+    /// on (print your URL here).
+    pub fn on_ready<F>(mut self, f: F) -> Self
+    where
+        F: Fn(SocketAddr) + Send + Sync + 'static,
+    {
+        self.on_ready = Some(Arc::new(f));
         self
     }
 
@@ -434,6 +499,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         settings,
         session_hash,
         on_message,
+        on_ready,
     } = cluster;
     let filter = ipfilter::IpFilter::new(&settings.allow, &settings.deny)?;
     let trusted = ipfilter::TrustedProxies::new(&settings.trust_proxy)?;
@@ -582,6 +648,9 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         if tls.is_some() { "https" } else { "http" },
         workers.len()
     );
+    if let Some(f) = on_ready {
+        f(proxy_addr);
+    }
     if let Some(listener) = redirect {
         tokio::spawn(proxy::serve_redirect(
             listener,

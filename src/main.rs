@@ -13,12 +13,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sticky-cluster: error: {e}");
-            match e {
-                Error::Settings(_) | Error::Usage(_) | Error::Tls(_) | Error::IpFilter(_) => {
-                    ExitCode::from(2)
-                }
-                _ => ExitCode::from(1),
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -352,7 +352,7 @@ fn login_pages_and_sessions_stay_on_their_worker() {
     let c = ChatCluster::start();
     assert!(
         c.read("stdout")
-            .contains(&format!("{WORKERS} workers behind {}/", c.url())),
+            .contains(&format!("chat: open {}/", c.url())),
         "the example prints its URL\n{}",
         c.logs()
     );
