@@ -14,6 +14,8 @@ use crate::settings::{FileSettings, KeySource, Settings, SettingsError};
     name = "sticky-cluster",
     version,
     about,
+    // A flag given twice keeps its last value, so wrappers can append overrides.
+    args_override_self = true,
     after_help = "Without COMMAND, a built-in demo worker is run. Each worker gets PORT and WORKER_ID in its environment.\nExample: sticky-cluster --workers 4 --proxy-port 8080 -- node app.js"
 )]
 struct Args {

@@ -1,0 +1,189 @@
+//! The options that other files do not exercise: IPv6 bind, custom cookie names, the
+//! affinity secret from the environment, timeouts, --delay, --threads, --debug, --session-ttl.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Options, TestCluster};
+
+fn opts(workers: usize, args: &[&str]) -> Options {
+    Options {
+        workers,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn bind_ipv6_loopback() {
+    // The later --bind overrides the harness's 127.0.0.1.
+    let c = TestCluster::start(Options {
+        wait_ready: false,
+        ..opts(1, &["--bind", "::1"])
+    });
+    let addr: SocketAddr = format!("[::1]:{}", c.proxy.port()).parse().unwrap();
+    common::wait_until("the proxy on ::1", Duration::from_secs(30), || {
+        TcpStream::connect(addr).is_ok()
+    });
+    let r = common::request(addr, "GET", "/whoami", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["forwarded_for"], "::1");
+    assert!(TcpStream::connect(c.proxy).is_err(), "not on 127.0.0.1");
+}
+
+#[test]
+fn custom_session_and_affinity_cookie_names() {
+    let c = TestCluster::start(opts(
+        2,
+        &[
+            "--session-cookie",
+            "sid",
+            "--affinity-cookie",
+            "pin",
+            "--debug",
+        ],
+    ));
+    let (r, json) = c.whoami(&[]);
+    let set = r.set_cookies();
+    assert!(
+        set.contains_key("pin") && !set.contains_key("sticky.worker"),
+        "{set:?}"
+    );
+    assert_eq!(
+        r.header("x-sticky-worker"),
+        Some(json["worker"].to_string().as_str()),
+        "--debug"
+    );
+    // The session cookie `sid` is a key: a fresh one is pinned where it first went.
+    let (_, first) = c.whoami(&[("Cookie", "sid=abc")]);
+    for _ in 0..4 {
+        assert_eq!(
+            c.whoami(&[("Cookie", "sid=abc")]).1["worker"],
+            first["worker"]
+        );
+    }
+}
+
+#[test]
+fn affinity_secret_from_the_environment_is_shared_by_two_proxies() {
+    let token = |dir: &str| {
+        let c = TestCluster::start(Options {
+            env: vec![(
+                "STICKY_CLUSTER_SECRET".into(),
+                "a shared secret of enough bytes".into(),
+            )],
+            secret_dir: Some(common::scratch(dir)),
+            ..opts(2, &[])
+        });
+        let (r, json) = c.whoami(&[]);
+        (
+            r.set_cookies()["sticky.worker"].clone(),
+            json["worker"].clone(),
+        )
+    };
+    let (t1, w1) = token("secret-a");
+    let (t2, w2) = token("secret-b");
+    assert_eq!(w1, w2, "round-robin starts at worker 0 in both");
+    assert_eq!(t1, t2, "same secret, same token, different secret files");
+}
+
+#[test]
+fn response_timeout_gives_504() {
+    let script = common::tests_dir().join("node/worker.js");
+    let c = TestCluster::start(Options {
+        command: vec!["node".into(), script.display().to_string()],
+        ..opts(1, &["--response-timeout", "300ms"])
+    });
+    c.wait_log("1/1 up", Duration::from_secs(30));
+    let r = c.get("/slow?ms=3000", &[]);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert_eq!(c.get("/whoami", &[]).status, 200);
+}
+
+#[test]
+fn delay_holds_the_proxy_port_closed_until_it_passes() {
+    let started = Instant::now();
+    let c = TestCluster::start(Options {
+        wait_ready: false,
+        ..opts(1, &["--delay", "1500ms"])
+    });
+    c.wait_log("1/1 up", Duration::from_secs(30));
+    if started.elapsed() < Duration::from_millis(1200) {
+        assert!(
+            TcpStream::connect(c.proxy).is_err(),
+            "workers ready, delay not over"
+        );
+    }
+    c.wait_listening(Duration::from_secs(30));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[test]
+fn one_proxy_thread_serves() {
+    let c = TestCluster::start(opts(2, &["--threads", "1"]));
+    for _ in 0..10 {
+        assert_eq!(c.get("/whoami", &[]).status, 200);
+    }
+}
+
+#[test]
+fn session_ttl_forgets_idle_keys() {
+    let c = TestCluster::start(opts(2, &["--session-ttl", "1s", "--no-affinity-cookie"]));
+    assert_eq!(c.whoami(&[("Cookie", "connect.sid=k")]).1["sticky"], "new");
+    assert_eq!(c.whoami(&[("Cookie", "connect.sid=k")]).1["sticky"], "kept");
+    std::thread::sleep(Duration::from_millis(1300)); // the TTL itself is what is tested
+    assert_eq!(
+        c.whoami(&[("Cookie", "connect.sid=k")]).1["sticky"],
+        "new",
+        "forgotten"
+    );
+}
+
+#[test]
+fn kill_timeout_kills_a_worker_that_ignores_sigterm() {
+    // `trap '' TERM` is inherited across exec: python's http.server then ignores SIGTERM.
+    let mut c = TestCluster::start(Options {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap '' TERM; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1".into(),
+        ],
+        ..opts(1, &["--kill-timeout", "500ms"])
+    });
+    assert_eq!(c.get("/", &[]).status, 200);
+    let started = Instant::now();
+    c.signal("TERM");
+    assert_eq!(c.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(
+        c.stderr().contains("ignored SIGTERM; sending SIGKILL"),
+        "{}",
+        c.logs()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn grace_timeout_bounds_the_wait_for_in_flight_requests() {
+    let script = common::tests_dir().join("node/worker.js");
+    let mut c = TestCluster::start(Options {
+        command: vec!["node".into(), script.display().to_string()],
+        ..opts(1, &["--grace-timeout", "500ms"])
+    });
+    c.wait_log("1/1 up", Duration::from_secs(30));
+    let proxy = c.proxy;
+    let slow = std::thread::spawn(move || common::request(proxy, "GET", "/slow?ms=8000", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    c.signal("TERM");
+    assert_eq!(c.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "did not wait for the 8 s request"
+    );
+    assert!(c.stderr().contains("grace time over"));
+    let _ = slow.join();
+}
