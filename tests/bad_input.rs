@@ -96,23 +96,34 @@ fn bad_session_key_and_cookie_names() {
     refused(&["--session-cookie", "a;b"], 2, &["a;b"]);
 }
 
+/// `refused` for `--bind 127.0.0.1`, the proxy on port `first`, `-w WORKERS` from `first + 1`,
+/// then `rest`.
+fn refused_on_ports(first: u16, workers: &str, rest: &[&str], code: i32, needles: &[&str]) {
+    let proxy = first.to_string();
+    let worker_port = (first + 1).to_string();
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1",
+        "--proxy-port",
+        &proxy,
+        "--worker-port",
+        &worker_port,
+        "-w",
+        workers,
+    ];
+    args.extend_from_slice(rest);
+    refused(&args, code, needles);
+}
+
 #[test]
 fn proxy_port_in_use_starts_no_worker() {
     let ports = free_ports(3);
     let proxy = ports.first.to_string();
-    let workers = (ports.first + 1).to_string();
     // `ports` still holds the proxy port bound.
-    refused(
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--proxy-port",
-            &proxy,
-            "--worker-port",
-            &workers,
-            "-w",
-            "2",
-        ],
+    refused_on_ports(
+        ports.first,
+        "2",
+        &[],
         1,
         &[&proxy, "already in use", "--proxy-port"],
     );
@@ -121,23 +132,13 @@ fn proxy_port_in_use_starts_no_worker() {
 
 #[test]
 fn worker_port_in_use() {
-    let ports = free_ports(3);
-    let proxy = ports.first.to_string();
-    let workers = (ports.first + 1).to_string();
-    let mut ports = ports;
+    let mut ports = free_ports(3);
     ports.release();
     let _hold = std::net::TcpListener::bind(("127.0.0.1", ports.first + 2)).unwrap();
-    refused(
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--proxy-port",
-            &proxy,
-            "--worker-port",
-            &workers,
-            "-w",
-            "2",
-        ],
+    refused_on_ports(
+        ports.first,
+        "2",
+        &[],
         1,
         &[&(ports.first + 2).to_string(), "--worker-port"],
     );
@@ -146,24 +147,12 @@ fn worker_port_in_use() {
 #[test]
 fn command_not_found() {
     let ports = free_ports(2);
-    let proxy = ports.first.to_string();
-    let workers = (ports.first + 1).to_string();
+    let first = ports.first;
     drop(ports);
-    refused(
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--proxy-port",
-            &proxy,
-            "--worker-port",
-            &workers,
-            "-w",
-            "1",
-            "--delay",
-            "0s",
-            "--",
-            "no-such-program-xyz",
-        ],
+    refused_on_ports(
+        first,
+        "1",
+        &["--delay", "0s", "--", "no-such-program-xyz"],
         1,
         &["no-such-program-xyz", "not found"],
     );

@@ -8,19 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{request, wait_until, Options, TestCluster};
-
-fn node_cluster(workers: usize, extra: &[&str]) -> TestCluster {
-    let script = common::tests_dir().join("node/worker.js");
-    let c = TestCluster::start(Options {
-        workers,
-        command: vec!["node".into(), script.display().to_string()],
-        args: extra.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    });
-    c.wait_log(&format!("{workers}/{workers} up"), Duration::from_secs(30));
-    c
-}
+use common::{node_workers, request, wait_until, TestCluster};
 
 /// Talks to worker `i` directly, not through the proxy.
 fn direct(c: &TestCluster, i: u16, path: &str) -> serde_json::Value {
@@ -35,7 +23,7 @@ fn messages_reach_the_on_message_command_with_the_worker_id() {
     let dir = common::scratch("bus");
     let out = dir.join("messages.jsonl");
     let cmd = format!("cat >> {}", out.display());
-    let c = node_cluster(2, &["--on-message", &cmd, "--debug"]);
+    let c = node_workers(2, &["--on-message", &cmd, "--debug"], &[]);
     direct(&c, 1, "/bus/send?msg=hello");
     direct(&c, 0, "/bus/send?msg=world");
     wait_until("both messages piped", Duration::from_secs(10), || {
@@ -55,7 +43,7 @@ fn messages_reach_the_on_message_command_with_the_worker_id() {
 
 #[test]
 fn broadcast_reaches_every_other_worker() {
-    let c = node_cluster(3, &[]);
+    let c = node_workers(3, &[], &[]);
     direct(&c, 0, "/bus/broadcast?msg=invalidate");
     for i in 1..3 {
         wait_until("broadcast delivered", Duration::from_secs(10), || {
@@ -75,7 +63,7 @@ fn broadcast_reaches_every_other_worker() {
 
 #[test]
 fn bind_and_unbind_steer_stickiness() {
-    let c = node_cluster(3, &["--no-affinity-cookie"]);
+    let c = node_workers(3, &["--no-affinity-cookie"], &[]);
     direct(&c, 2, "/bus/bind?key=rotated-session");
     wait_until("key bound to worker 2", Duration::from_secs(10), || {
         (0..6).all(|_| c.whoami(&[("Cookie", "connect.sid=rotated-session")]).1["worker"] == 2)
@@ -88,7 +76,7 @@ fn bind_and_unbind_steer_stickiness() {
 
 #[test]
 fn a_worker_flooding_garbage_is_cut_off_and_the_rest_goes_on() {
-    let c = node_cluster(2, &["--on-message", "cat > /dev/null"]);
+    let c = node_workers(2, &["--on-message", "cat > /dev/null"], &[]);
     direct(&c, 0, "/bus/garbage?n=500&big=1");
     wait_until("worker 0 disconnected", Duration::from_secs(10), || {
         direct(&c, 0, "/bus/inbox").as_array().is_some()

@@ -12,12 +12,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::{request, Response};
+use common::{NodeRun, Options, Response, TestCluster};
 use serde_json::Value;
 
 const WORKERS: usize = 2;
@@ -64,192 +62,88 @@ fn example_bin() -> PathBuf {
     bin
 }
 
-/// The chat example running as a cluster; stopped (SIGTERM to its PID, then SIGKILL) on drop.
-struct ChatCluster {
-    child: Option<Child>,
-    proxy: SocketAddr,
-    dir: PathBuf,
-    cmdline: String,
+/// The chat example running as a cluster of `WORKERS`; stopped on drop.
+fn chat_cluster() -> TestCluster {
+    let c = TestCluster::start(Options {
+        program: example_bin(),
+        workers: WORKERS,
+        wait_ready: false,
+        ..Default::default()
+    });
+    // The proxy listens once every worker answered (or failed); insist on all of them.
+    c.wait_log(&format!("{WORKERS}/{WORKERS} up"), Duration::from_secs(30));
+    c.wait_log("proxy listening", Duration::from_secs(30));
+    c
 }
 
-impl ChatCluster {
-    fn start() -> Self {
-        let bin = example_bin();
-        // The proxy, the workers, and their spare ports for rolling restarts.
-        let mut ports = common::free_ports(1 + 2 * WORKERS);
-        let proxy_port = ports.first;
-        let dir = common::scratch("chat");
-        let args: Vec<String> = vec![
-            "--workers".into(),
-            WORKERS.to_string(),
-            "--proxy-port".into(),
-            proxy_port.to_string(),
-            "--worker-port".into(),
-            (proxy_port + 1).to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--delay".into(),
-            "0s".into(),
-            "--secret-file".into(),
-            dir.join("affinity.key").display().to_string(),
-        ];
-        let mut cmd = Command::new(&bin);
-        cmd.args(&args)
-            .env_remove("STICKY_CLUSTER_SECRET")
-            .env_remove("STICKY_CLUSTER_ROLE")
-            .env_remove("STICKY_CLUSTER_LOG")
-            .env_remove("STICKY_CLUSTER_IPC")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
-        ports.release();
-        let cmdline = format!("{} {}", bin.display(), args.join(" "));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmdline}: {e}"));
-        let cluster = Self {
-            child: Some(child),
-            proxy: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
-            dir,
-            cmdline,
-        };
-        // The proxy listens once every worker answered (or failed); insist on all of them.
-        cluster.wait_log(&format!("{WORKERS}/{WORKERS} up"), Duration::from_secs(30));
-        cluster.wait_log("proxy listening", Duration::from_secs(30));
-        cluster
+/// One request with an optional `Cookie` header and an optional urlencoded form body.
+fn send(c: &TestCluster, method: &str, path: &str, cookie: Option<&str>, form: &str) -> Response {
+    let mut headers = Vec::new();
+    if let Some(cookie) = cookie {
+        headers.push(("Cookie", cookie));
     }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    if !form.is_empty() {
+        headers.push(("Content-Type", "application/x-www-form-urlencoded"));
     }
+    c.request(method, path, &headers, form.as_bytes())
+}
 
-    fn logs(&self) -> String {
-        format!(
-            "command: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.cmdline,
-            self.read("stdout"),
-            self.read("stderr")
-        )
-    }
+/// `GET /me` with a session: `(user, worker)`.
+fn me(c: &TestCluster, cookie: &str) -> (String, u64) {
+    let r = send(c, "GET", "/me", Some(cookie), "");
+    assert_eq!(r.status, 200, "GET /me: {}\n{}", r.text(), c.logs());
+    let me = r.json();
+    let user = me["user"].as_str().unwrap_or_default().to_string();
+    let worker = me["worker"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no worker in {me}"));
+    (user, worker)
+}
 
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.read("stderr").contains(needle) {
-            if self.child.as_ref().is_some_and(|c| !common::alive(c.id())) {
-                panic!("the chat example exited early\n{}", self.logs());
-            }
-            if Instant::now() > deadline {
-                panic!("the log never said {needle:?}\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.proxy)
-    }
-
-    fn request(&self, method: &str, path: &str, cookie: Option<&str>, form: &str) -> Response {
-        let mut headers = Vec::new();
-        if let Some(c) = cookie {
-            headers.push(("Cookie", c));
-        }
-        if !form.is_empty() {
-            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
-        }
-        request(self.proxy, method, path, &headers, form.as_bytes())
-            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\n{}", self.logs()))
-    }
-
-    /// `GET /me` with a session: `(user, worker)`.
-    fn me(&self, cookie: &str) -> (String, u64) {
-        let r = self.request("GET", "/me", Some(cookie), "");
-        assert_eq!(r.status, 200, "GET /me: {}\n{}", r.text(), self.logs());
-        let me = r.json();
-        let user = me["user"].as_str().unwrap_or_default().to_string();
-        let worker = me["worker"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no worker in {me}"));
-        (user, worker)
-    }
-
-    /// Logs in through `POST /login` as a fresh client (no cookies).
-    fn login(&self, name: &str) -> User {
-        let r = self.request(
-            "POST",
-            "/login",
-            None,
-            &format!("username={name}&password=any+thing"),
-        );
-        assert_eq!(r.status, 303, "POST /login: {}\n{}", r.text(), self.logs());
-        assert_eq!(r.header("location"), Some("/chat"));
-        let set_cookie = r
-            .all("set-cookie")
-            .into_iter()
-            .find(|v| v.starts_with("connect.sid="))
-            .unwrap_or_else(|| panic!("no connect.sid cookie: {:?}", r.headers));
-        assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
-        let cookies = r.set_cookies();
-        let session = format!("connect.sid={}", cookies["connect.sid"]);
-        // Everything a browser would send back: the session and the proxy's affinity cookie.
-        let jar = cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let (user, worker) = self.me(&jar);
-        assert_eq!(user, name);
-        User {
-            name: name.to_string(),
-            session,
-            jar,
-            worker,
-        }
-    }
-
-    /// Alice, and Bob logged in until he is on another worker than hers.
-    fn two_users_on_two_workers(&self) -> (User, User) {
-        let alice = self.login("alice");
-        for _ in 0..8 {
-            let bob = self.login("bob");
-            if bob.worker != alice.worker {
-                return (alice, bob);
-            }
-        }
-        panic!(
-            "bob never landed on another worker than alice's ({})\n{}",
-            alice.worker,
-            self.logs()
-        );
+/// Logs in through `POST /login` as a fresh client (no cookies).
+fn login(c: &TestCluster, name: &str) -> User {
+    let r = send(
+        c,
+        "POST",
+        "/login",
+        None,
+        &format!("username={name}&password=any+thing"),
+    );
+    assert_eq!(r.status, 303, "POST /login: {}\n{}", r.text(), c.logs());
+    assert_eq!(r.header("location"), Some("/chat"));
+    let set_cookie = r
+        .all("set-cookie")
+        .into_iter()
+        .find(|v| v.starts_with("connect.sid="))
+        .unwrap_or_else(|| panic!("no connect.sid cookie: {:?}", r.headers));
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let session = format!("connect.sid={}", r.set_cookies()["connect.sid"]);
+    // Everything a browser would send back: the session and the proxy's affinity cookie.
+    let jar = r.cookie_header();
+    let (user, worker) = me(c, &jar);
+    assert_eq!(user, name);
+    User {
+        name: name.to_string(),
+        session,
+        jar,
+        worker,
     }
 }
 
-impl Drop for ChatCluster {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            stop(child, Duration::from_secs(15));
+/// Alice, and Bob logged in until he is on another worker than hers.
+fn two_users_on_two_workers(c: &TestCluster) -> (User, User) {
+    let alice = login(c, "alice");
+    for _ in 0..8 {
+        let bob = login(c, "bob");
+        if bob.worker != alice.worker {
+            return (alice, bob);
         }
     }
-}
-
-/// SIGTERM to the child's PID, SIGKILL if it is still there after `grace`; always reaped.
-fn stop(mut child: Child, grace: Duration) -> ExitStatus {
-    if let Ok(Some(status)) = child.try_wait() {
-        return status;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait().unwrap()
+    panic!(
+        "bob never landed on another worker than alice's ({})\n{}",
+        alice.worker,
+        c.logs()
+    );
 }
 
 /// A logged-in client.
@@ -262,81 +156,16 @@ struct User {
     worker: u64,
 }
 
-/// What one run of a Node script printed.
-struct NodeRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl NodeRun {
-    /// Runs `node SCRIPT ARGS` in `dir`, stopped by PID past `deadline`.
-    fn run(
-        dir: &Path,
-        script: &str,
-        args: &[String],
-        env: &[(&str, &Path)],
-        deadline: Duration,
-    ) -> Self {
-        let out = common::scratch("chat-node");
-        let started = Instant::now();
-        let mut cmd = Command::new("node");
-        cmd.arg(dir.join(script))
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(out.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(out.join("stderr")).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run node (is Node.js installed?): {e}"));
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > deadline {
-                // SIGTERM first: playwright then closes the browser it launched.
-                break stop(child, Duration::from_secs(5));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self {
-            status,
-            stdout: std::fs::read_to_string(out.join("stdout")).unwrap_or_default(),
-            stderr: std::fs::read_to_string(out.join("stderr")).unwrap_or_default(),
-            elapsed: started.elapsed(),
-        }
-    }
-
-    fn report(&self, cluster: &ChatCluster) -> String {
-        format!(
-            "node: {} after {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n--- cluster ---\n{}",
-            self.status,
-            self.elapsed,
-            self.stdout,
-            self.stderr,
-            cluster.logs()
-        )
-    }
-
-    /// The JSON summary (the last line of stdout); panics with the whole report if the run
-    /// failed.
-    fn summary(&self, cluster: &ChatCluster) -> Value {
-        let line = self.stdout.lines().last().unwrap_or_default();
-        let s: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", self.report(cluster)));
-        assert!(
-            self.status.success() && s["ok"] == true,
-            "the script failed: {}\n{}",
-            s["errors"],
-            self.report(cluster)
-        );
-        s
-    }
+/// The run's JSON summary; panics with the whole report if the script failed.
+fn passed(run: &NodeRun, c: &TestCluster) -> Value {
+    let s = run.summary(c);
+    assert!(
+        run.status.success() && s["ok"] == true,
+        "the script failed: {}\n{}",
+        s["errors"],
+        run.report(c)
+    );
+    s
 }
 
 /// True if `received` (a list of `chat` payloads) holds exactly this message.
@@ -349,39 +178,38 @@ fn has_message(received: &Value, user: &str, text: &Value, worker: u64) -> bool 
 
 #[test]
 fn login_pages_and_sessions_stay_on_their_worker() {
-    let c = ChatCluster::start();
+    let c = chat_cluster();
     assert!(
-        c.read("stdout")
-            .contains(&format!("chat: open {}/", c.url())),
+        c.stdout().contains(&format!("chat: open {}/", c.url())),
         "the example prints its URL\n{}",
         c.logs()
     );
 
     // Without a session.
-    let r = c.request("GET", "/me", None, "");
+    let r = send(&c, "GET", "/me", None, "");
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["error"], "not logged in");
-    let r = c.request("GET", "/chat", None, "");
+    let r = send(&c, "GET", "/chat", None, "");
     assert_eq!(r.status, 303, "the chat page needs a session");
     assert_eq!(r.header("location"), Some("/"));
-    let r = c.request("GET", "/", None, "");
+    let r = send(&c, "GET", "/", None, "");
     assert_eq!(r.status, 200);
     let page = r.text();
     assert!(
         page.contains(r#"action="/login""#) && page.contains(r#"name="username""#),
         "{page}"
     );
-    let r = c.request("POST", "/login", None, "username=+&password=x");
+    let r = send(&c, "POST", "/login", None, "username=+&password=x");
     assert_eq!(r.status, 400, "a blank name is refused: {}", r.text());
 
     // Log in: the session cookie is the proxy's default session cookie.
-    let alice = c.login("alice");
+    let alice = login(&c, "alice");
 
     // 10 pages with every cookie, then 10 with the session cookie alone (the proxy learned
     // it from the login's Set-Cookie): never another worker, never a lost session.
     for cookie in [&alice.jar, &alice.session] {
         for i in 0..10 {
-            let (user, worker) = c.me(cookie);
+            let (user, worker) = me(&c, cookie);
             assert_eq!(
                 (user.as_str(), worker),
                 (alice.name.as_str(), alice.worker),
@@ -391,7 +219,7 @@ fn login_pages_and_sessions_stay_on_their_worker() {
         }
     }
     // The chat page names the user and the worker that served it.
-    let r = c.request("GET", "/chat", Some(&alice.jar), "");
+    let r = send(&c, "GET", "/chat", Some(&alice.jar), "");
     assert_eq!(r.status, 200, "{}", r.text());
     let page = r.text();
     assert!(page.contains(r#"<b id="user">alice</b>"#), "{page}");
@@ -400,20 +228,20 @@ fn login_pages_and_sessions_stay_on_their_worker() {
         "{page}"
     );
     // A logged-in visitor of the login page is sent on to the chat.
-    let r = c.request("GET", "/", Some(&alice.jar), "");
+    let r = send(&c, "GET", "/", Some(&alice.jar), "");
     assert_eq!((r.status, r.header("location")), (303, Some("/chat")));
 
     // Log out: the session is gone.
-    let r = c.request("POST", "/logout", Some(&alice.jar), "");
+    let r = send(&c, "POST", "/logout", Some(&alice.jar), "");
     assert_eq!((r.status, r.header("location")), (303, Some("/")));
-    assert_eq!(c.request("GET", "/me", Some(&alice.jar), "").status, 401);
+    assert_eq!(send(&c, "GET", "/me", Some(&alice.jar), "").status, 401);
 }
 
 #[test]
 fn socketio_needs_a_login_and_chat_crosses_workers() {
     let node = common::node_modules();
-    let c = ChatCluster::start();
-    let (alice, bob) = c.two_users_on_two_workers();
+    let c = chat_cluster();
+    let (alice, bob) = two_users_on_two_workers(&c);
     let run = NodeRun::run(
         &node,
         "chat-clients.js",
@@ -426,7 +254,7 @@ fn socketio_needs_a_login_and_chat_crosses_workers() {
         &[],
         CLIENT_DEADLINE + Duration::from_secs(10),
     );
-    let s = run.summary(&c);
+    let s = passed(&run, &c);
     let report = || run.report(&c);
 
     let refused = s["refused"].as_array().unwrap();
@@ -454,50 +282,15 @@ fn socketio_needs_a_login_and_chat_crosses_workers() {
         assert_eq!(cl["transport"], "websocket", "{}\n{}", user.name, report());
         // Alice's message reached Bob on the other worker and came back to her, and Bob's
         // answer went the other way; each names the worker its sender's socket is on.
-        assert!(
-            has_message(&cl["received"], "alice", &s["texts"]["a"], alice.worker),
-            "{} got alice's message from worker {}\n{}",
-            user.name,
-            alice.worker,
-            report()
-        );
-        assert!(
-            has_message(&cl["received"], "bob", &s["texts"]["b"], bob.worker),
-            "{} got bob's message from worker {}\n{}",
-            user.name,
-            bob.worker,
-            report()
-        );
-    }
-}
-
-/// `tests/browser/node_modules` (playwright-core), installed once with `npm ci` under a lock.
-fn browser_modules() -> PathBuf {
-    let dir = common::tests_dir().join("browser");
-    let lock = dir.join(".npm-install.lock");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let guard = loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
-            Ok(f) => break f,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("could not take {}: {e}", lock.display()),
+        for (sender, text, worker) in [("alice", "a", alice.worker), ("bob", "b", bob.worker)] {
+            assert!(
+                has_message(&cl["received"], sender, &s["texts"][text], worker),
+                "{} got {sender}'s message from worker {worker}\n{}",
+                user.name,
+                report()
+            );
         }
-    };
-    let ok = dir.join("node_modules/.package-lock.json").exists() || {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status();
-        matches!(status, Ok(s) if s.success())
-    };
-    drop(guard);
-    let _ = std::fs::remove_file(&lock);
-    assert!(ok, "npm ci in {} failed", dir.display());
-    dir
+    }
 }
 
 #[test]
@@ -510,8 +303,8 @@ fn a_browser_logs_in_and_chats_across_workers() {
          (CI installs it)",
         chromium.display()
     );
-    let browser = browser_modules();
-    let c = ChatCluster::start();
+    let browser = common::npm_ci(&common::tests_dir().join("browser"));
+    let c = chat_cluster();
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
     let screenshot = target.join("chat-browser.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -534,7 +327,7 @@ fn a_browser_logs_in_and_chats_across_workers() {
         ],
         BROWSER_DEADLINE + Duration::from_secs(10),
     );
-    let s = run.summary(&c);
+    let s = passed(&run, &c);
     let report = || run.report(&c);
     let (a, b) = (&s["a"], &s["b"]);
     assert_ne!(a["worker"], b["worker"], "{}", report());

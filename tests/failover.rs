@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Options, TestCluster};
+use common::{kill, node_workers, wait_until, Options, TestCluster};
 
 /// What one load client saw.
 #[derive(Debug, Default)]
@@ -53,12 +53,22 @@ impl Load {
         load
     }
 
-    fn finish(self) -> Vec<Seen> {
+    /// Stops the load: every client's pinned worker and what it saw; no request may have failed.
+    fn finish(self, c: &TestCluster) -> (HashMap<usize, u64>, Vec<Seen>) {
+        let pinned = self.pinned.lock().unwrap().clone();
         self.stop.store(true, Ordering::Relaxed);
-        self.threads
+        let seen: Vec<Seen> = self
+            .threads
             .into_iter()
             .map(|t| t.join().unwrap())
-            .collect()
+            .collect();
+        let failed: Vec<_> = seen.iter().flat_map(|s| s.failed.iter()).collect();
+        assert!(
+            failed.is_empty(),
+            "failed requests: {failed:?}\n{}",
+            c.logs()
+        );
+        (pinned, seen)
     }
 }
 
@@ -70,12 +80,7 @@ fn client(
 ) -> Seen {
     let mut seen = Seen::default();
     let first = common::request(proxy, "GET", "/whoami", &[], b"").unwrap();
-    let cookie: Vec<String> = first
-        .set_cookies()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let cookie = cookie.join("; ");
+    let cookie = first.cookie_header();
     let worker = first.json()["worker"].as_u64().unwrap();
     pinned.lock().unwrap().insert(i, worker);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -120,22 +125,6 @@ fn client(
     seen
 }
 
-fn node_cluster(workers: usize, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
-    let script = common::tests_dir().join("node/worker.js");
-    let c = TestCluster::start(Options {
-        workers,
-        command: vec!["node".into(), script.display().to_string()],
-        args: extra.iter().map(|s| s.to_string()).collect(),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    });
-    c.wait_log(&format!("{workers}/{workers} up"), Duration::from_secs(30));
-    c
-}
-
 fn pid_of(c: &TestCluster, worker: u64) -> u32 {
     let mut pid = None;
     wait_until(
@@ -152,14 +141,6 @@ fn pid_of(c: &TestCluster, worker: u64) -> u32 {
     pid.unwrap() as u32
 }
 
-fn kill(sig: &str, pid: u32) {
-    assert!(std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 #[test]
 fn kill_9_under_load_fails_no_request_and_moves_only_the_victims_sessions() {
     let c = TestCluster::demo(4, &[]);
@@ -169,14 +150,7 @@ fn kill_9_under_load_fails_no_request_and_moves_only_the_victims_sessions() {
     kill("KILL", pid_of(&c, victim));
     c.wait_log("worker back up", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300)); // and after it
-    let pinned = load.pinned.lock().unwrap().clone();
-    let seen = load.finish();
-    let failed: Vec<_> = seen.iter().flat_map(|s| s.failed.iter()).collect();
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\n{}",
-        c.logs()
-    );
+    let (pinned, seen) = load.finish(&c);
     for (i, s) in seen.iter().enumerate() {
         let home = pinned[&i];
         if home != victim {
@@ -211,14 +185,7 @@ fn rolling_restart_under_load_fails_no_request_and_keeps_every_session_on_its_wo
     c.signal("HUP");
     c.wait_log("rolling restart done", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
-    let pinned = load.pinned.lock().unwrap().clone();
-    let seen = load.finish();
-    let failed: Vec<_> = seen.iter().flat_map(|s| s.failed.iter()).collect();
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\n{}",
-        c.logs()
-    );
+    let (pinned, seen) = load.finish(&c);
     for (i, s) in seen.iter().enumerate() {
         assert!(
             s.workers.iter().all(|&w| w == pinned[&i]),
@@ -267,7 +234,7 @@ fn a_replacement_that_fails_to_start_stops_the_reload_and_keeps_the_old_worker()
 
 #[test]
 fn sigterm_lets_in_flight_requests_complete() {
-    let mut c = node_cluster(2, &[], &[]);
+    let mut c = node_workers(2, &[], &[]);
     let proxy = c.proxy;
     let slow = std::thread::spawn(move || common::request(proxy, "GET", "/slow?ms=1500", &[], b""));
     std::thread::sleep(Duration::from_millis(300));
@@ -283,12 +250,7 @@ fn hold_waits_for_the_restarting_worker_instead_of_moving() {
     let c = TestCluster::demo(2, &["--on-worker-down", "hold", "--hold-timeout", "10s"]);
     let (first, json) = c.whoami(&[]);
     let home = json["worker"].as_u64().unwrap();
-    let cookie: Vec<String> = first
-        .set_cookies()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let cookie = cookie.join("; ");
+    let cookie = first.cookie_header();
     kill("KILL", json["pid"].as_u64().unwrap() as u32);
     c.wait_log("worker died", Duration::from_secs(10));
     let (_, again) = c.whoami(&[("Cookie", &cookie)]);
@@ -314,15 +276,11 @@ fn hold_gives_up_after_the_deadline_and_redispatches() {
         ],
     );
     let (first, json) = c.whoami(&[]);
-    let cookie: Vec<String> = first
-        .set_cookies()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let cookie = first.cookie_header();
     kill("KILL", json["pid"].as_u64().unwrap() as u32);
     c.wait_log("worker died", Duration::from_secs(10));
     let started = Instant::now();
-    let (_, again) = c.whoami(&[("Cookie", &cookie.join("; "))]);
+    let (_, again) = c.whoami(&[("Cookie", &cookie)]);
     assert_ne!(again["worker"], json["worker"]);
     assert_eq!(again["sticky"], "moved");
     assert!(
@@ -333,7 +291,7 @@ fn hold_gives_up_after_the_deadline_and_redispatches() {
 
 #[test]
 fn failing_health_checks_take_a_worker_out_and_passing_ones_bring_it_back() {
-    let c = node_cluster(
+    let c = node_workers(
         3,
         &[
             "--health-path",
@@ -379,7 +337,7 @@ fn failing_health_checks_take_a_worker_out_and_passing_ones_bring_it_back() {
 
 #[test]
 fn crash_loops_back_off_and_are_reported_while_the_others_serve() {
-    let c = node_cluster(2, &[], &[("CRASH_WORKER", "1")]);
+    let c = node_workers(2, &[], &[("CRASH_WORKER", "1")]);
     c.wait_log("crash-looping", Duration::from_secs(30));
     let stderr = c.stderr();
     assert!(

@@ -8,11 +8,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use common::{Options, TestCluster};
+use common::{strings, NodeRun, TestCluster};
 use serde_json::Value;
 
 const WORKERS: usize = 4;
@@ -21,123 +20,27 @@ const PAGES: usize = 10;
 /// The client script's own deadline; the test kills it a little later if it hangs anyway.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// `examples/node-express`, with its `node_modules` installed (`npm ci` once, under a lock
-/// file, as `common::node_modules` does for `tests/node`).
-fn example_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node-express");
-    let lock = dir.join(".npm-install.lock");
-    let mut guard = None;
-    for _ in 0..6000 {
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
-            guard = Some(f);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(guard.is_some(), "could not take {}", lock.display());
-    let ok = dir.join("node_modules/.package-lock.json").exists() || {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status();
-        matches!(status, Ok(s) if s.success())
-    };
-    let _ = std::fs::remove_file(&lock);
-    assert!(ok, "npm ci in {} failed", dir.display());
-    dir
-}
-
-/// Four workers of the example app, every one of them up.
+/// Four workers of the example app (its `node_modules` installed), every one of them up.
 fn express_cluster(extra_args: &[&str]) -> TestCluster {
-    let app = example_dir().join("app.js");
-    let cluster = TestCluster::start(Options {
-        workers: WORKERS,
-        args: extra_args.iter().map(|s| s.to_string()).collect(),
-        command: vec!["node".into(), app.display().to_string()],
-        ..Default::default()
-    });
-    cluster.wait_log(&format!("{WORKERS}/{WORKERS} up"), Duration::from_secs(30));
-    cluster
+    let example =
+        common::npm_ci(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node-express"));
+    common::node_cluster(&example.join("app.js"), WORKERS, extra_args, &[])
 }
 
-/// What one run of `express-clients.js` printed.
-struct ClientRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl ClientRun {
-    /// The JSON summary (the last line of stdout).
-    fn summary(&self, cluster: &TestCluster) -> Value {
-        let line = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", self.report(cluster)))
-    }
-
-    fn report(&self, cluster: &TestCluster) -> String {
-        format!(
-            "client script: {} after {:?}\n--- client stdout ---\n{}\n--- client stderr ---\n{}\n--- cluster ---\n{}",
-            self.status,
-            self.elapsed,
-            self.stdout,
-            self.stderr,
-            cluster.logs()
-        )
-    }
-}
-
-/// Runs the client script against the cluster's proxy, bounded in time.
-fn run_clients(cluster: &TestCluster) -> ClientRun {
-    let node = common::node_modules();
-    let dir = common::scratch("express-clients");
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(node.join("express-clients.js"))
-        .args([
-            format!("http://{}", cluster.proxy),
+/// Runs `express-clients.js` against the cluster's proxy, bounded in time.
+fn run_clients(cluster: &TestCluster) -> NodeRun {
+    NodeRun::run(
+        &common::node_modules(),
+        "express-clients.js",
+        &[
+            cluster.url(),
             USERS.to_string(),
             PAGES.to_string(),
             CLIENT_DEADLINE.as_millis().to_string(),
-        ])
-        .current_dir(&node)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run node: {e}"));
-    let deadline = started + CLIENT_DEADLINE + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    ClientRun {
-        status,
-        stdout: std::fs::read_to_string(dir.join("stdout")).unwrap_or_default(),
-        stderr: std::fs::read_to_string(dir.join("stderr")).unwrap_or_default(),
-        elapsed: started.elapsed(),
-    }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+        ],
+        &[],
+        CLIENT_DEADLINE + Duration::from_secs(10),
+    )
 }
 
 fn count(s: &Value, key: &str) -> u64 {

@@ -3,20 +3,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use common::{Options, TestCluster};
+use common::{node_workers, Options, TestCluster};
 
 fn worker_of(json: &serde_json::Value) -> u64 {
     json["worker"].as_u64().unwrap()
-}
-
-fn cookie_header(cookies: &HashMap<String, String>) -> String {
-    cookies
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[test]
@@ -57,7 +49,7 @@ fn rule2_and_rule4_a_client_with_cookies_stays_on_its_worker() {
         let (first, json) = c.whoami(&[]);
         let worker = worker_of(&json);
         assert_eq!(json["sticky"], "new");
-        let cookies = cookie_header(&first.set_cookies());
+        let cookies = first.cookie_header();
         for _ in 0..5 {
             let (r, json) = c.whoami(&[("Cookie", &cookies)]);
             assert_eq!(worker_of(&json), worker);
@@ -93,13 +85,7 @@ fn rule3_session_cookie_set_by_a_worker_is_learned() {
 
 #[test]
 fn rule3_works_for_command_workers_that_log_in() {
-    let script = common::tests_dir().join("node/worker.js");
-    let c = TestCluster::start(Options {
-        workers: 3,
-        command: vec!["node".into(), script.display().to_string()],
-        args: vec!["--no-affinity-cookie".into()],
-        ..Default::default()
-    });
+    let c = node_workers(3, &["--no-affinity-cookie"], &[]);
     for user in 0..9 {
         let login = c.get(&format!("/login?id=user{user}"), &[]);
         assert_eq!(login.status, 200);
@@ -205,7 +191,7 @@ fn session_key_none_is_plain_round_robin() {
     let c = TestCluster::demo(2, &["--session-key", "none"]);
     let (first, _) = c.whoami(&[]);
     assert!(!first.set_cookies().contains_key("sticky.worker"));
-    let cookie = cookie_header(&first.set_cookies());
+    let cookie = first.cookie_header();
     let seen: HashSet<_> = (0..4)
         .map(|_| worker_of(&c.whoami(&[("Cookie", &cookie)]).1))
         .collect();
@@ -249,12 +235,7 @@ fn rule6_bodies_stream_both_ways_and_keep_alive_is_reused() {
 
 #[test]
 fn rule6_unreachable_worker_gives_502_json() {
-    let script = common::tests_dir().join("node/worker.js");
-    let c = TestCluster::start(Options {
-        workers: 1,
-        command: vec!["node".into(), script.display().to_string()],
-        ..Default::default()
-    });
+    let c = node_workers(1, &[], &[]);
     assert_eq!(c.get("/close", &[]).status, 200);
     common::wait_until(
         "worker to stop listening",

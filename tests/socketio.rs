@@ -7,12 +7,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Options, TestCluster};
-use serde_json::Value;
+use common::{strings, NodeRun, TestCluster};
 
 const WORKERS: usize = 4;
 const POLLING: usize = 20;
@@ -23,96 +20,26 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A cluster of socket.io workers, every one of them up.
 fn socketio_cluster(extra_args: &[&str]) -> TestCluster {
-    let node = common::node_modules();
-    let cluster = TestCluster::start(Options {
-        workers: WORKERS,
-        args: extra_args.iter().map(|s| s.to_string()).collect(),
-        command: vec![
-            "node".into(),
-            node.join("socketio-server.js").display().to_string(),
-        ],
-        ..Default::default()
-    });
-    cluster.wait_log(&format!("{WORKERS}/{WORKERS} up"), Duration::from_secs(30));
-    cluster
+    let script = common::node_modules().join("socketio-server.js");
+    common::node_cluster(&script, WORKERS, extra_args, &[])
 }
 
-/// What one run of `socketio-clients.js` printed.
-struct ClientRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl ClientRun {
-    /// The JSON summary (the last line of stdout).
-    fn summary(&self, cluster: &TestCluster) -> Value {
-        let line = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", self.report(cluster)))
-    }
-
-    fn report(&self, cluster: &TestCluster) -> String {
-        format!(
-            "client script: {} after {:?}\n--- client stdout ---\n{}\n--- client stderr ---\n{}\n--- cluster ---\n{}",
-            self.status,
-            self.elapsed,
-            self.stdout,
-            self.stderr,
-            cluster.logs()
-        )
-    }
-}
-
-/// Runs the client script against the cluster's proxy, bounded in time.
-fn run_clients(cluster: &TestCluster, cookies: bool) -> ClientRun {
-    let node = common::node_modules();
-    let dir: PathBuf = common::scratch("socketio-clients");
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(node.join("socketio-clients.js"))
-        .args([
-            format!("http://{}", cluster.proxy),
+/// Runs `socketio-clients.js` against the cluster's proxy, bounded in time.
+fn run_clients(cluster: &TestCluster, cookies: bool) -> NodeRun {
+    NodeRun::run(
+        &common::node_modules(),
+        "socketio-clients.js",
+        &[
+            cluster.url(),
             POLLING.to_string(),
             UPGRADING.to_string(),
             if cookies { "on" } else { "off" }.to_string(),
             ROUND_TRIPS.to_string(),
             CLIENT_DEADLINE.as_millis().to_string(),
-        ])
-        .current_dir(&node)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run node: {e}"));
-    let deadline = started + CLIENT_DEADLINE + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    ClientRun {
-        status,
-        stdout: std::fs::read_to_string(dir.join("stdout")).unwrap_or_default(),
-        stderr: std::fs::read_to_string(dir.join("stderr")).unwrap_or_default(),
-        elapsed: started.elapsed(),
-    }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+        ],
+        &[],
+        CLIENT_DEADLINE + Duration::from_secs(10),
+    )
 }
 
 /// Every client kept its session: all round trips answered, no error, every upgrade done.

@@ -5,31 +5,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{alive, wait_until, Options, TestCluster};
-
-fn kill9(pid: u32) {
-    assert!(Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
+use common::{alive, kill, wait_until, Options, TestCluster};
 
 /// Pins one client per worker; returns worker id -> (cookie header, pid).
 fn pin_clients(c: &TestCluster) -> HashMap<u64, (String, u64)> {
     let mut pins = HashMap::new();
     for _ in 0..(c.workers * 3) {
         let (r, json) = c.whoami(&[]);
-        let cookies: Vec<String> = r
-            .set_cookies()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
         pins.entry(json["worker"].as_u64().unwrap())
-            .or_insert((cookies.join("; "), json["pid"].as_u64().unwrap()));
+            .or_insert((r.cookie_header(), json["pid"].as_u64().unwrap()));
     }
     assert_eq!(pins.len(), c.workers, "every worker got a client");
     pins
@@ -40,7 +26,7 @@ fn killed_worker_is_respawned_and_its_clients_are_served_meanwhile() {
     let c = TestCluster::demo(3, &[]);
     let pins = pin_clients(&c);
     let (victim_cookie, victim_pid) = pins[&1].clone();
-    kill9(victim_pid as u32);
+    kill("KILL", victim_pid as u32);
     c.wait_log("worker died", Duration::from_secs(10));
     // Meanwhile (and after), the victim's client is answered: by a live worker while 1 is down.
     let (_, json) = c.whoami(&[("Cookie", &victim_cookie)]);
@@ -79,7 +65,7 @@ fn killed_worker_is_respawned_and_its_clients_are_served_meanwhile() {
 fn no_respawn_leaves_a_dead_worker_down_and_routes_around_it() {
     let c = TestCluster::demo(2, &["--no-respawn"]);
     let pins = pin_clients(&c);
-    kill9(pins[&0].1 as u32);
+    kill("KILL", pins[&0].1 as u32);
     c.wait_log("worker died", Duration::from_secs(10));
     for _ in 0..6 {
         assert_eq!(c.whoami(&[]).1["worker"], 1, "only worker 1 is left");
@@ -131,7 +117,7 @@ fn sighup_does_not_kill_the_supervisor() {
 fn killed_supervisor_takes_its_workers_with_it() {
     let mut c = TestCluster::demo(2, &[]);
     let pids: Vec<u32> = pin_clients(&c).values().map(|(_, p)| *p as u32).collect();
-    kill9(c.pid());
+    kill("KILL", c.pid());
     c.wait_exit(Duration::from_secs(5));
     for pid in pids {
         wait_until("orphan worker to die", Duration::from_secs(5), || {
@@ -142,12 +128,7 @@ fn killed_supervisor_takes_its_workers_with_it() {
 
 #[test]
 fn command_workers_get_port_and_id_and_prefixed_output() {
-    let script = common::tests_dir().join("node/worker.js");
-    let c = TestCluster::start(Options {
-        workers: 2,
-        command: vec!["node".into(), script.display().to_string()],
-        ..Default::default()
-    });
+    let c = common::node_workers(2, &[], &[]);
     for i in 0..2 {
         c.wait_log(
             &format!("worker {i} ready on :{}", c.worker_port + i),

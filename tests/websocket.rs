@@ -48,12 +48,7 @@ fn websocket_is_sticky_and_echoes_both_ways() {
     for _ in 0..6 {
         let (r, json) = c.whoami(&[]);
         let worker = json["worker"].as_u64().unwrap();
-        let cookie: Vec<String> = r
-            .set_cookies()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let mut ws = connect(&c, Some(&cookie.join("; "))).unwrap();
+        let mut ws = connect(&c, Some(&r.cookie_header())).unwrap();
         for i in 0..20 {
             assert_eq!(
                 echo(&mut ws, &format!("m{i}")),
@@ -85,14 +80,9 @@ fn many_concurrent_websockets_stay_on_their_workers() {
     let mut clients: Vec<(u64, Ws)> = (0..40)
         .map(|_| {
             let (r, json) = c.whoami(&[]);
-            let cookie: Vec<String> = r
-                .set_cookies()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
             (
                 json["worker"].as_u64().unwrap(),
-                connect(&c, Some(&cookie.join("; "))).unwrap(),
+                connect(&c, Some(&r.cookie_header())).unwrap(),
             )
         })
         .collect();

@@ -58,6 +58,8 @@ pub fn free_ports(n: usize) -> Ports {
 
 /// Options for one cluster.
 pub struct Options {
+    /// The program to run: `sticky-cluster` itself, or a program built on the library.
+    pub program: PathBuf,
     pub workers: usize,
     pub args: Vec<String>,
     pub command: Vec<String>,
@@ -69,6 +71,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            program: PathBuf::from(BIN),
             workers: 2,
             args: Vec::new(),
             command: Vec::new(),
@@ -91,7 +94,8 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(opts: Options) -> Self {
-        let mut ports = free_ports(opts.workers + 1);
+        // The proxy, then a port and a spare (for rolling restarts) per worker.
+        let mut ports = free_ports(1 + 2 * opts.workers);
         let proxy_port = ports.first;
         let worker_port = ports.first + 1;
         let dir = scratch("cluster");
@@ -115,11 +119,12 @@ impl TestCluster {
             args.push("--".into());
             args.extend(opts.command.iter().cloned());
         }
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&opts.program);
         cmd.args(&args)
             .env_remove("STICKY_CLUSTER_SECRET")
             .env_remove("STICKY_CLUSTER_ROLE")
             .env_remove("STICKY_CLUSTER_LOG")
+            .env_remove("STICKY_CLUSTER_IPC")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
@@ -128,8 +133,10 @@ impl TestCluster {
             cmd.env(k, v);
         }
         ports.release();
-        let cmdline = format!("{BIN} {}", args.join(" "));
-        let child = cmd.spawn().unwrap();
+        let cmdline = format!("{} {}", opts.program.display(), args.join(" "));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmdline}: {e}"));
         let cluster = Self {
             child: Some(child),
             proxy: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
@@ -151,6 +158,11 @@ impl TestCluster {
             args: args.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         })
+    }
+
+    /// The proxy's URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.proxy)
     }
 
     pub fn pid(&self) -> u32 {
@@ -191,6 +203,9 @@ impl TestCluster {
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while !self.stderr().contains(needle) {
+            if !alive(self.pid()) && !self.stderr().contains(needle) {
+                panic!("exited before the log said {needle:?}\n{}", self.logs());
+            }
             if Instant::now() > deadline {
                 panic!("log never said {needle:?}\n{}", self.logs());
             }
@@ -203,12 +218,7 @@ impl TestCluster {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
+        kill(sig, self.pid());
     }
 
     /// Waits for the supervisor to exit, at most `timeout`.
@@ -229,9 +239,20 @@ impl TestCluster {
         }
     }
 
+    /// One request to the proxy; panics (with the logs) if it gets no response.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        request(self.proxy, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\n{}", self.logs()))
+    }
+
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
-        request(self.proxy, "GET", path, headers, b"")
-            .unwrap_or_else(|e| panic!("GET {path} failed: {e}\n{}", self.logs()))
+        self.request("GET", path, headers, b"")
     }
 
     /// GET /whoami as JSON.
@@ -245,20 +266,66 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let deadline = Instant::now() + Duration::from_secs(15);
-                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(child) = self.child.take() {
+            stop(child, Duration::from_secs(15));
         }
     }
+}
+
+/// `workers` copies of `node SCRIPT` behind the proxy, every one of them up.
+pub fn node_cluster(
+    script: &Path,
+    workers: usize,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> TestCluster {
+    let c = TestCluster::start(Options {
+        workers,
+        command: vec!["node".into(), script.display().to_string()],
+        args: extra_args.iter().map(|s| s.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    });
+    c.wait_log(&format!("{workers}/{workers} up"), Duration::from_secs(30));
+    c
+}
+
+/// `n` copies of the plain Node worker `tests/node/worker.js`, every one of them up.
+pub fn node_workers(n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> TestCluster {
+    node_cluster(&tests_dir().join("node/worker.js"), n, extra_args, env)
+}
+
+/// Sends `kill -SIG` to `pid`; true if `kill` succeeded.
+fn send_signal(sig: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Sends signal `sig` (`TERM`, `KILL`, `HUP`, ...) to `pid`, which must exist.
+pub fn kill(sig: &str, pid: u32) {
+    assert!(send_signal(sig, pid), "kill -{sig} {pid} failed");
+}
+
+/// SIGTERM to the child's PID, SIGKILL if it is still there after `grace`; always reaped.
+pub fn stop(mut child: Child, grace: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    send_signal("TERM", child.id());
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().unwrap()
 }
 
 /// True while a process with this pid exists (and is not a zombie).
@@ -325,6 +392,15 @@ impl Response {
                 Some((k.trim().to_string(), v.trim().to_string()))
             })
             .collect()
+    }
+
+    /// Every Set-Cookie's `name=value`, as one `Cookie` header to send back.
+    pub fn cookie_header(&self) -> String {
+        self.set_cookies()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -448,36 +524,133 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> (ExitStatus, String, Str
     (status, out, err)
 }
 
+/// Runs the binary with `args`, which must exit with code 2 (a usage error); returns its
+/// stderr and that stderr's last line.
+pub fn exit_code_2(args: &[&str], timeout: Duration) -> (String, String) {
+    let (status, _, err) = run_to_exit(args, timeout);
+    assert_eq!(status.code(), Some(2), "{args:?}\n{err}");
+    let last = err.lines().last().unwrap_or("").to_string();
+    (err, last)
+}
+
 /// Path of a file under `tests/`.
 pub fn tests_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
 }
 
-/// Makes sure `tests/node/node_modules` exists (runs `npm ci` once, under a lock).
-pub fn node_modules() -> PathBuf {
-    let dir = tests_dir().join("node");
+/// Runs `npm ci` in `dir` unless its `node_modules` is installed, once, under a lock file.
+pub fn npm_ci(dir: &Path) -> PathBuf {
     let lock = dir.join(".npm-install.lock");
-    let mut guard = None;
-    for _ in 0..6000 {
-        if let Ok(f) = std::fs::OpenOptions::new()
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let guard = loop {
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&lock)
         {
-            guard = Some(f);
-            break;
+            Ok(f) => break f,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("could not take {}: {e}", lock.display()),
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(guard.is_some(), "could not take {}", lock.display());
+    };
     let ok = dir.join("node_modules/.package-lock.json").exists() || {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .status();
         matches!(status, Ok(s) if s.success())
     };
+    drop(guard);
     let _ = std::fs::remove_file(&lock);
     assert!(ok, "npm ci in {} failed", dir.display());
-    dir
+    dir.to_path_buf()
+}
+
+/// `tests/node`, with its `node_modules` installed.
+pub fn node_modules() -> PathBuf {
+    npm_ci(&tests_dir().join("node"))
+}
+
+/// What one run of a Node script printed.
+pub struct NodeRun {
+    pub script: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl NodeRun {
+    /// Runs `node SCRIPT ARGS` in `dir` with `env`, stopped by PID past `deadline`.
+    pub fn run(
+        dir: &Path,
+        script: &str,
+        args: &[String],
+        env: &[(&str, &Path)],
+        deadline: Duration,
+    ) -> Self {
+        let out = scratch("node-run");
+        let started = Instant::now();
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join(script))
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(out.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(out.join("stderr")).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run node (is Node.js installed?): {e}"));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > deadline {
+                // SIGTERM first: playwright then closes the browser it launched.
+                break stop(child, Duration::from_secs(5));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            script: script.to_string(),
+            status,
+            stdout: std::fs::read_to_string(out.join("stdout")).unwrap_or_default(),
+            stderr: std::fs::read_to_string(out.join("stderr")).unwrap_or_default(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// The script's exit, output and the cluster's logs, for a failed assertion.
+    pub fn report(&self, cluster: &TestCluster) -> String {
+        format!(
+            "node {}: {} after {:?}\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n--- cluster ---\n{}",
+            self.script,
+            self.status,
+            self.elapsed,
+            self.stdout,
+            self.stderr,
+            cluster.logs()
+        )
+    }
+
+    /// The JSON summary (the last line of stdout).
+    pub fn summary(&self, cluster: &TestCluster) -> serde_json::Value {
+        let line = self.stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", self.report(cluster)))
+    }
+}
+
+/// The items of a JSON array as strings (non-strings as JSON text); empty if not an array.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -19,7 +19,7 @@
 //   {ok, refused: [{name, refused, message}], clients: {a: {...}, b: {...}}, texts: {a, b},
 //    errors, timedOut}
 'use strict';
-const { io } = require('socket.io-client');
+const { describe, withTimeout, ioClient, connected } = require('./lib');
 
 const [url, cookieA, cookieB, timeoutArg] = process.argv.slice(2);
 if (!url || !cookieA || !cookieB) {
@@ -34,32 +34,8 @@ const sockets = [];
 const nonce = `${process.pid}-${Date.now()}`;
 const texts = { a: `hello from A ${nonce}`, b: `hello from B ${nonce}` };
 
-function describe(err) {
-  if (err === undefined || err === null) return String(err);
-  if (typeof err !== 'object') return String(err);
-  const parts = [err.message || String(err)];
-  if (err.description !== undefined) parts.push(`description=${String(err.description)}`);
-  if (err.data !== undefined) parts.push(`data=${JSON.stringify(err.data)}`);
-  return parts.join(' ');
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 function client(cookie) {
-  const opts = {
-    forceNew: true,
-    reconnection: false,
-    timeout: STEP_MS,
-    transports: ['polling', 'websocket'],
-  };
-  if (cookie) opts.extraHeaders = { cookie };
-  const socket = io(url, opts);
+  const socket = ioClient(url, { stepMs: STEP_MS, transports: ['polling', 'websocket'], cookie });
   sockets.push(socket);
   return socket;
 }
@@ -96,13 +72,11 @@ async function connectLoggedIn(name, cookie) {
   });
   const engine = socket.io.engine;
   const upgraded = new Promise((resolve) => engine.once('upgrade', resolve));
-  await withTimeout(
-    new Promise((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('connect_error', (err) => reject(new Error(`${name}: connect_error: ${describe(err)}`)));
-    }),
+  await connected(
+    socket,
     STEP_MS,
     `${name}: connect`,
+    (err) => new Error(`${name}: connect_error: ${describe(err)}`),
   );
   r.connected = true;
   if (engine.transport.name !== 'websocket') {

@@ -24,7 +24,7 @@
 //    anonSocketsAccepted, workers, usersOnSeveralWorkers, usersWithoutAffinityCookie,
 //    errors, timedOut}
 'use strict';
-const { io } = require('socket.io-client');
+const { describe, withTimeout, ioClient, connected } = require('./lib');
 
 const [url, usersArg, pagesArg, timeoutArg] = process.argv.slice(2);
 if (!url || !(Number(usersArg) > 0) || !(Number(pagesArg) >= 0)) {
@@ -39,33 +39,6 @@ const STEP_MS = Math.min(10000, timeoutMs); // bound on any single wait
 const errors = [];
 const users = [];
 const anon = { page: null, refused: 0, accepted: 0, reasons: [] };
-
-function describe(err) {
-  if (err === undefined || err === null || typeof err !== 'object') return String(err);
-  const parts = [err.message || String(err)];
-  if (err.cause) parts.push(`cause=${err.cause.code || err.cause.message || err.cause}`);
-  if (err.description !== undefined) {
-    const d = err.description;
-    parts.push(`description=${d && typeof d === 'object' ? d.message || JSON.stringify(d) : d}`);
-  }
-  const ctx = err.context;
-  if (ctx && typeof ctx === 'object') {
-    if (ctx.status !== undefined) parts.push(`status=${ctx.status}`);
-    if (typeof ctx.responseText === 'string' && ctx.responseText) {
-      parts.push(`body=${ctx.responseText.slice(0, 200)}`);
-    }
-  }
-  if (err.data !== undefined) parts.push(`data=${JSON.stringify(err.data)}`);
-  return parts.join(' ');
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 // A minimal cookie jar: one host, every cookie on Path=/; a cookie set with an empty value,
 // Max-Age<=0 or an Expires in the past is removed.
@@ -118,19 +91,8 @@ async function request(path, jar, init = {}) {
 
 // Connects a socket.io client and resolves with it, or rejects with the connect_error.
 function connect(cookie, transports) {
-  const socket = io(url, {
-    forceNew: true,
-    reconnection: false,
-    timeout: STEP_MS,
-    transports,
-    upgrade: transports.includes('websocket'),
-    extraHeaders: cookie ? { cookie } : {},
-  });
-  const connected = new Promise((resolve, reject) => {
-    socket.once('connect', () => resolve(socket));
-    socket.once('connect_error', (err) => reject(err));
-  });
-  return withTimeout(connected, STEP_MS, 'connect').catch((err) => {
+  const socket = ioClient(url, { stepMs: STEP_MS, transports, cookie });
+  return connected(socket, STEP_MS, 'connect').catch((err) => {
     socket.disconnect();
     throw err;
   });

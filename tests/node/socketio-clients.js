@@ -22,7 +22,7 @@
 //    allUpgraded, clientsOnSeveralWorkers, acksWithCookie, acksWithoutCookie,
 //    cookiesByWorker, errors, sessionIdUnknown, timedOut, clients: [...]}
 'use strict';
-const { io } = require('socket.io-client');
+const { describe, withTimeout, ioClient, connected } = require('./lib');
 
 const [url, pollingArg, upgradingArg, cookiesArg, roundTripsArg, timeoutArg] =
   process.argv.slice(2);
@@ -41,33 +41,6 @@ const ALREADY_REPORTED = Symbol('already reported');
 const results = [];
 const errors = [];
 
-function describe(err) {
-  if (err === undefined || err === null) return String(err);
-  if (typeof err !== 'object') return String(err);
-  const parts = [err.message || String(err)];
-  if (err.description !== undefined) {
-    const d = err.description;
-    parts.push(`description=${d && typeof d === 'object' ? d.message || JSON.stringify(d) : d}`);
-  }
-  const ctx = err.context;
-  if (ctx && typeof ctx === 'object') {
-    if (ctx.status !== undefined) parts.push(`status=${ctx.status}`);
-    if (typeof ctx.responseText === 'string' && ctx.responseText) {
-      parts.push(`body=${ctx.responseText.slice(0, 200)}`);
-    }
-  }
-  if (err.data !== undefined) parts.push(`data=${JSON.stringify(err.data)}`);
-  return parts.join(' ');
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 async function runClient(index, kind) {
   const r = {
     index,
@@ -84,12 +57,9 @@ async function runClient(index, kind) {
     r.errors.push(msg);
     errors.push(`client ${index} (${kind}): ${msg}`);
   };
-  const socket = io(url, {
-    forceNew: true,
-    reconnection: false,
-    timeout: STEP_MS,
+  const socket = ioClient(url, {
+    stepMs: STEP_MS,
     transports: kind === 'polling' ? ['polling'] : ['polling', 'websocket'],
-    upgrade: kind !== 'polling',
     withCredentials: cookies,
   });
   let closing = false;
@@ -114,14 +84,7 @@ async function runClient(index, kind) {
   };
 
   try {
-    await withTimeout(
-      new Promise((resolve, reject) => {
-        socket.once('connect', resolve);
-        socket.once('connect_error', () => reject(ALREADY_REPORTED));
-      }),
-      STEP_MS,
-      'connect',
-    );
+    await connected(socket, STEP_MS, 'connect', () => ALREADY_REPORTED);
     const before = kind === 'polling' ? roundTrips : Math.ceil(roundTrips / 2);
     for (let i = 0; i < before; i++) await echo(i);
     if (kind === 'upgrading') {

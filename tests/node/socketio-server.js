@@ -11,6 +11,7 @@
 // `socketio connection_error code=N message=...`, so the test can also check the server side.
 const http = require('http');
 const { Server } = require('socket.io');
+const { cookieValue } = require('./lib');
 
 const id = process.env.WORKER_ID;
 const port = Number(process.env.PORT);
@@ -22,11 +23,7 @@ const httpServer = http.createServer((req, res) => {
 const io = new Server(httpServer); // default path /socket.io/, in-memory adapter
 
 function stickyCookie(req) {
-  const pair = (req.headers.cookie || '')
-    .split(';')
-    .map((s) => s.trim())
-    .find((s) => s.startsWith('sticky.worker='));
-  return pair ? pair.slice('sticky.worker='.length) : null;
+  return cookieValue(req.headers.cookie, 'sticky.worker');
 }
 
 // Latest sticky.worker cookie per engine.io session id, from every request that names one.

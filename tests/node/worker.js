@@ -12,6 +12,7 @@
 // anything else        -> "worker N"
 const http = require('http');
 const net = require('net');
+const { cookieValue } = require('./lib');
 const id = process.env.WORKER_ID;
 
 const inbox = [];
@@ -33,13 +34,12 @@ if (process.env.STICKY_CLUSTER_IPC) {
 const post = (msg) => bus && bus.write(JSON.stringify(msg) + '\n');
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
-  const cookie = (req.headers.cookie || '').split(';').map(s => s.trim())
-    .find(s => s.startsWith('connect.sid='));
+  const session = cookieValue(req.headers.cookie, 'connect.sid');
   if (url.pathname === '/whoami') {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({
       worker: Number(id), pid: process.pid,
-      session: cookie ? cookie.slice('connect.sid='.length) : null,
+      session,
       sticky: req.headers['x-sticky'] || '',
     }));
   } else if (url.pathname === '/login') {
