@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::{Lease, Pool};
 use crate::routing::Router;
 use crate::workers::{InFlight, WorkerId};
 
@@ -63,6 +64,8 @@ pub fn handshake_sid(chunk: &[u8]) -> Option<&[u8]> {
 pub struct ProxyBody {
     kind: Kind,
     _in_flight: Option<InFlight>,
+    /// The worker connection, handed back to its pool when the body ends.
+    giveback: Option<(Arc<Pool>, Lease)>,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,7 @@ impl ProxyBody {
         Self {
             kind: Kind::Own(Some(bytes.into())),
             _in_flight: None,
+            giveback: None,
         }
     }
 
@@ -89,18 +93,38 @@ impl ProxyBody {
         Self {
             kind: Kind::Own(None),
             _in_flight: None,
+            giveback: None,
         }
     }
 
-    /// A worker's body, optionally sniffed for an engine.io sid, counted in flight.
-    pub fn upstream(body: Incoming, sniffer: Option<SidSniffer>, in_flight: InFlight) -> Self {
+    /// A worker's body, optionally sniffed for an engine.io sid, counted in flight; its
+    /// connection goes back to the pool when it ends.
+    pub fn upstream(
+        body: Incoming,
+        sniffer: Option<SidSniffer>,
+        in_flight: InFlight,
+        giveback: (Arc<Pool>, Lease),
+    ) -> Self {
+        let ended = body.is_end_stream();
         let kind = match sniffer {
             Some(s) => Kind::Sniffing(body, Some(s)),
             None => Kind::Upstream(body),
         };
-        Self {
+        let mut body = Self {
             kind,
             _in_flight: Some(in_flight),
+            giveback: Some(giveback),
+        };
+        if ended {
+            // An empty body may never be polled.
+            body.give_back();
+        }
+        body
+    }
+
+    fn give_back(&mut self) {
+        if let Some((pool, lease)) = self.giveback.take() {
+            pool.put(lease);
         }
     }
 
@@ -123,7 +147,8 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // Every part is Unpin (Incoming is), so no projection is needed.
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
             Kind::Sniffing(inner, sniffer) => {
                 let polled = Pin::new(inner).poll_frame(cx);
@@ -137,7 +162,12 @@ impl Body for ProxyBody {
                 polled
             }
             Kind::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if this.giveback.is_some() && (matches!(polled, Poll::Ready(None)) || this.is_end_stream())
+        {
+            this.give_back();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

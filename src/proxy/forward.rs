@@ -11,6 +11,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::{ProxyBody, SidSniffer, UpstreamBody};
+use super::pool::SendError;
 use super::upgrade::{self, TunnelLimits};
 use super::Proxy;
 use crate::routing::{key, Decision};
@@ -59,128 +60,128 @@ pub async fn handle(
         ));
     }
     let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
-    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (head, body) = req.into_parts();
     let Some(decision) = proxy.choose(&head, client).await else {
         return Ok(no_worker());
     };
-    // A bodyless request can be sent again when its worker could not be reached (nothing
-    // was delivered), or when it is idempotent and no response came. The copy is made
-    // before the head is rewritten.
-    let idempotent = head.method.is_idempotent();
-    let retry = (!wants_upgrade && body.is_end_stream()).then(|| copy_head(&head));
-    let first = forward_once(
-        &proxy,
-        head,
-        UpstreamBody::Client(body),
-        decision,
-        peer,
-        client_upgrade,
-        sniff,
-    )
-    .await;
-    match (first, retry) {
-        (Ok(resp), _) => Ok(resp),
-        (Err(failure), Some(head)) if failure.connect || (idempotent && failure.retryable) => {
-            if !failure.connect {
-                // The connection broke mid-request: if the worker is gone, take it out now so
-                // the retry goes elsewhere (the supervisor may not have noticed yet).
-                proxy.check_reachable(decision.worker).await;
-            }
-            // No other worker to try: the client learns why the first one failed.
-            let Some(decision) = proxy.choose(&head, client).await else {
-                return Ok(failure.response);
-            };
-            tracing::debug!(worker = decision.worker, "retrying on another worker");
-            Ok(forward_once(
-                &proxy,
-                head,
-                UpstreamBody::Empty,
-                decision,
-                peer,
-                None,
-                sniff,
-            )
-            .await
-            .unwrap_or_else(|f| f.response))
+    // An idempotent request without a body can be sent again when its connection breaks
+    // before the response: the copy of its head is made before the head is rewritten.
+    // (A request that was not sent at all comes back from the pool: no copy needed.)
+    let resend = (head.method.is_idempotent() && !wants_upgrade && body.is_end_stream())
+        .then(|| copy_head(&head));
+    let mut req = Request::from_parts(head, UpstreamBody::Client(body));
+    prepare_request(&mut req, peer, proxy.scheme, wants_upgrade);
+    let first = forward_once(&proxy, req, decision, &mut client_upgrade, sniff).await;
+    let failure = match first {
+        Ok(resp) => return Ok(resp),
+        Err(f) => f,
+    };
+    let retry = match (failure.unsent, resend) {
+        (Some(req), _) => *req,
+        (None, Some(head)) if failure.broken => {
+            // If the worker is gone, take it out now so the retry goes elsewhere (the
+            // supervisor may not have noticed yet).
+            proxy.check_reachable(decision.worker).await;
+            let mut req = Request::from_parts(head, UpstreamBody::Empty);
+            prepare_request(&mut req, peer, proxy.scheme, false);
+            req
         }
-        (Err(failure), _) => Ok(failure.response),
-    }
+        _ => return Ok(failure.response),
+    };
+    let (head, body) = retry.into_parts();
+    // No other worker to try: the client learns why the first one failed.
+    let Some(decision) = proxy.choose(&head, client).await else {
+        return Ok(failure.response);
+    };
+    tracing::debug!(worker = decision.worker, "retrying on another worker");
+    let req = Request::from_parts(head, body);
+    Ok(
+        forward_once(&proxy, req, decision, &mut client_upgrade, sniff)
+            .await
+            .unwrap_or_else(|f| f.response),
+    )
 }
 
 /// A request that did not get a worker's response.
 struct Failure {
     /// The error response for the client.
     response: Response<ProxyBody>,
-    /// The worker could not be reached at all (nothing was sent).
-    connect: bool,
-    /// No response came (the connection broke): safe to resend an idempotent request.
-    retryable: bool,
+    /// The request, when the worker could not be reached and nothing was sent.
+    unsent: Option<Box<Request<UpstreamBody>>>,
+    /// The connection broke before a response: an idempotent request may be resent.
+    broken: bool,
+}
+
+impl Failure {
+    fn final_answer(response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            unsent: None,
+            broken: false,
+        }
+    }
 }
 
 async fn forward_once(
     proxy: &Arc<Proxy>,
-    head: http::request::Parts,
-    body: UpstreamBody,
+    mut req: Request<UpstreamBody>,
     decision: Decision,
-    peer: SocketAddr,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
     sniff: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
     let worker = decision.worker;
     let Some((index, _)) = proxy.workers.active(worker) else {
-        return Err(Failure {
-            response: error(StatusCode::BAD_GATEWAY, "proxy_error", "unknown worker"),
-            connect: false,
-            retryable: false,
-        });
+        return Err(Failure::final_answer(error(
+            StatusCode::BAD_GATEWAY,
+            "proxy_error",
+            "unknown worker",
+        )));
     };
-    let authority = &proxy.authorities[usize::from(worker)][index];
+    let pool = &proxy.pools[usize::from(worker)][index];
     if proxy.debug {
-        tracing::debug!(worker, outcome = ?decision.outcome, uri = %head.uri, peer = %peer, "route");
+        tracing::debug!(worker, outcome = ?decision.outcome, uri = %req.uri(), "route");
     }
-    let mut req = Request::from_parts(head, body);
-    rewrite_request(
-        &mut req,
-        authority,
-        peer,
-        proxy.scheme,
-        client_upgrade.is_some(),
-    );
     req.headers_mut()
         .insert(X_STICKY.clone(), decision.outcome.header_value());
     let in_flight = InFlight::new(proxy.workers.clone(), worker, index);
 
-    let mut resp =
-        match tokio::time::timeout(proxy.response_timeout, proxy.client.request(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                let reason = upstream_reason(&e, worker);
-                let connect = e.is_connect();
-                if connect {
-                    // Passive health: out of rotation at once; active checks bring it back.
-                    proxy.workers.set_healthy(worker, false);
-                }
-                tracing::warn!(worker, error = %reason, "upstream request failed");
-                return Err(Failure {
-                    response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
-                    connect,
-                    retryable: true,
-                });
-            }
-            Err(_) => {
-                let reason = format!(
-                    "worker {worker} sent no response headers within {:?}",
-                    proxy.response_timeout
-                );
-                tracing::warn!(worker, "{reason}");
-                return Err(Failure {
-                    response: error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", &reason),
-                    connect: false,
-                    retryable: false,
-                });
-            }
-        };
+    let (mut resp, lease) = match tokio::time::timeout(proxy.response_timeout, pool.send(req)).await
+    {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(SendError::Connect(e, req))) => {
+            // Passive health: out of rotation at once; active checks bring it back.
+            proxy.workers.set_healthy(worker, false);
+            let reason = format!("worker {worker} unreachable: {e}");
+            tracing::warn!(worker, error = %reason, "upstream request failed");
+            return Err(Failure {
+                response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
+                unsent: Some(req),
+                broken: false,
+            });
+        }
+        Ok(Err(SendError::Failed(e))) => {
+            let reason = format!("worker {worker} failed: {}", innermost(&e));
+            tracing::warn!(worker, error = %reason, "upstream request failed");
+            return Err(Failure {
+                response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
+                unsent: None,
+                broken: true,
+            });
+        }
+        Err(_) => {
+            let reason = format!(
+                "worker {worker} sent no response headers within {:?}",
+                proxy.response_timeout
+            );
+            tracing::warn!(worker, "{reason}");
+            return Err(Failure::final_answer(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                &reason,
+            )));
+        }
+    };
     proxy
         .router
         .learn_from_response(resp.headers(), worker, proxy.router.table().now());
@@ -196,7 +197,9 @@ async fn forward_once(
     }
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+        if let Some(client_upgrade) = client_upgrade.take() {
+            // The worker connection becomes the tunnel: it never goes back to the pool.
+            drop(lease);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let limits = TunnelLimits {
                 idle: proxy.ws_idle_timeout,
@@ -210,7 +213,17 @@ async fn forward_once(
     strip_hop_by_hop(resp.headers_mut());
     let sniffer = (sniff && resp.status() == StatusCode::OK)
         .then(|| SidSniffer::new(proxy.router.clone(), worker));
-    Ok(resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight)))
+    let giveback = (pool.clone(), lease);
+    Ok(resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight, giveback)))
+}
+
+/// The innermost cause of an error, for the client's `reason`.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 fn no_worker() -> Response<ProxyBody> {
@@ -262,35 +275,33 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-fn rewrite_request(
+/// Rewrites a client request for a worker, once, whichever worker it goes to: origin-form
+/// URI, HTTP/1.1, Host kept (made from an HTTP/2 `:authority` when missing), hop-by-hop
+/// headers removed, `X-Forwarded-*` set.
+fn prepare_request(
     req: &mut Request<UpstreamBody>,
-    authority: &http::uri::Authority,
     peer: SocketAddr,
     scheme: &'static str,
     keep_upgrade: bool,
 ) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path);
-    let original_authority = req.uri().authority().cloned();
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
+    let authority = req.uri().authority().cloned();
+    if req.uri().scheme().is_some() || authority.is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
     }
     // Workers speak HTTP/1.1; an HTTP/2 client's :authority becomes the Host they expect.
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     if !headers.contains_key(header::HOST) {
-        if let Some(a) = original_authority {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
+        // HTTP/1.0 clients may send no Host at all; workers still get one.
+        let host = authority
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        headers.insert(header::HOST, host);
     }
     let upgrade = if keep_upgrade {
         headers.remove(header::UPGRADE)
@@ -354,21 +365,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     };
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
-fn upstream_reason(e: &hyper_util::client::legacy::Error, worker: u16) -> String {
-    use std::error::Error as _;
-    let mut cause = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        cause = s.to_string();
-        source = s.source();
-    }
-    if e.is_connect() {
-        format!("worker {worker} unreachable: {cause}")
-    } else {
-        format!("worker {worker} failed: {cause}")
     }
 }
 

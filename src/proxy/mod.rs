@@ -4,6 +4,7 @@
 
 mod body;
 mod forward;
+mod pool;
 mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,8 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -27,10 +26,9 @@ use crate::ipfilter::{IpFilter, TrustedProxies};
 use crate::routing::{Decision, Router};
 use crate::tls::TlsReloader;
 use crate::workers::{WorkerId, WorkerSet};
-use body::{ProxyBody, UpstreamBody};
+use body::ProxyBody;
+use pool::Pool;
 
-/// Idle pooled upstream connections are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Upper bound of the random delay before a drained WebSocket is closed.
 const MAX_CLOSE_JITTER: Duration = Duration::from_secs(10);
 
@@ -74,9 +72,8 @@ pub struct ProxyConfig {
 pub struct Proxy {
     router: Arc<Router>,
     workers: Arc<WorkerSet>,
-    client: Client<HttpConnector, UpstreamBody>,
-    /// Per slot, the authority of each of its two addresses.
-    authorities: Vec<[http::uri::Authority; 2]>,
+    /// Per slot, the connection pool of each of its two addresses.
+    pools: Vec<[Arc<Pool>; 2]>,
     websocket: bool,
     scheme: &'static str,
     debug: bool,
@@ -94,28 +91,16 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy routing with `router` over `workers`.
     pub fn new(router: Arc<Router>, workers: Arc<WorkerSet>, config: ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let authority = |addr: SocketAddr| {
-            addr.to_string()
-                .parse::<http::uri::Authority>()
-                .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"))
-        };
-        let authorities = workers
+        let pool = |addr| Arc::new(Pool::new(addr, config.connect_timeout));
+        let pools = workers
             .ids()
             .filter_map(|id| workers.addrs(id))
-            .map(|[a, b]| [authority(a), authority(b)])
+            .map(|[a, b]| [pool(a), pool(b)])
             .collect();
         Self {
             router,
             workers,
-            client,
-            authorities,
+            pools,
             websocket: config.websocket,
             scheme: config.scheme,
             debug: config.debug,
