@@ -40,16 +40,13 @@ impl SidSniffer {
 /// The `sid` of an engine.io open packet at the start of `chunk`, if it is one.
 pub fn handshake_sid(chunk: &[u8]) -> Option<&[u8]> {
     let head = &chunk[..chunk.len().min(512)];
-    let open = head.iter().position(|&b| b == b'0')?;
-    // Before the open packet only an EIO 3 length prefix (`96:`) may stand.
-    if !head[..open]
-        .iter()
-        .all(|&b| b.is_ascii_digit() || b == b':')
-    {
-        return None;
-    }
-    let rest = &head[open..];
-    if rest.get(1) != Some(&b'{') {
+    // EIO 3 frames the packet as `<length>:<packet>`; the length may contain zeros.
+    let digits = head.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = match head.get(digits) {
+        Some(b':') if digits > 0 => &head[digits + 1..],
+        _ => head,
+    };
+    if !rest.starts_with(b"0{") {
         return None;
     }
     const NEEDLE: &[u8] = b"\"sid\":\"";
@@ -238,5 +235,14 @@ mod tests {
         assert_eq!(handshake_sid(b"hello 0{\"sid\":\"x\"}"), None);
         assert_eq!(handshake_sid(b"40"), None);
         assert_eq!(handshake_sid(br#"0{"sid":""}"#), None);
+        // Lengths with zeros in them (found by fuzzing).
+        let v3_100 = br#"100:0{"sid":"abcdefghijklmnopqrstuvwx","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":5000}"#;
+        assert_eq!(
+            handshake_sid(v3_100),
+            Some(&b"abcdefghijklmnopqrstuvwx"[..])
+        );
+        let v3_90 = br#"90:0{"sid":"l7AY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":186760}"#;
+        assert_eq!(handshake_sid(v3_90), Some(&b"l7AY6yYWAAAC"[..]));
+        assert_eq!(handshake_sid(b"12:40"), None);
     }
 }
