@@ -412,11 +412,19 @@ impl Cluster {
                 args: std::env::args_os().skip(1).collect(),
             },
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.settings.threads)
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
+        // One thread: a current-thread runtime runs every task where the IO is polled,
+        // with no cross-thread wake-ups.
+        let runtime = if self.settings.threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.settings.threads)
+                .enable_all()
+                .build()
+        }
+        .map_err(Error::Runtime)?;
         runtime.block_on(master(self, launch))
     }
 }

@@ -96,11 +96,17 @@ pub async fn handle(
     };
     tracing::debug!(worker = decision.worker, "retrying on another worker");
     let req = Request::from_parts(head, body);
-    Ok(
-        forward_once(&proxy, req, decision, &mut client_upgrade, sniff)
-            .await
-            .unwrap_or_else(|f| f.response),
-    )
+    // Boxed: the retry is rare, and inlining a second exchange would double the size of
+    // every request's future.
+    Ok(Box::pin(forward_once(
+        &proxy,
+        req,
+        decision,
+        &mut client_upgrade,
+        sniff,
+    ))
+    .await
+    .unwrap_or_else(|f| f.response))
 }
 
 /// A request that did not get a worker's response.
@@ -320,9 +326,27 @@ fn prepare_request(
     }
 }
 
+/// The hop-by-hop headers of RFC 9110 section 7.6.1 (besides those `Connection` names).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+];
+
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including any the
 /// `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) names present instead of a hash lookup per hop-by-hop name:
+    // most messages carry none, or only `Connection`.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -333,21 +357,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 

@@ -125,6 +125,16 @@ impl Proxy {
         if !decision.wait {
             return Some(decision);
         }
+        // Boxed: holding is rare and its wait would otherwise grow every request's future.
+        Box::pin(self.hold_then_route(head, client, decision)).await
+    }
+
+    async fn hold_then_route(
+        &self,
+        head: &http::request::Parts,
+        client: IpAddr,
+        decision: Decision,
+    ) -> Option<Decision> {
         if self.wait_for(decision.worker).await {
             return Some(Decision {
                 wait: false,
