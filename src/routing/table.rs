@@ -428,6 +428,20 @@ mod tests {
     }
 
     #[test]
+    fn a_million_sessions_take_at_most_64_bytes_each() {
+        let t = table(1_000_000, 36_000);
+        for i in 0..1_000_000u32 {
+            t.insert(t.hash(&i.to_le_bytes()), (i % 8) as WorkerId, 1);
+        }
+        // Each of the 64 shards holds 1/64 of the cap, so a shard that gets more than its
+        // share evicts a little early: the table holds slightly under the cap, never over.
+        assert!(t.len() <= 1_000_000 && t.len() > 990_000, "{}", t.len());
+        let per_entry = t.heap_bytes() as f64 / t.len() as f64;
+        println!("sticky table: {per_entry:.1} bytes per session at 1M sessions");
+        assert!(per_entry <= 64.0, "{per_entry:.1} bytes per session");
+    }
+
+    #[test]
     fn many_shards_still_respect_the_cap() {
         let t = table(100_000, 1000);
         assert_eq!(t.capacity(), 100_000);
