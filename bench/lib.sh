@@ -13,6 +13,7 @@ REPO=$(cd "$BENCH_DIR/.." && pwd)
 SHARED_BENCH=${SHARED_BENCH:-$REPO/../shared/bench}
 [[ -f $SHARED_BENCH ]] && SHARED_BENCH=$(dirname "$SHARED_BENCH")
 BIN=${BIN:-$REPO/target/release/sticky-cluster}
+# shellcheck disable=SC2034  # used by the scripts that source this file
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -25,11 +26,11 @@ tree_pids() {       # a PID and all its descendants (by parent PID, not by name)
   for c in $(pgrep -P "$p" 2>/dev/null || true); do tree_pids "$c"; done
 }
 stop_tree() {       # TERM a PID and its descendants, wait (<= 5 s), then KILL leftovers
-  local root=$1 pids p i alive
+  local root=$1 pids p alive
   kill -0 "$root" 2>/dev/null || { wait "$root" 2>/dev/null || true; return 0; }
   pids=$(tree_pids "$root")
   for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     alive=0
     for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
     [[ $alive == 0 ]] && break
@@ -61,18 +62,16 @@ start_bg() {        # start_bg CPU LOGFILE CMD... ; sets LAST_PID
 
 port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 wait_port() {       # wait_port PORT [seconds]: until something listens
-  local i
-  for i in $(seq 1 $(( ${2:-10} * 10 ))); do port_busy "$1" && return 0; sleep 0.1; done
+  for _ in $(seq 1 $(( ${2:-10} * 10 ))); do port_busy "$1" && return 0; sleep 0.1; done
   return 1
 }
 wait_port_free() {
-  local i
-  for i in $(seq 1 50); do port_busy "$1" || return 0; sleep 0.1; done
+  for _ in $(seq 1 50); do port_busy "$1" || return 0; sleep 0.1; done
   return 1
 }
 wait_http() {       # wait_http URL [seconds] [curl args...]
-  local url=$1 t=${2:-10} i
-  for i in $(seq 1 $((t * 10))); do
+  local url=$1 t=${2:-10}
+  for _ in $(seq 1 $((t * 10))); do
     curl -s -o /dev/null --max-time 1 "${@:3}" "$url" && return 0
     sleep 0.1
   done
@@ -282,8 +281,8 @@ self_ticks() {      # this shell + every child it has reaped (wrk, h2load, curl,
 QUIET_MAX=${QUIET_MAX:-10}
 QUIET_WAIT=${QUIET_WAIT:-60}
 wait_quiet() {      # until both cores are <= QUIET_MAX % busy (others' load), <= QUIET_WAIT s
-  local i a b busy=0
-  for i in $(seq 1 "$QUIET_WAIT"); do
+  local a b busy=0
+  for _ in $(seq 1 "$QUIET_WAIT"); do
     a=$(cpu_snap); sleep 1; b=$(cpu_snap)
     busy=$(awk 'NR==FNR { b0[$1]=$2; t0[$1]=$3; next } { db += $2-b0[$1]; dt = $3-t0[$1] }
                 END { if (dt<=0) dt=1; printf "%.0f", 100*db/dt }' <(echo "$a") <(echo "$b"))
@@ -300,8 +299,8 @@ foreign_pct() {     # foreign_pct SNAP0 SNAP1 OUR_TICKS: % of one core used by o
 
 # ------------------------------------------------------------------ stickiness check
 sticky_check() {    # sticky_check URL [curl args]: 40 ids x 3 rounds over ONE keep-alive connection
-  local url=$1 ids=40 rounds=3 args=() r k out
-  for r in $(seq 1 $rounds); do
+  local url=$1 ids=40 rounds=3 args=() k out
+  for _ in $(seq 1 $rounds); do
     for k in $(seq 0 $((ids - 1))); do
       args+=(--next -s --max-time 5 "${@:2}" -H "Cookie: foo=1; connect.sid=s$k; bar=2"
              -w ' %{num_connects}\n' "$url")

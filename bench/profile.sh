@@ -47,7 +47,7 @@ fi
 [[ -x $BIN ]] || die "no binary at $BIN"
 machine_info | tee "$OUT_DIR/env.txt" >&2
 
-OUR_ARGS=(--threads 1 --bind 127.0.0.1 --proxy-port $PORT_P --upstream 127.0.0.1:18000
+OUR_ARGS=(--threads 1 --bind 127.0.0.1 --proxy-port "$PORT_P" --upstream 127.0.0.1:18000
           --upstream 127.0.0.1:18001 --secret-file "$RUN_DIR/affinity.key" --delay 0s)
 PROXY_PID=""
 start_candidate() { # start_candidate NAME [WRAPPER...]: listens on :18080; sets PROXY_PID
@@ -120,9 +120,7 @@ part_syscalls() {
           (du + dk) * 1e6 / tck / req, du * 1e6 / tck / req, dk * 1e6 / tck / req,
           total / req, cs / req, by }' "$OUT_DIR/perfstat-$name.csv" >>"$SUMMARY"
   done
-  echo >>"$SUMMARY"
-  echo "(CPU us/req here includes perf's tracepoint overhead; use run.sh for the clean figure.)" >>"$SUMMARY"
-  echo >>"$SUMMARY"
+  { echo; echo "(CPU us/req here includes perf's tracepoint overhead; use run.sh for the clean figure.)"; echo; } >>"$SUMMARY"
 }
 
 # ------------------------------------------------------------------ perf
@@ -279,10 +277,7 @@ part_callgrind() {
   } >>"$SUMMARY"
 }
 
-echo "# sticky-cluster profile $STAMP" >"$SUMMARY"
-echo >>"$SUMMARY"
-sed 's/^/    /' "$OUT_DIR/env.txt" >>"$SUMMARY"
-echo >>"$SUMMARY"
+{ echo "# sticky-cluster profile $STAMP"; echo; sed 's/^/    /' "$OUT_DIR/env.txt"; echo; } >"$SUMMARY"
 for p in $PARTS; do
   case $p in
     syscalls) part_syscalls ;;

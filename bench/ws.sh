@@ -26,6 +26,7 @@
 # 20000 without CAP_SYS_RESOURCE), CONNS is lowered to what fits, with a note in the output.
 # Knobs (env): CONNS=10000, OPEN_CONCURRENCY=200, MSGS=10, SIZE=64, STORM_S=120, SETTLE=3,
 #   CANDIDATES="sticky-cluster nginx", PROXY_CPU=0, LOAD_CPU=1, NOFILE=65536,
+#   PERF_STAT=1 (count the proxy's syscalls per message during the storm with perf stat),
 #   OUT_DIR (default /tmp/sticky-ws-results/<UTC stamp>), BIN, SKIP_BUILD=1,
 #   NODE_DIR (where bench/ws's npm packages are installed; default /tmp/sticky-bench-ws-node).
 # Needs node + npm (installs `ws` with npm ci into NODE_DIR once), nginx, curl, taskset.
@@ -63,7 +64,7 @@ if (( $(ulimit -n) < 2 * CONNS + 200 )); then
   NOTE="note: ulimit -n is capped at $(ulimit -n) (hard limit), so $CONNS connections instead of $wanted (a proxied WebSocket holds 2 descriptors in the proxy)"
   log "$NOTE"
 fi
-for p in $UP0 $UP1 $PORT_P; do port_busy $p && die "port $p already in use"; done
+for p in $UP0 $UP1 $PORT_P; do port_busy "$p" && die "port $p already in use"; done
 if [[ -z ${SKIP_BUILD:-} && " $CANDIDATES " == *" sticky-cluster "* ]]; then
   log "building: cargo build --release"
   (cd "$REPO" && cargo build --release --quiet)
@@ -90,7 +91,7 @@ export NODE_PATH=$NODE_DIR/node_modules
 
 log "starting ws echo backends on CPU $LOAD_CPU"
 for port in $UP0 $UP1; do
-  start_bg "$LOAD_CPU" "$OUT_DIR/logs/backend-$port.log" env PORT=$port NAME=b$port node "$WS_DIR/server.js"
+  start_bg "$LOAD_CPU" "$OUT_DIR/logs/backend-$port.log" env PORT="$port" NAME="b$port" node "$WS_DIR/server.js"
   BACKEND_PIDS+=("$LAST_PID")
   wait_http "http://127.0.0.1:$port/" 15 || die "ws backend :$port did not start"
 done
@@ -109,8 +110,7 @@ start_proxy() {
   wait_http "http://127.0.0.1:$PORT_P/" 15 || die "$1 did not answer on :$PORT_P"
 }
 wait_file() {       # wait_file FILE SECONDS PID: until FILE exists, or PID exits, or time is up
-  local i
-  for i in $(seq 1 $(( $2 * 10 ))); do
+  for _ in $(seq 1 $(( $2 * 10 ))); do
     [[ -e $1 ]] && return 0
     kill -0 "$3" 2>/dev/null || return 1
     sleep 0.1
@@ -136,12 +136,19 @@ for c in $CANDIDATES; do
   sleep "$SETTLE"
   rss1=$(tree_rss_kib "$PROXY_PID")
   t0=$(tree_ticks "$PROXY_PID")
+  pp=""
+  if [[ -n ${PERF_STAT:-} ]] && command -v perf >/dev/null; then
+    perf stat -x, -e "raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait" \
+      -p "$(tree_pids "$PROXY_PID" | paste -sd,)" -o "$OUT_DIR/perfstat-storm-$c.csv" -- sleep $(( STORM_S + 60 )) &
+    pp=$!; STARTED+=("$pp"); sleep 0.3
+  fi
   touch "$cdir/go"
   wait_file "$cdir/stormed" $(( STORM_S + 60 )) "$cpid" || { cat "$clog" >&2; die "client storm did not end"; }
   t1=$(tree_ticks "$PROXY_PID")
+  if [[ -n $pp ]]; then kill -INT "$pp" 2>/dev/null || true; wait "$pp" 2>/dev/null || true; forget_pid "$pp"; fi
   rss2=$(tree_rss_kib "$PROXY_PID")
   touch "$cdir/close"
-  for i in $(seq 1 300); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 1 300); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
   stop_one "$cpid"
   stop_one "$PROXY_PID"; PROXY_PID=""
   wait_port_free $PORT_P || die "port $PORT_P busy"
@@ -159,6 +166,14 @@ for c in $CANDIDATES; do
   ' "$open_line" "$storm_line" "$c" "$rss0" "$rss1" "$rss2" $(( t1 - t0 )) "$CLK_TCK")
   log "  $(tr '\t' ' ' <<<"$row")"
   echo "$row" >>"$RESULTS"
+  if [[ -f $OUT_DIR/perfstat-storm-$c.csv ]]; then
+    msgs=$(cut -f8 <<<"$row")
+    awk -F, -v c="$c" -v m="${msgs:-0}" 'm > 0 && $3 ~ /sys_enter|context-switches/ {
+        s = $3; sub(/^syscalls:sys_enter_/, "", s); sub(/^raw_syscalls:sys_enter$/, "all syscalls", s)
+        if ($1 / m >= 0.01) out = out sprintf("%s %.2f, ", s, $1 / m) }
+      END { sub(/, $/, "", out); print c " per echoed message (storm, perf stat): " out }' \
+      "$OUT_DIR/perfstat-storm-$c.csv" | tee -a "$OUT_DIR/storm-syscalls.txt" >&2
+  fi
 done
 
 {
@@ -167,4 +182,5 @@ done
   tail -n +2 "$RESULTS" | awk -F'\t' '{ printf "| %s |", $1; for (i = 2; i <= NF; i++) printf " %s |", $i; print "" }'
 } | tee "$OUT_DIR/table.md"
 [[ -z $NOTE ]] || echo "$NOTE"
+cat "$OUT_DIR/storm-syscalls.txt" 2>/dev/null || true
 echo "raw: $RESULTS"
