@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{free_ports, raw_request, run_to_exit, TestCluster};
+use common::{free_ports, raw_request, read_response, run_to_exit, TestCluster};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -278,5 +278,52 @@ fn malformed_requests_get_4xx_and_the_proxy_stays_up() {
         "still serving\n{}",
         c.logs()
     );
+    assert!(!c.stderr().contains("panicked"));
+}
+
+/// Sends `raw` on one connection and reads every response until the proxy closes it.
+fn responses_until_close(c: &TestCluster, raw: &[u8]) -> Vec<u16> {
+    let mut s = std::net::TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut s, raw).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut statuses = Vec::new();
+    while !std::io::BufRead::fill_buf(&mut reader).unwrap().is_empty() {
+        let r = read_response(&mut reader).unwrap();
+        if r.status == 400 {
+            assert_eq!(r.header("connection"), Some("close"));
+            assert!(r.text().contains("Transfer-Encoding"), "{}", r.text());
+        }
+        statuses.push(r.status);
+    }
+    statuses
+}
+
+#[test]
+fn conflicting_content_length_and_transfer_encoding_are_refused() {
+    let c = TestCluster::demo(2, &[]);
+    let cl_then_te = b"POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
+        Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /whoami HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(responses_until_close(&c, cl_then_te), [400]);
+    let te_then_cl = b"POST /whoami HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\
+        content-length: 30\r\n\r\n0\r\n\r\n";
+    assert_eq!(responses_until_close(&c, te_then_cl), [400]);
+
+    // Pipelined behind clean requests (one with a body that looks like a conflicting head,
+    // one chunked), only the conflicting one is refused, and nothing after it is served.
+    let fake = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let pipelined = format!(
+        "GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{fake}\
+         POST /whoami HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+         POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\nGET /whoami HTTP/1.1\r\nHost: x\r\n\r\n",
+        fake.len()
+    );
+    assert_eq!(
+        responses_until_close(&c, pipelined.as_bytes()),
+        [200, 200, 200, 400]
+    );
+    assert_eq!(c.get("/whoami", &[]).status, 200, "{}", c.logs());
     assert!(!c.stderr().contains("panicked"));
 }

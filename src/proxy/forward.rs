@@ -11,6 +11,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::{ProxyBody, SidSniffer, UpstreamBody};
+use super::framing::Verdict;
 use super::pool::SendError;
 use super::upgrade::{self, TunnelLimits};
 use super::Proxy;
@@ -30,7 +31,11 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    framing: Arc<Verdict>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    if framing.next_request_conflicts() {
+        return Ok(smuggling_refused());
+    }
     if let Some(refusal) = refuse(&req) {
         return Ok(refusal);
     }
@@ -74,7 +79,7 @@ pub async fn handle(
     prepare_request(&mut req, peer, proxy.scheme, wants_upgrade);
     let first = forward_once(&proxy, req, decision, &mut client_upgrade, sniff).await;
     let failure = match first {
-        Ok(resp) => return Ok(resp),
+        Ok(resp) => return Ok(upgraded(resp, &framing)),
         Err(f) => f,
     };
     let retry = match (failure.unsent, resend) {
@@ -106,7 +111,15 @@ pub async fn handle(
         sniff,
     ))
     .await
-    .unwrap_or_else(|f| f.response))
+    .map_or_else(|f| f.response, |resp| upgraded(resp, &framing)))
+}
+
+/// Once a connection switches protocols its bytes are no longer HTTP/1 requests.
+fn upgraded(resp: Response<ProxyBody>, framing: &Verdict) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        framing.stop();
+    }
+    resp
 }
 
 /// A request that did not get a worker's response.
@@ -253,9 +266,20 @@ fn copy_head(head: &http::request::Parts) -> http::request::Parts {
     req.into_parts().0
 }
 
-/// Requests refused before routing: CONNECT (this is no forward proxy). Conflicting
-/// Content-Length / Transfer-Encoding framing never reaches a worker as sent: hyper parses
-/// the body by Transfer-Encoding and the request is framed anew upstream.
+/// A request whose head carried both Content-Length and Transfer-Encoding: refused, and
+/// the connection closed, as HAProxy and nginx do (hyper would let Transfer-Encoding win).
+fn smuggling_refused() -> Response<ProxyBody> {
+    let mut resp = error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "both Content-Length and Transfer-Encoding: send one framing header",
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Requests refused before routing: CONNECT (this is no forward proxy).
 fn refuse(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     (req.method() == Method::CONNECT).then(|| {
         error(

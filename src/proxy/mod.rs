@@ -4,6 +4,7 @@
 
 mod body;
 mod forward;
+mod framing;
 mod pool;
 mod upgrade;
 
@@ -27,6 +28,7 @@ use crate::routing::{Decision, Router};
 use crate::tls::TlsReloader;
 use crate::workers::{WorkerId, WorkerSet};
 use body::ProxyBody;
+use framing::{FramingWatch, Verdict};
 use pool::Pool;
 
 /// Upper bound of the random delay before a drained WebSocket is closed.
@@ -292,7 +294,9 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| forward::handle(proxy.clone(), req, peer));
+    let verdict = Arc::new(Verdict::default());
+    let io = FramingWatch::new(io, verdict.clone());
+    let service = service_fn(move |req| forward::handle(proxy.clone(), req, peer, verdict.clone()));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
