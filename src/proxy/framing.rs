@@ -436,6 +436,30 @@ mod tests {
         assert_eq!(s.heads, 2);
     }
 
+    proptest::proptest! {
+        /// Any stream, in any two pieces, gets the same answer as whole, and never panics.
+        #[test]
+        fn answers_do_not_depend_on_how_reads_split_the_stream(
+            parts in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(&b"POST / HTTP/1.1\r\n"[..]),
+                proptest::strategy::Just(&b"Content-Length: 3\r\n"[..]),
+                proptest::strategy::Just(&b"Transfer-Encoding: chunked\r\n"[..]),
+                proptest::strategy::Just(&b"\r\n"[..]),
+                proptest::strategy::Just(&b"3\r\nabc\r\n"[..]),
+                proptest::strategy::Just(&b"0\r\n"[..]),
+                proptest::strategy::Just(&b"abc"[..]),
+            ], 0..24),
+            cut in 0usize..400,
+        ) {
+            let stream = parts.concat();
+            let whole = Scanner::default().feed(&stream);
+            let cut = cut.min(stream.len());
+            let mut s = Scanner::default();
+            let split = s.feed(&stream[..cut]).or_else(|| s.feed(&stream[cut..]));
+            proptest::prop_assert_eq!(split, whole);
+        }
+    }
+
     #[test]
     fn verdict_matches_the_conflicting_request_only() {
         let v = Verdict::default();
