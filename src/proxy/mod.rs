@@ -6,6 +6,7 @@ mod body;
 mod forward;
 mod framing;
 mod pool;
+mod splice;
 mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::splice::splice;
 use crate::workers::{InFlight, WorkerId};
 
 /// How a tunnel ends besides either side closing.
@@ -51,7 +52,7 @@ pub fn spawn_tunnel(
         let last = Arc::new(AtomicU64::new(0));
         let mut client = Tracked::new(TokioIo::new(client), start, last.clone());
         let mut upstream = Tracked::new(TokioIo::new(upstream), start, last.clone());
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let copy = splice(&mut client, &mut upstream);
         let idle = async {
             loop {
                 let since = Duration::from_millis(last.load(Ordering::Relaxed));
