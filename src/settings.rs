@@ -19,7 +19,7 @@ pub const DEFAULT_PROXY_PORT: u16 = 80;
 /// Proxy port for HTTPS (`--tls-cert` given).
 pub const DEFAULT_TLS_PROXY_PORT: u16 = 443;
 /// Least time between start and the proxy accepting connections (seed: `delay: 1000`).
-pub const DEFAULT_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_DELAY: Duration = Duration::ZERO;
 /// Session cookie that keys stickiness unless `--session-key` says otherwise.
 pub const DEFAULT_SESSION_COOKIE: &str = "connect.sid";
 /// Sliding lifetime of a remembered session key (seed: `session.ttl`, 1 h).
