@@ -26,13 +26,38 @@ static X_STICKY_WORKER: HeaderName = HeaderName::from_static("x-sticky-worker");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// What the requests of one client connection share.
+#[derive(Debug)]
+pub struct Client {
+    /// The connection's peer.
+    pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
+    forwarded_for: HeaderValue,
+    /// The connection's smuggling watch.
+    pub framing: Arc<Verdict>,
+}
+
+impl Client {
+    /// The shared state of a connection from `peer`.
+    pub fn new(peer: SocketAddr, framing: Arc<Verdict>) -> Self {
+        let ip = key::canonical_ip(peer.ip()).to_string();
+        Self {
+            peer,
+            forwarded_for: HeaderValue::try_from(ip)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            framing,
+        }
+    }
+}
+
 /// Handles one client request end to end; never fails (errors become responses).
 pub async fn handle(
     proxy: Arc<Proxy>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    framing: Arc<Verdict>,
+    conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let peer = conn.peer;
+    let framing = &conn.framing;
     if framing.next_request_conflicts() {
         return Ok(smuggling_refused());
     }
@@ -76,10 +101,10 @@ pub async fn handle(
     let resend = (head.method.is_idempotent() && !wants_upgrade && body.is_end_stream())
         .then(|| copy_head(&head));
     let mut req = Request::from_parts(head, UpstreamBody::Client(body));
-    prepare_request(&mut req, peer, proxy.scheme, wants_upgrade);
+    prepare_request(&mut req, &conn, proxy.scheme, wants_upgrade);
     let first = forward_once(&proxy, req, decision, &mut client_upgrade, sniff).await;
     let failure = match first {
-        Ok(resp) => return Ok(upgraded(resp, &framing)),
+        Ok(resp) => return Ok(upgraded(resp, framing)),
         Err(f) => f,
     };
     let retry = match (failure.unsent, resend) {
@@ -89,7 +114,7 @@ pub async fn handle(
             // supervisor may not have noticed yet).
             proxy.check_reachable(decision.worker).await;
             let mut req = Request::from_parts(head, UpstreamBody::Empty);
-            prepare_request(&mut req, peer, proxy.scheme, false);
+            prepare_request(&mut req, &conn, proxy.scheme, false);
             req
         }
         _ => return Ok(failure.response),
@@ -111,7 +136,7 @@ pub async fn handle(
         sniff,
     ))
     .await
-    .map_or_else(|f| f.response, |resp| upgraded(resp, &framing)))
+    .map_or_else(|f| f.response, |resp| upgraded(resp, framing)))
 }
 
 /// Once a connection switches protocols its bytes are no longer HTTP/1 requests.
@@ -310,7 +335,7 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// headers removed, `X-Forwarded-*` set.
 fn prepare_request(
     req: &mut Request<UpstreamBody>,
-    peer: SocketAddr,
+    client: &Client,
     scheme: &'static str,
     keep_upgrade: bool,
 ) {
@@ -343,7 +368,7 @@ fn prepare_request(
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    append_forwarded_for(headers, peer);
+    append_forwarded_for(headers, &client.forwarded_for);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -366,42 +391,63 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including any the
 /// `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) names present instead of a hash lookup per hop-by-hop name:
-    // most messages carry none, or only `Connection`.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
+    // One pass over the (few) names present, noting which hop-by-hop ones are there, then a
+    // removal only for those: most messages carry none, or only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
+        // `Connection` is HOP_BY_HOP[0]. Its usual tokens name headers removed anyway; any
+        // other token names an extra header to remove.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !is_known_connection_token(t))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = key::canonical_ip(peer.ip());
+/// `close`, or a hop-by-hop header name (removed whether named or not).
+fn is_known_connection_token(token: &[u8]) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case(b"close")
+        || HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
         Some(prior) if !prior.is_empty() => {
-            let mut v = Vec::with_capacity(prior.len() + 41);
+            let mut v = Vec::with_capacity(prior.len() + 2 + client.len());
             v.extend_from_slice(prior);
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.to_string().as_bytes());
-            HeaderValue::from_maybe_shared(Bytes::from(v))
+            v.extend_from_slice(client.as_bytes());
+            match HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
         }
-        _ => HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())),
+        _ => client.clone(),
     };
-    if let Ok(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), value);
 }
 
 /// A JSON error response: `{"error":"<code>","reason":"<reason>"}`.
@@ -458,10 +504,13 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        let peer: SocketAddr = "[::ffff:10.0.0.9]:5000".parse().expect("addr");
-        append_forwarded_for(&mut h, peer);
+        let client = |addr: &str| {
+            let conn = Client::new(addr.parse().expect("addr"), Arc::default());
+            conn.forwarded_for
+        };
+        append_forwarded_for(&mut h, &client("[::ffff:10.0.0.9]:5000"));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
-        append_forwarded_for(&mut h, "[::1]:1".parse().expect("addr"));
+        append_forwarded_for(&mut h, &client("[::1]:1"));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9, ::1");
     }
 

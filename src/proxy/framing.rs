@@ -204,14 +204,26 @@ impl Scanner {
                     };
                 }
                 State::Head | State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                    let Some(end) = memchr::memchr(b'\n', bytes) else {
                         self.keep(bytes);
                         return None;
                     };
-                    self.keep(&bytes[..end]);
+                    let found = if self.line_len == 0 && !self.line_truncated {
+                        // The whole line is at hand: judge it in place, by the same prefix.
+                        let line = &bytes[..end];
+                        let kept = line.len().min(LINE_PREFIX);
+                        self.end_line(&line[..kept], kept < line.len())
+                    } else {
+                        self.keep(&bytes[..end]);
+                        let (line, len, truncated) =
+                            (self.line, self.line_len, self.line_truncated);
+                        self.line_len = 0;
+                        self.line_truncated = false;
+                        self.end_line(&line[..len], truncated)
+                    };
                     bytes = &bytes[end + 1..];
-                    if let Some(n) = self.end_line() {
-                        return Some(n);
+                    if found.is_some() {
+                        return found;
                     }
                 }
             }
@@ -227,17 +239,13 @@ impl Scanner {
         self.line_truncated |= kept < part.len();
     }
 
-    fn end_line(&mut self) -> Option<u32> {
-        let mut len = self.line_len;
-        if !self.line_truncated && len > 0 && self.line[len - 1] == b'\r' {
-            len -= 1;
-        }
-        let empty = len == 0 && !self.line_truncated;
-        let line = self.line;
-        let truncated = self.line_truncated;
-        self.line_len = 0;
-        self.line_truncated = false;
-        let line = &line[..len];
+    /// Judges one line (its first `LINE_PREFIX` bytes, and whether there were more).
+    fn end_line(&mut self, line: &[u8], truncated: bool) -> Option<u32> {
+        let line = match line {
+            [rest @ .., b'\r'] if !truncated => rest,
+            _ => line,
+        };
+        let empty = line.is_empty() && !truncated;
         match self.state {
             State::Head => return self.head_line(line, truncated, empty),
             State::ChunkSize => {

@@ -297,7 +297,8 @@ async fn serve_connection<I>(
 {
     let verdict = Arc::new(Verdict::default());
     let io = FramingWatch::new(io, verdict.clone());
-    let service = service_fn(move |req| forward::handle(proxy.clone(), req, peer, verdict.clone()));
+    let client = Arc::new(forward::Client::new(peer, verdict));
+    let service = service_fn(move |req| forward::handle(proxy.clone(), req, client.clone()));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
