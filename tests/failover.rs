@@ -377,6 +377,15 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         started.elapsed() < Duration::from_secs(5),
         "closed by the header timeout"
     );
+    // Silent: connects and never sends a byte.
+    let mut s = TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "silent connection closed"
+    );
     // Idle keep-alive.
     let mut s = TcpStream::connect(c.proxy).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

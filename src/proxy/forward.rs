@@ -190,10 +190,9 @@ async fn forward_once(
         .insert(X_STICKY.clone(), decision.outcome.header_value());
     let in_flight = InFlight::new(proxy.workers.clone(), worker, index);
 
-    let (mut resp, lease) = match tokio::time::timeout(proxy.response_timeout, pool.send(req)).await
-    {
-        Ok(Ok(sent)) => sent,
-        Ok(Err(SendError::Connect(e, req))) => {
+    let (mut resp, lease) = match pool.send(req, proxy.response_timeout).await {
+        Ok(sent) => sent,
+        Err(SendError::Connect(e, req)) => {
             // Passive health: out of rotation at once; active checks bring it back.
             proxy.workers.set_healthy(worker, false);
             let reason = format!("worker {worker} unreachable: {e}");
@@ -204,7 +203,7 @@ async fn forward_once(
                 broken: false,
             });
         }
-        Ok(Err(SendError::Failed(e))) => {
+        Err(SendError::Failed(e)) => {
             let reason = format!("worker {worker} failed: {}", innermost(&e));
             tracing::warn!(worker, error = %reason, "upstream request failed");
             return Err(Failure {
@@ -213,7 +212,7 @@ async fn forward_once(
                 broken: true,
             });
         }
-        Err(_) => {
+        Err(SendError::TimedOut) => {
             let reason = format!(
                 "worker {worker} sent no response headers within {:?}",
                 proxy.response_timeout

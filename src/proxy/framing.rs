@@ -15,14 +15,23 @@
 //! follow (an HTTP/2 preface, a malformed chunk, a tunnel after an upgrade) turns it off:
 //! hyper rejects malformed framing itself, so the watch only has to be right about the
 //! streams hyper accepts.
+//!
+//! Knowing where heads start also makes it the cheapest place for the head deadline
+//! (`--header-timeout`: slowloris, and idle keep-alive connections): a connection waiting
+//! for a head that is not complete within the deadline gets a read error and is closed.
+//! hyper's own header timer allocates and registers a fresh timer per request; this one
+//! timer per connection is only moved later (an atomic update in tokio's timer wheel).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// What the watch learned, shared with the connection's request handler.
 #[derive(Debug, Default)]
@@ -55,15 +64,44 @@ pub struct FramingWatch<I> {
     io: I,
     scanner: Scanner,
     verdict: Arc<Verdict>,
+    head_timeout: Duration,
+    /// Made on the first wait for a head, then only moved.
+    head_deadline: Option<Pin<Box<Sleep>>>,
+    /// The heads seen when the deadline was set, while one is running.
+    deadline_for_head: Option<u32>,
 }
 
 impl<I> FramingWatch<I> {
-    /// Watches `io`, reporting to `verdict`.
-    pub fn new(io: I, verdict: Arc<Verdict>) -> Self {
+    /// Watches `io`, reporting to `verdict`; a head must be complete within
+    /// `head_timeout` of the connection starting to wait for it.
+    pub fn new(io: I, verdict: Arc<Verdict>, head_timeout: Duration) -> Self {
         Self {
             io,
             scanner: Scanner::default(),
             verdict,
+            head_timeout,
+            head_deadline: None,
+            deadline_for_head: None,
+        }
+    }
+
+    /// Waiting for (the rest of) a head: runs the deadline, set now if none is running.
+    fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let heads = self.scanner.heads;
+        if self.deadline_for_head != Some(heads) {
+            let at = Instant::now() + self.head_timeout;
+            match &mut self.head_deadline {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.deadline_for_head = Some(heads);
+        }
+        match self.head_deadline.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no complete request head within {:?}", self.head_timeout),
+            ))),
+            _ => Poll::Pending,
         }
     }
 }
@@ -76,7 +114,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let start = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending if this.scanner.awaits_head() => return this.poll_head_deadline(cx),
+            other => return other,
+        }
         if !this.scanner.is_off() {
             if this.verdict.stopped.load(Ordering::Relaxed) {
                 this.scanner.turn_off();
@@ -180,6 +222,11 @@ impl Scanner {
     /// True once the scanner no longer follows the stream.
     pub fn is_off(&self) -> bool {
         self.state == State::Off
+    }
+
+    /// Between or inside request heads (not in a body, not off).
+    pub fn awaits_head(&self) -> bool {
+        self.state == State::Head
     }
 
     fn turn_off(&mut self) {

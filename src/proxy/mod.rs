@@ -221,8 +221,9 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.config.header_timeout)
+        // The head deadline is the framing watch's (one timer per connection, not one per
+        // request).
+        .header_read_timeout(None)
         .max_buf_size(proxy.config.max_header_size.max(8192))
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
@@ -296,7 +297,7 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let verdict = Arc::new(Verdict::default());
-    let io = FramingWatch::new(io, verdict.clone());
+    let io = FramingWatch::new(io, verdict.clone(), proxy.config.header_timeout);
     let client = Arc::new(forward::Client::new(peer, verdict));
     let service = service_fn(move |req| forward::handle(proxy.clone(), req, client.clone()));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

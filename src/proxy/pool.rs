@@ -7,8 +7,11 @@
 //! the moment the response body ends (the body wrapper hands it back), and a request that
 //! was not sent comes back to the caller to be sent elsewhere.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 
@@ -27,10 +31,58 @@ type Sender = http1::SendRequest<UpstreamBody>;
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum SendError {
-    /// The worker could not be reached; the request was not sent and comes back.
+    /// The request was not sent (the worker could not be reached, or the connection closed
+    /// before it went out); it comes back.
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The connection failed; the request may have been (partly) sent.
     Failed(hyper::Error),
+    /// No response head within the response timeout.
+    TimedOut,
+}
+
+/// A connection and its response deadline: one timer per connection, moved later for each
+/// request (an atomic update in tokio's timer wheel) instead of a timer made and
+/// registered per request.
+#[derive(Debug)]
+struct Conn {
+    sender: Sender,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    fn new(sender: Sender) -> Self {
+        Self {
+            sender,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+        }
+    }
+
+    /// Sends `req`, waiting at most `timeout` for the response head.
+    async fn send(
+        &mut self,
+        req: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.deadline.as_mut().reset(Instant::now() + timeout);
+        let response = self.sender.try_send_request(req);
+        let mut response = std::pin::pin!(response);
+        let deadline = &mut self.deadline;
+        let outcome = poll_fn(|cx| match response.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+        })
+        .await;
+        match outcome {
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(mut e)) => Err(match e.take_message() {
+                Some(back) => {
+                    SendError::Connect(std::io::Error::other(e.into_error()), Box::new(back))
+                }
+                None => SendError::Failed(e.into_error()),
+            }),
+            None => Err(SendError::TimedOut),
+        }
+    }
 }
 
 /// The pool of one worker address.
@@ -38,13 +90,13 @@ pub enum SendError {
 pub struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// A connection lent out with a response; give it back with [`Pool::put`] once the response
 /// body has ended.
 #[derive(Debug)]
-pub struct Lease(Sender);
+pub struct Lease(Conn);
 
 impl Pool {
     /// An empty pool for `addr`.
@@ -56,19 +108,19 @@ impl Pool {
         }
     }
 
-    fn pop_idle(&self) -> Option<Sender> {
+    fn pop_idle(&self) -> Option<Conn> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
     /// An idle connection ready for a request: one handed back a moment ago may still be
     /// finishing its previous exchange, so wait for it (closed ones are dropped).
-    async fn take_idle(&self) -> Option<Sender> {
-        while let Some(mut sender) = self.pop_idle() {
-            if sender.is_closed() {
+    async fn take_idle(&self) -> Option<Conn> {
+        while let Some(mut conn) = self.pop_idle() {
+            if conn.sender.is_closed() {
                 continue;
             }
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(sender);
+            if conn.sender.is_ready() || conn.sender.ready().await.is_ok() {
+                return Some(conn);
             }
         }
         None
@@ -76,50 +128,43 @@ impl Pool {
 
     /// Gives a connection back once its response body has ended.
     pub fn put(&self, lease: Lease) {
-        let sender = lease.0;
-        if sender.is_closed() {
+        let conn = lease.0;
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
-    /// Sends `req` on an idle connection, or a new one. An upgrade request's connection is
-    /// never reused (it becomes the tunnel).
+    /// Sends `req` on an idle connection, or a new one, and waits at most `timeout` for the
+    /// response head. An upgrade request's connection is never reused (it becomes the
+    /// tunnel).
     ///
     /// # Errors
     /// [`SendError::Connect`] with the request when no connection could be made,
-    /// [`SendError::Failed`] when the exchange broke.
+    /// [`SendError::Failed`] when the exchange broke, [`SendError::TimedOut`].
     pub async fn send(
         &self,
         mut req: Request<UpstreamBody>,
+        timeout: Duration,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        while let Some(mut sender) = self.take_idle().await {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lease(sender))),
-                Err(mut e) => match e.take_message() {
-                    // Not sent (the connection closed while idle): try the next one.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Failed(e.into_error())),
-                },
+        while let Some(mut conn) = self.take_idle().await {
+            match conn.send(req, timeout).await {
+                Ok(resp) => return Ok((resp, Lease(conn))),
+                // Not sent (the connection closed while idle): try the next one.
+                Err(SendError::Connect(_, back)) => req = *back,
+                Err(e) => return Err(e),
             }
         }
-        let mut sender = match self.connect().await {
-            Ok(s) => s,
+        let mut conn = match self.connect().await {
+            Ok(sender) => Conn::new(sender),
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Lease(sender))),
-            Err(mut e) => match e.take_message() {
-                Some(back) => Err(SendError::Connect(
-                    std::io::Error::other(e.into_error()),
-                    Box::new(back),
-                )),
-                None => Err(SendError::Failed(e.into_error())),
-            },
-        }
+        conn.send(req, timeout)
+            .await
+            .map(|resp| (resp, Lease(conn)))
     }
 
     async fn connect(&self) -> std::io::Result<Sender> {
@@ -159,7 +204,7 @@ mod tests {
         let req = Request::get("/x")
             .body(UpstreamBody::Empty)
             .expect("request");
-        match pool.send(req).await {
+        match pool.send(req, Duration::from_secs(5)).await {
             Err(SendError::Connect(_, back)) => assert_eq!(back.uri(), "/x"),
             other => panic!("expected a connect error, got {other:?}"),
         }
