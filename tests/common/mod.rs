@@ -94,6 +94,26 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(opts: Options) -> Self {
+        // Ports are free when picked, but another test may take one before the binary
+        // binds it: the binary then says so and exits, and the cluster starts again.
+        for _ in 0..3 {
+            let mut cluster = Self::spawn(&opts);
+            if !opts.wait_ready {
+                return cluster;
+            }
+            match cluster.try_wait_listening(Duration::from_secs(60)) {
+                Ok(()) => return cluster,
+                Err(why) if cluster.stderr().contains("already in use") => {
+                    eprintln!("retrying on other ports: {why}");
+                    let _ = cluster.child.take().map(|mut c| c.wait());
+                }
+                Err(why) => panic!("{why}\n{}", cluster.logs()),
+            }
+        }
+        panic!("no run of free ports stayed free for the proxy");
+    }
+
+    fn spawn(opts: &Options) -> Self {
         // The proxy, then a port and a spare (for rolling restarts) per worker.
         let mut ports = free_ports(1 + 2 * opts.workers);
         let proxy_port = ports.first;
@@ -137,18 +157,14 @@ impl TestCluster {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {cmdline}: {e}"));
-        let cluster = Self {
+        Self {
             child: Some(child),
             proxy: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
             worker_port,
             workers: opts.workers,
             dir,
             cmdline,
-        };
-        if opts.wait_ready {
-            cluster.wait_listening(Duration::from_secs(60));
         }
-        cluster
     }
 
     /// Starts the built-in demo worker cluster with extra flags.
@@ -170,15 +186,42 @@ impl TestCluster {
     }
 
     pub fn wait_listening(&self, timeout: Duration) {
+        if let Err(why) = self.try_wait_listening(timeout) {
+            panic!("{why}\n{}", self.logs());
+        }
+    }
+
+    /// Until the proxy accepts connections. For our own binary, until it has also said so:
+    /// a connection alone could reach another test's listener on a port taken meanwhile.
+    fn try_wait_listening(&self, timeout: Duration) -> Result<(), String> {
+        let own_binary = self.cmdline.starts_with(BIN);
         let deadline = Instant::now() + timeout;
         loop {
-            if TcpStream::connect(self.proxy).is_ok() {
-                return;
+            let said = !own_binary || self.stderr().contains("proxy listening on");
+            if said && TcpStream::connect(self.proxy).is_ok() {
+                return Ok(());
+            }
+            if self.has_exited() {
+                return Err("the proxy exited before listening".into());
             }
             if Instant::now() > deadline {
-                panic!("proxy never listened\n{}", self.logs());
+                return Err("proxy never listened".into());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True once the process has ended (a zombie not yet reaped counts).
+    fn has_exited(&self) -> bool {
+        // `try_wait` needs `&mut self`; /proc says the same without it.
+        let Some(child) = self.child.as_ref() else {
+            return true;
+        };
+        match std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => true,
         }
     }
 
