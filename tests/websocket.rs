@@ -104,3 +104,16 @@ fn no_websocket_refuses_upgrades() {
     }
     assert_eq!(c.get("/whoami", &[]).status, 200);
 }
+
+#[test]
+fn an_idle_websocket_outlives_the_head_timeout() {
+    // The head deadline guards HTTP/1 request heads; once upgraded, only --ws-idle-timeout
+    // applies. Sleeping is the point here: the tunnel must stay quiet past the deadline.
+    let c = TestCluster::demo(1, &["--header-timeout", "300ms"]);
+    // Quiet from the start (no frame yet), and again after a message.
+    let mut ws = connect(&c, None).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(echo(&mut ws, "first").ends_with("first"), "{}", c.logs());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(echo(&mut ws, "second").ends_with("second"), "{}", c.logs());
+}

@@ -113,6 +113,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.scanner.is_off() && this.verdict.stopped.load(Ordering::Relaxed) {
+            // A tunnel now: neither framing nor a head deadline applies.
+            this.scanner.turn_off();
+        }
         let start = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {}
@@ -120,9 +124,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
             other => return other,
         }
         if !this.scanner.is_off() {
-            if this.verdict.stopped.load(Ordering::Relaxed) {
-                this.scanner.turn_off();
-            } else if let Some(n) = this.scanner.feed(&buf.filled()[start..]) {
+            if let Some(n) = this.scanner.feed(&buf.filled()[start..]) {
                 this.verdict.conflicting.store(n, Ordering::Release);
             }
         }
