@@ -57,6 +57,24 @@ impl Conn {
         }
     }
 
+    /// True when the connection can take a request, waiting at most `within` for it to
+    /// finish its previous exchange; false when it closed or did not get there.
+    async fn ready(&mut self, within: Duration) -> bool {
+        if self.sender.is_ready() {
+            return true;
+        }
+        if self.sender.is_closed() {
+            return false;
+        }
+        self.deadline.as_mut().reset(Instant::now() + within);
+        let (sender, deadline) = (&mut self.sender, &mut self.deadline);
+        poll_fn(|cx| match sender.poll_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(r.is_ok()),
+            Poll::Pending => deadline.as_mut().poll(cx).map(|()| false),
+        })
+        .await
+    }
+
     /// Sends `req`, waiting at most `timeout` for the response head.
     async fn send(
         &mut self,
@@ -116,10 +134,7 @@ impl Pool {
     /// finishing its previous exchange, so wait for it (closed ones are dropped).
     async fn take_idle(&self) -> Option<Conn> {
         while let Some(mut conn) = self.pop_idle() {
-            if conn.sender.is_closed() {
-                continue;
-            }
-            if conn.sender.is_ready() || conn.sender.ready().await.is_ok() {
+            if conn.ready(self.connect_timeout).await {
                 return Some(conn);
             }
         }
