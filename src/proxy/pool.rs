@@ -193,6 +193,9 @@ impl Pool {
             })??;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::Builder::new()
+            // One flat buffer per request head (and body chunk): fewer instructions than a
+            // queue of slices for the small requests that dominate.
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
