@@ -663,6 +663,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         tokio::spawn(proxy::serve_redirect(
             listener,
             proxy_addr.port(),
+            settings.header_timeout,
             stop.clone(),
         ));
     }

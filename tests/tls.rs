@@ -307,7 +307,12 @@ fn redirect_port_points_plain_http_at_https() {
         &cert,
         &key,
         1,
-        &["--http-redirect-port", &redirect.to_string()],
+        &[
+            "--http-redirect-port",
+            &redirect.to_string(),
+            "--header-timeout",
+            "500ms",
+        ],
     );
     let r = common::request(
         SocketAddr::from(([127, 0, 0, 1], redirect)),
@@ -322,6 +327,18 @@ fn redirect_port_points_plain_http_at_https() {
         r.header("location"),
         Some(format!("https://127.0.0.1:{}/some/page?x=1", c.proxy.port()).as_str()),
         "same host, the HTTPS port"
+    );
+    // A client that never finishes its head is cut off there too.
+    let mut slow =
+        std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], redirect))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut slow, b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    let started = std::time::Instant::now();
+    let _ = std::io::Read::read_to_end(&mut slow, &mut Vec::new());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the head deadline"
     );
 }
 

@@ -317,8 +317,14 @@ async fn serve_connection<I>(
     }
 }
 
-/// Answers plain HTTP on `listener` with a permanent redirect to the HTTPS proxy port.
-pub async fn serve_redirect(listener: TcpListener, https_port: u16, shutdown: CancellationToken) {
+/// Answers plain HTTP on `listener` with a permanent redirect to the HTTPS proxy port; a
+/// client gets `header_timeout` to send its request head, as on the proxy port.
+pub async fn serve_redirect(
+    listener: TcpListener,
+    https_port: u16,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -336,8 +342,9 @@ pub async fn serve_redirect(listener: TcpListener, https_port: u16, shutdown: Ca
             },
         );
         tokio::spawn(async move {
+            let io = FramingWatch::new(stream, Arc::default(), header_timeout);
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .await;
         });
     }
