@@ -141,8 +141,11 @@ error_log $1/error.log warn;
 events { worker_connections ${NGINX_CONNS:-8192}; multi_accept on; }
 EOF
 }
-nginx_temp_paths() {
+nginx_http_common() {  # nginx_http_common DIR -> first lines of the http block
   cat <<EOF
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
   client_body_temp_path $1/tmp/body;
   proxy_temp_path $1/tmp/proxy;
   fastcgi_temp_path $1/tmp/fastcgi;
@@ -156,10 +159,7 @@ write_backend_conf() {  # write_backend_conf NAME PORT: `return 200 "NAME"`, as 
   { nginx_common "$d"
     cat <<EOF
 http {
-  access_log off;
-  keepalive_requests 100000000;
-  keepalive_timeout 120s;
-$(nginx_temp_paths "$d")
+$(nginx_http_common "$d")
   server {
     listen 127.0.0.1:$2 backlog=4096;
     location / { default_type text/plain; return 200 "$1"; }
@@ -203,10 +203,7 @@ write_nginx_proxy_conf() {  # write_nginx_proxy_conf NAME PORT [CERT KEY [h2]]
   { nginx_common "$d"
     cat <<EOF
 http {
-  access_log off;
-  keepalive_requests 100000000;
-  keepalive_timeout 120s;
-$(nginx_temp_paths "$d")
+$(nginx_http_common "$d")
   map \$http_cookie \$sticky_sid {
     default "";
     "~(?:^|;)\\s*connect\\.sid=(?<sid>[^;]*)" \$sid;

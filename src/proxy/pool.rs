@@ -66,13 +66,11 @@ impl Conn {
         if self.sender.is_closed() {
             return false;
         }
-        self.deadline.as_mut().reset(Instant::now() + within);
-        let (sender, deadline) = (&mut self.sender, &mut self.deadline);
-        poll_fn(|cx| match sender.poll_ready(cx) {
-            Poll::Ready(r) => Poll::Ready(r.is_ok()),
-            Poll::Pending => deadline.as_mut().poll(cx).map(|()| false),
-        })
-        .await
+        let sender = &mut self.sender;
+        let ready = poll_fn(|cx| sender.poll_ready(cx));
+        before(&mut self.deadline, within, ready)
+            .await
+            .is_some_and(|r| r.is_ok())
     }
 
     /// Sends `req`, waiting at most `timeout` for the response head.
@@ -81,15 +79,8 @@ impl Conn {
         req: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
-        self.deadline.as_mut().reset(Instant::now() + timeout);
         let response = self.sender.try_send_request(req);
-        let mut response = std::pin::pin!(response);
-        let deadline = &mut self.deadline;
-        let outcome = poll_fn(|cx| match response.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-            Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
-        })
-        .await;
+        let outcome = before(&mut self.deadline, timeout, response).await;
         match outcome {
             Some(Ok(resp)) => Ok(resp),
             Some(Err(mut e)) => Err(match e.take_message() {
@@ -101,6 +92,21 @@ impl Conn {
             None => Err(SendError::TimedOut),
         }
     }
+}
+
+/// `work`'s output, or `None` when `timer`, moved to `limit` from now, fires first.
+async fn before<F: Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    work: F,
+) -> Option<F::Output> {
+    timer.as_mut().reset(Instant::now() + limit);
+    let mut work = std::pin::pin!(work);
+    poll_fn(|cx| match work.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    })
+    .await
 }
 
 /// The pool of one worker address.
