@@ -451,19 +451,24 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
 
 /// A JSON error response: `{"error":"<code>","reason":"<reason>"}`.
 pub fn error(status: StatusCode, code: &str, reason: &str) -> Response<ProxyBody> {
-    let mut body = String::with_capacity(32 + code.len() + reason.len());
-    body.push_str("{\"error\":\"");
-    push_json_escaped(&mut body, code);
-    body.push_str("\",\"reason\":\"");
-    push_json_escaped(&mut body, reason);
-    body.push_str("\"}");
-    let mut resp = Response::new(ProxyBody::own(body));
+    let mut resp = Response::new(ProxyBody::own(error_json(code, reason)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// The body of an error of the proxy's own: `{"error":"<code>","reason":"<reason>"}`.
+pub fn error_json(code: &str, reason: &str) -> String {
+    let mut body = String::with_capacity(32 + code.len() + reason.len());
+    body.push_str("{\"error\":\"");
+    push_json_escaped(&mut body, code);
+    body.push_str("\",\"reason\":\"");
+    push_json_escaped(&mut body, reason);
+    body.push_str("\"}");
+    body
 }
 
 fn push_json_escaped(out: &mut String, s: &str) {

@@ -5,6 +5,7 @@
 mod body;
 mod forward;
 mod framing;
+mod h1;
 mod pool;
 mod splice;
 mod upgrade;
@@ -88,6 +89,8 @@ pub struct Proxy {
     close_jitter: Duration,
     filter: Option<IpFilter>,
     trusted: Option<TrustedProxies>,
+    /// HTTP/1.1 requests take the direct path (see [`h1`]).
+    direct_h1: bool,
     config: ProxyConfig,
 }
 
@@ -101,6 +104,7 @@ impl Proxy {
             .map(|[a, b]| [pool(a), pool(b)])
             .collect();
         Self {
+            direct_h1: !router.has_custom_hash(),
             router,
             workers,
             pools,
@@ -291,6 +295,28 @@ pub async fn serve(
 
 /// Serves one client connection; on shutdown, finishes the request in flight and closes.
 async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if proxy.direct_h1 {
+        match h1::serve(io, &proxy, peer, &shutdown).await {
+            h1::Served::Closed => {}
+            h1::Served::HandOver(io) => {
+                serve_with_hyper(builder, io, proxy, peer, shutdown).await;
+            }
+        }
+    } else {
+        serve_with_hyper(builder, io, proxy, peer, shutdown).await;
+    }
+}
+
+/// Serves a client connection with hyper (HTTP/2, and what the direct path hands over).
+async fn serve_with_hyper<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     proxy: Arc<Proxy>,

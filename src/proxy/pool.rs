@@ -1,5 +1,6 @@
 //! Keep-alive connections to the workers: one small pool per worker address, of hyper
-//! HTTP/1.1 client connections.
+//! HTTP/1.1 client connections (for hyper's path) and of plain sockets (for the direct
+//! HTTP/1 path, which speaks on them itself).
 //!
 //! Why not hyper-util's pooled client: it hashes a pool key per request, boxes its futures,
 //! spawns a task per HTTP/1 response to wait for the connection to be idle again, and
@@ -11,9 +12,10 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -97,7 +99,7 @@ impl Conn {
 /// `work`'s output, or `None` when `timer`, moved to `limit` from now, fires first. Takes
 /// `work` pinned where it is and is no async fn: a per-request future copied into one more
 /// frame showed in the instruction count.
-fn before<'a, F: Future>(
+pub(super) fn before<'a, F: Future>(
     timer: &'a mut Pin<Box<Sleep>>,
     limit: Duration,
     mut work: Pin<&'a mut F>,
@@ -115,6 +117,39 @@ pub struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle: Mutex<Vec<Conn>>,
+    raw_idle: Mutex<Vec<RawConn>>,
+}
+
+/// A worker connection the direct HTTP/1 path reads and writes itself, with its buffers
+/// (kept across requests: no allocation per exchange).
+#[derive(Debug)]
+pub struct RawConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the worker and not yet passed on.
+    pub rbuf: BytesMut,
+    /// The request head being written.
+    pub wbuf: Vec<u8>,
+}
+
+/// Read buffer of a direct-path worker connection.
+const RAW_READ_BUFFER: usize = 16 * 1024;
+
+impl RawConn {
+    /// False when the worker closed (or wrote to) the connection while it sat idle. Costs no
+    /// system call unless the socket was reported readable: tokio remembers readiness.
+    fn still_idle(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
 }
 
 /// A connection lent out with a response; give it back with [`Pool::put`] once the response
@@ -129,7 +164,41 @@ impl Pool {
             addr,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An idle plain connection that is still open, if any.
+    pub fn take_raw(&self) -> Option<RawConn> {
+        loop {
+            let conn = self
+                .raw_idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()?;
+            if conn.still_idle() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Gives back a plain connection whose exchange is complete.
+    pub fn put_raw(&self, mut conn: RawConn) {
+        conn.rbuf.clear();
+        conn.wbuf.clear();
+        let mut idle = self.raw_idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// A new plain connection.
+    pub async fn connect_raw(&self) -> std::io::Result<RawConn> {
+        Ok(RawConn {
+            stream: self.open().await?,
+            rbuf: BytesMut::with_capacity(RAW_READ_BUFFER),
+            wbuf: Vec::with_capacity(1024),
+        })
     }
 
     fn pop_idle(&self) -> Option<Conn> {
@@ -188,7 +257,7 @@ impl Pool {
             .map(|resp| (resp, Lease(conn)))
     }
 
-    async fn connect(&self) -> std::io::Result<Sender> {
+    async fn open(&self) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| {
@@ -198,6 +267,11 @@ impl Pool {
                 )
             })??;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> std::io::Result<Sender> {
+        let stream = self.open().await?;
         let (sender, conn) = http1::Builder::new()
             // One flat buffer per request head (and body chunk): fewer instructions than a
             // queue of slices for the small requests that dominate.

@@ -224,12 +224,34 @@ impl Router {
             return;
         }
         for value in headers.get_all(SET_COOKIE) {
-            for name in &self.learn_cookies {
-                if let Some(v) = key::set_cookie_value(value.as_bytes(), name) {
-                    self.table.insert(self.table.hash(v), worker, now);
-                }
+            self.learn_set_cookie(value.as_bytes(), worker, now);
+        }
+    }
+
+    /// Learns from one `Set-Cookie` value of a worker's response (see
+    /// [`Router::learn_from_response`]).
+    pub fn learn_set_cookie(&self, value: &[u8], worker: WorkerId, now: Tick) {
+        if !self.sticky {
+            return;
+        }
+        for name in &self.learn_cookies {
+            if let Some(v) = key::set_cookie_value(value, name) {
+                self.table.insert(self.table.hash(v), worker, now);
             }
         }
+    }
+
+    /// The headers a key source reads (`--session-key header:NAME`).
+    pub fn key_headers(&self) -> impl Iterator<Item = &http::HeaderName> {
+        self.sources.iter().filter_map(|s| match s {
+            KeySource::Header(name) => Some(name),
+            _ => None,
+        })
+    }
+
+    /// True when a custom session-key function reads the whole request head.
+    pub fn has_custom_hash(&self) -> bool {
+        self.custom.is_some()
     }
 
     /// Remembers a key found elsewhere (an engine.io handshake reply, a worker's `bind`).

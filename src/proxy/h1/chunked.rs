@@ -1,0 +1,156 @@
+//! Follows a chunked body (RFC 9112 section 7.1) as it streams past, to find where it
+//! ends; the bytes themselves are passed on untouched, trailers included.
+
+/// Where in a chunked body the next byte falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// Reading the hex size of the next chunk.
+    #[default]
+    Size,
+    /// After the size: extensions up to the end of the line.
+    SizeLine,
+    /// This many data bytes left in the chunk.
+    Data(u64),
+    /// The line end after a chunk's data.
+    DataEnd,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    /// Inside a trailer line.
+    TrailerLine,
+    /// The body is over.
+    Done,
+}
+
+/// The body is not valid chunked coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// A chunked body being followed.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    state: State,
+    size: u64,
+    size_digits: u8,
+}
+
+impl Chunks {
+    /// Follows `bytes`, the next part of the body: `Some(n)` when the body ends after the
+    /// first `n` of them, `None` when all of them belong to it and more are to come.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self.state {
+                State::Size => match hex(b) {
+                    Some(d) => {
+                        self.size_digits += 1;
+                        if self.size_digits > 15 {
+                            return Err(Malformed);
+                        }
+                        self.size = self.size << 4 | u64::from(d);
+                    }
+                    None if self.size_digits == 0 => return Err(Malformed),
+                    None => {
+                        self.state = State::SizeLine;
+                        continue;
+                    }
+                },
+                State::SizeLine => {
+                    if b == b'\n' {
+                        self.state = if self.size == 0 {
+                            State::TrailerStart
+                        } else {
+                            State::Data(self.size)
+                        };
+                        self.size = 0;
+                        self.size_digits = 0;
+                    }
+                }
+                State::Data(left) => {
+                    let take = left.min((bytes.len() - i) as u64);
+                    i += take as usize;
+                    self.state = if take == left {
+                        State::DataEnd
+                    } else {
+                        State::Data(left - take)
+                    };
+                    continue;
+                }
+                State::DataEnd => match b {
+                    b'\r' => {}
+                    b'\n' => self.state = State::Size,
+                    _ => return Err(Malformed),
+                },
+                State::TrailerStart => match b {
+                    b'\r' => {}
+                    b'\n' => {
+                        self.state = State::Done;
+                        return Ok(Some(i + 1));
+                    }
+                    _ => self.state = State::TrailerLine,
+                },
+                State::TrailerLine => {
+                    if b == b'\n' {
+                        self.state = State::TrailerStart;
+                    }
+                }
+                State::Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok((self.state == State::Done).then_some(i))
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the body ends when fed in pieces of `step` bytes.
+    fn end(body: &[u8], step: usize) -> Result<Option<usize>, Malformed> {
+        let mut chunks = Chunks::default();
+        let mut at = 0;
+        for piece in body.chunks(step) {
+            if let Some(n) = chunks.feed(piece)? {
+                return Ok(Some(at + n));
+            }
+            at += piece.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn finds_the_end_in_any_split() {
+        let body = b"5\r\nhello\r\nA;ext=1\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        let want = body.len() - 4;
+        for step in 1..=body.len() {
+            assert_eq!(end(body, step), Ok(Some(want)), "step {step}");
+        }
+        let simple = b"0\r\n\r\n";
+        assert_eq!(end(simple, 1), Ok(Some(5)));
+        assert_eq!(end(b"3\nabc\n0\n\n", 2), Ok(Some(9)));
+    }
+
+    #[test]
+    fn data_that_looks_like_framing_is_data() {
+        let body = b"5\r\n0\r\n\r\n\r\n0\r\n\r\n";
+        assert_eq!(end(body, 1), Ok(Some(body.len())));
+    }
+
+    #[test]
+    fn unfinished_and_malformed_bodies() {
+        assert_eq!(end(b"5\r\nhel", 2), Ok(None));
+        assert_eq!(end(b"zz\r\n", 1), Err(Malformed));
+        assert_eq!(end(b"1\r\naXY", 1), Err(Malformed));
+        assert_eq!(end(b"1234567890abcdef0\r\n", 4), Err(Malformed));
+    }
+}
