@@ -520,11 +520,20 @@ pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
             line.clear();
             reader.read_line(&mut line)?;
             let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk)?;
             if size == 0 {
+                // Trailer fields (kept with the headers), then the empty line.
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line)?;
+                    match line.trim_end().split_once(':') {
+                        Some((k, v)) => resp.headers.push((k.trim().into(), v.trim().into())),
+                        None => break,
+                    }
+                }
                 break;
             }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
             resp.body.extend_from_slice(&chunk[..size]);
         }
     } else {

@@ -1,0 +1,201 @@
+//! The direct HTTP/1.1 path (src/proxy/h1) against a real Node worker that answers with
+//! every response framing: chunked with trailers, fixed length, none (HEAD), until close,
+//! 1xx before the answer; pipelined requests; a hand-over to hyper in the middle of a
+//! connection; stale pooled worker connections; the rewritten heads both ways.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{node_cluster, read_response, tests_dir, Response, TestCluster};
+
+fn framing_workers(n: usize, env: &[(&str, &str)]) -> TestCluster {
+    node_cluster(&tests_dir().join("node/framing-worker.js"), n, &[], env)
+}
+
+/// One client connection, requests written raw, responses read one by one.
+struct Client {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(c: &TestCluster) -> Self {
+        let s = TcpStream::connect(c.proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    fn send(&mut self, raw: &str) {
+        self.writer.write_all(raw.as_bytes()).unwrap();
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        self.response()
+    }
+
+    fn response(&mut self) -> Response {
+        read_response(&mut self.reader).unwrap()
+    }
+
+    /// A 1xx head: its status line and headers (it has no body).
+    fn interim(&mut self) -> (String, Vec<String>) {
+        let mut status = String::new();
+        self.reader.read_line(&mut status).unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line.trim_end().is_empty() {
+                return (status.trim_end().to_string(), headers);
+            }
+            headers.push(line.trim_end().to_lowercase());
+        }
+    }
+
+    /// True when the proxy closed the connection (nothing more to read).
+    fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            std::io::Read::read_to_end(&mut self.reader, &mut rest),
+            Ok(0)
+        )
+    }
+}
+
+#[test]
+fn one_connection_passes_every_response_framing_through() {
+    let c = framing_workers(1, &[]);
+    let mut client = Client::connect(&c);
+
+    let chunked = client.get("/chunked?n=200");
+    assert_eq!(chunked.status, 200);
+    assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
+    let want: String = (0..200)
+        .map(|i| format!("{i}:{};", "x".repeat(i % 7)))
+        .collect();
+    assert_eq!(chunked.text(), want);
+    assert_eq!(chunked.header("x-done"), Some("yes"), "the trailer");
+
+    client.send("GET /hints HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (status, headers) = client.interim();
+    assert!(status.starts_with("HTTP/1.1 103"), "{status}");
+    assert!(
+        headers.iter().any(|h| h.starts_with("link:")),
+        "{headers:?}"
+    );
+    let after = client.response();
+    assert_eq!(
+        (after.status, after.text()),
+        (200, "after hints from worker 0".into())
+    );
+
+    client.send("HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (status, headers) = client.interim();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(headers.iter().any(|h| h.starts_with("content-length:")));
+
+    // Three requests in one write come back in order.
+    client.send(
+        "GET /echo?1 HTTP/1.1\r\nHost: t\r\n\r\nPOST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhelloGET /echo?3 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let methods: Vec<(String, u64)> = (0..3)
+        .map(|_| {
+            let j = client.response().json();
+            (
+                j["method"].as_str().unwrap().to_string(),
+                j["body_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        methods,
+        [("GET".into(), 0), ("POST".into(), 5), ("GET".into(), 0)]
+    );
+
+    // A chunked upload is hyper's: the connection is handed over and goes on.
+    client.send(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(client.response().json()["body_bytes"], 3);
+    assert_eq!(client.get("/echo").status, 200);
+
+    let eof = client.get("/eof");
+    assert_eq!(eof.header("x-framing"), Some("eof"));
+    assert_eq!(eof.text(), "until close from worker 0");
+}
+
+#[test]
+fn an_until_close_response_closes_the_client_connection_after_it() {
+    let c = framing_workers(1, &[]);
+    let mut client = Client::connect(&c);
+    assert_eq!(client.get("/echo").status, 200, "direct path first");
+    client.send("GET /eof HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (status, headers) = client.interim();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        headers.contains(&"connection: close".to_string()),
+        "{headers:?}"
+    );
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut client.reader, &mut body).unwrap();
+    assert_eq!(body, "until close from worker 0");
+    assert!(client.closed());
+}
+
+#[test]
+fn heads_are_rewritten_both_ways() {
+    let c = framing_workers(1, &[]);
+    let mut client = Client::connect(&c);
+    client.send(
+        "GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nX-Sticky: spoofed\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: ftp\r\nX-Forwarded-Host: evil\r\nX-Custom: kept\r\n\r\n",
+    );
+    let echo = client.response().json();
+    let h = &echo["headers"];
+    for gone in ["keep-alive", "te", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the worker: {h}");
+    }
+    assert_eq!(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "example.test");
+    assert_eq!(h["host"], "example.test");
+    assert_eq!(h["x-sticky"], "new");
+    assert_eq!(h["x-custom"], "kept");
+
+    let hop = client.get("/hop");
+    assert_eq!(hop.text(), "hop");
+    assert_eq!(hop.header("x-public"), Some("2"));
+    for gone in ["x-secret", "keep-alive", "connection"] {
+        assert!(hop.header(gone).is_none(), "{gone} reached the client");
+    }
+    // `Connection: close` from the client: answered, then closed.
+    client.send("GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let last = client.response();
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(client.closed());
+}
+
+#[test]
+fn worker_connections_closed_while_pooled_are_not_errors() {
+    // The worker closes a keep-alive connection 50 ms after answering on it, as an idle
+    // timeout would; the proxy must notice the pooled connection went away instead of
+    // sending a POST (which it may not resend) into it.
+    let c = framing_workers(1, &[]);
+    let mut client = Client::connect(&c);
+    for round in 0..3 {
+        assert_eq!(client.get("/then-close").text(), "closing soon");
+        // Time for the worker's close to arrive (no readiness to wait for: it is the
+        // absence of traffic being tested).
+        std::thread::sleep(Duration::from_millis(300));
+        client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
+        let r = client.response();
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+    }
+}

@@ -1,0 +1,45 @@
+// A Node worker that answers with every HTTP/1.1 response framing, for the proxy's
+// direct path (no npm packages needed).
+// GET /chunked?n=N   -> N chunks via res.write (Transfer-Encoding: chunked), with a trailer
+// GET /eof           -> a response without length, ended by closing the connection
+// GET /hints         -> 103 Early Hints, then 200
+// GET /hop           -> hop-by-hop headers (Keep-Alive, one named by Connection)
+// GET /then-close    -> a keep-alive answer, then the worker closes the idle connection
+// any /echo          -> JSON {worker, method, headers, body_bytes}
+const http = require('http');
+const id = process.env.WORKER_ID;
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://x');
+  let body = 0;
+  req.on('data', (d) => { body += d.length; });
+  req.on('end', () => {
+    if (url.pathname === '/chunked') {
+      res.setHeader('trailer', 'x-done');
+      const n = Number(url.searchParams.get('n') || 3);
+      for (let i = 0; i < n; i++) res.write(`${i}:` + 'x'.repeat(i % 7) + ';');
+      res.addTrailers({ 'x-done': 'yes' });
+      res.end();
+    } else if (url.pathname === '/eof') {
+      res.socket.end(`HTTP/1.1 200 OK\r\nx-framing: eof\r\n\r\nuntil close from worker ${id}`);
+    } else if (url.pathname === '/hints') {
+      res.writeEarlyHints({ link: '</a.css>; rel=preload' });
+      res.end(`after hints from worker ${id}`);
+    } else if (url.pathname === '/then-close') {
+      const socket = res.socket;
+      res.end('closing soon', () => setTimeout(() => socket.destroy(), 50));
+    } else if (url.pathname === '/hop') {
+      res.setHeader('connection', 'keep-alive, x-secret');
+      res.setHeader('keep-alive', 'timeout=5');
+      res.setHeader('x-secret', '1');
+      res.setHeader('x-public', '2');
+      res.end('hop');
+    } else {
+      const payload = JSON.stringify({ worker: Number(id), method: req.method, headers: req.headers, body_bytes: body });
+      res.setHeader('content-type', 'application/json');
+      res.setHeader('content-length', Buffer.byteLength(payload)); // also on HEAD, without the body
+      res.end(payload);
+    }
+  });
+});
+server.listen(Number(process.env.PORT), '127.0.0.1', () => console.log(`worker ${id} listening`));
+process.on('SIGTERM', () => { server.close(); server.closeAllConnections(); process.exit(0); });
