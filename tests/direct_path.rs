@@ -199,3 +199,17 @@ fn worker_connections_closed_while_pooled_are_not_errors() {
         assert_eq!(r.status, 200, "round {round}: {}", r.text());
     }
 }
+
+#[test]
+fn an_error_answer_to_head_has_no_body_and_the_connection_goes_on() {
+    let c = common::node_workers(1, &["--response-timeout", "300ms"], &[]);
+    let mut client = Client::connect(&c);
+    client.send("HEAD /slow?ms=2000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (status, headers) = client.interim();
+    assert!(status.starts_with("HTTP/1.1 504"), "{status}");
+    assert!(headers.iter().any(|h| h.starts_with("content-length: ")));
+    // Were a body sent after the HEAD answer, it would be read as this response's start.
+    let next = client.get("/whoami");
+    assert_eq!(next.status, 200);
+    assert_eq!(next.json()["worker"], 0);
+}

@@ -332,6 +332,10 @@ async fn serve_with_hyper<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
+        // The connection first: a request the direct path handed over during shutdown is
+        // read (and answered) before the graceful shutdown can cancel a connection that has
+        // not read its first bytes yet.
+        biased;
         result = conn.as_mut() => result,
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();

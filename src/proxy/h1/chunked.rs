@@ -49,11 +49,15 @@ impl Chunks {
                         }
                         self.size = self.size << 4 | u64::from(d);
                     }
-                    None if self.size_digits == 0 => return Err(Malformed),
-                    None => {
+                    // After the digits: whitespace, extensions, or the line end; nothing else
+                    // (`0x10` is no size 0).
+                    None if self.size_digits > 0
+                        && matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n') =>
+                    {
                         self.state = State::SizeLine;
                         continue;
                     }
+                    None => return Err(Malformed),
                 },
                 State::SizeLine => {
                     if b == b'\n' {
@@ -150,6 +154,7 @@ mod tests {
     fn unfinished_and_malformed_bodies() {
         assert_eq!(end(b"5\r\nhel", 2), Ok(None));
         assert_eq!(end(b"zz\r\n", 1), Err(Malformed));
+        assert_eq!(end(b"0x10\r\n", 1), Err(Malformed));
         assert_eq!(end(b"1\r\naXY", 1), Err(Malformed));
         assert_eq!(end(b"1234567890abcdef0\r\n", 4), Err(Malformed));
     }

@@ -4,8 +4,9 @@
 
 use std::ops::Range;
 
-/// Most headers one head may carry on the direct path; a longer head goes to hyper.
-pub const MAX_HEADERS: usize = 64;
+/// Most headers one head may carry on the direct path (hyper's limit too): a longer
+/// request goes to hyper, a longer response is refused.
+pub const MAX_HEADERS: usize = 100;
 
 /// Largest request body the direct path reads whole before forwarding; larger bodies are
 /// streamed by hyper.
@@ -94,7 +95,9 @@ impl RequestHead {
         self.close = false;
         self.host = None;
         self.forwarded_for = None;
-        self.plain = minor == 1 && target.starts_with('/') && method != "CONNECT";
+        // A fragment is no part of a request target; hyper's URI parser drops it.
+        self.plain =
+            minor == 1 && target.starts_with('/') && !target.contains('#') && method != "CONNECT";
         let mut lengths = 0;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
@@ -114,11 +117,11 @@ impl RequestHead {
                 Name::HopByHop => role = Role::HopByHop,
                 Name::TransferEncoding | Name::Upgrade | Name::Expect => self.plain = false,
                 Name::ContentLength => {
+                    // Repeated (even with one value), hyper merges it: some workers refuse
+                    // a duplicate outright.
                     lengths += 1;
                     match parse_length(h.value) {
-                        Some(n) if lengths == 1 || n == self.content_length => {
-                            self.content_length = n
-                        }
+                        Some(n) if lengths == 1 => self.content_length = n,
                         _ => self.plain = false,
                     }
                 }
@@ -198,7 +201,7 @@ impl ResponseHead {
             Ok(httparse::Status::Partial) => return Parse::Partial,
             Err(_) => return Parse::Invalid,
         };
-        let (Some(minor), Some(status)) = (resp.version, resp.code) else {
+        let (Some(minor), Some(status @ 100..)) = (resp.version, resp.code) else {
             return Parse::Invalid;
         };
         let base = buf.as_ptr() as usize;
@@ -299,6 +302,10 @@ impl ResponseHead {
         }
         for f in &mut self.fields {
             let name = &buf[f.name.clone()];
+            // The body passes through as framed: its framing headers stay whatever names them.
+            if matches!(classify(name), Name::ContentLength | Name::TransferEncoding) {
+                continue;
+            }
             if named
                 .iter()
                 .any(|t| buf[t.clone()].eq_ignore_ascii_case(name))
@@ -413,6 +420,7 @@ mod tests {
         for raw in [
             "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
             "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
@@ -442,12 +450,14 @@ mod tests {
     }
 
     #[test]
-    fn equal_repeated_lengths_and_close_are_understood() {
-        let (head, _) = request(
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ncontent-length: 5\r\nConnection: close\r\n\r\n",
-        );
+    fn a_length_and_close_are_understood_and_a_repeated_length_is_hyper_s() {
+        let (head, _) =
+            request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
         assert!(head.plain && head.close);
         assert_eq!(head.content_length, 5);
+        let (head, _) =
+            request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
+        assert!(!head.plain);
     }
 
     fn response(raw: &str, head_request: bool) -> ResponseHead {
@@ -498,6 +508,13 @@ mod tests {
         let mut bad = ResponseHead::default();
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(bad.parse(raw.as_bytes(), false), Parse::Invalid);
+        let raw = "HTTP/1.1 000 X\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(bad.parse(raw.as_bytes(), false), Parse::Invalid);
+        // A Connection header naming the framing headers does not unframe the body.
+        let raw = "HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, Content-Length\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let r = response(raw, false);
+        assert_eq!(r.framing, Some(Framing::Chunked));
+        assert_eq!(r.fields[1].role, Role::Keep);
     }
 
     #[test]

@@ -41,7 +41,11 @@ use head::{Framing, Parse, RequestHead, ResponseHead, Role};
 const CLIENT_READ_BUFFER: usize = 8 * 1024;
 
 /// Largest response head the direct path reads from a worker.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+
+/// How long closing a client connection may take (a TLS close_notify to a client that
+/// reads nothing more).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -80,7 +84,11 @@ where
         match conn.next_request(cancelled.as_mut()).await {
             Next::Request(msg) => match conn.exchange(&msg, shutdown.is_cancelled()).await {
                 Done::KeepAlive => {}
-                Done::Close => return Served::Closed,
+                Done::Close => {
+                    // A clean close (TLS close_notify, then FIN) after the last answer.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.io.shutdown()).await;
+                    return Served::Closed;
+                }
                 Done::HandOver => return conn.hand_over(Some(msg)),
             },
             Next::Closed => return Served::Closed,
@@ -146,16 +154,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
     /// Reads the next request whole, within the head deadline for its head.
     async fn next_request(&mut self, mut cancelled: Pin<&mut impl Future<Output = ()>>) -> Next {
         let limit = self.proxy.config.header_timeout;
+        let max_head = self.proxy.config.max_header_size;
         self.timer.as_mut().reset(Instant::now() + limit);
         let head_len = loop {
             if !self.buf.is_empty() {
                 match self.req.parse(&self.buf) {
-                    Parse::Complete(n) if self.req.plain => break n,
+                    Parse::Complete(n) if self.req.plain && n <= max_head => break n,
                     Parse::Complete(_) | Parse::Invalid => return Next::HandOver,
                     // Too large a head: hyper answers 431.
-                    Parse::Partial if self.buf.len() > self.proxy.config.max_header_size => {
-                        return Next::HandOver
-                    }
+                    Parse::Partial if self.buf.len() > max_head => return Next::HandOver,
                     Parse::Partial => {}
                 }
             }
@@ -185,11 +192,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             }
         };
         let total = head_len + self.req.content_length as usize;
-        while self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-            match self.io.read_buf(&mut self.buf).await {
-                Ok(n) if n > 0 => {}
-                _ => return Next::Closed,
+        if self.buf.len() < total {
+            // The rest of the body, within the response timeout (hyper's path streams it to
+            // the worker under that deadline).
+            let limit = self.proxy.response_timeout;
+            self.timer.as_mut().reset(Instant::now() + limit);
+            while self.buf.len() < total {
+                self.buf.reserve(total - self.buf.len());
+                let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+                match until(&mut self.timer, read).await {
+                    Some(Ok(n)) if n > 0 => {}
+                    _ => return Next::Closed,
+                }
             }
         }
         Next::Request(self.buf.split_to(total).freeze())
@@ -245,7 +259,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                         return Done::HandOver;
                     }
                     drop(in_flight);
-                    return self.answer_error(502, "proxy_error", &reason).await;
+                    return self.answer_error(msg, 502, "proxy_error", &reason).await;
                 }
             },
         };
@@ -256,18 +270,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             Err(NoResponse::Broken(e)) => {
                 // Sent again by hyper's path only when that is safe: nothing came back, and
                 // the method may be repeated (a stale reused connection, most likely).
-                if self.req.idempotent(msg) {
+                if self.req.idempotent(msg) && self.req.content_length == 0 {
                     tracing::debug!(worker, reused, error = %e, "worker connection broke; handing over");
                     return Done::HandOver;
                 }
                 let reason = format!("worker {worker} failed: {e}");
                 tracing::warn!(worker, error = %reason, "upstream request failed");
-                return self.answer_error(502, "proxy_error", &reason).await;
+                return self.answer_error(msg, 502, "proxy_error", &reason).await;
             }
             Err(NoResponse::Invalid(why)) => {
                 let reason = format!("worker {worker} failed: {why}");
                 tracing::warn!(worker, error = %reason, "upstream request failed");
-                return self.answer_error(502, "proxy_error", &reason).await;
+                return self.answer_error(msg, 502, "proxy_error", &reason).await;
             }
             Err(NoResponse::TimedOut) => {
                 let reason = format!(
@@ -275,7 +289,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                     proxy.response_timeout
                 );
                 tracing::warn!(worker, "{reason}");
-                return self.answer_error(504, "gateway_timeout", &reason).await;
+                return self
+                    .answer_error(msg, 504, "gateway_timeout", &reason)
+                    .await;
             }
         };
         for value in self.resp.set_cookies(&up.rbuf[..head_len]) {
@@ -367,11 +383,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         up: &mut RawConn,
         is_head: bool,
     ) -> Result<usize, NoResponse> {
-        if let Err(e) = up.stream.write_all(&up.wbuf).await {
-            return Err(NoResponse::Broken(e));
-        }
         let limit = self.proxy.response_timeout;
         self.timer.as_mut().reset(Instant::now() + limit);
+        let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
+        match until(&mut self.timer, write).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(NoResponse::Broken(e)),
+            None => return Err(NoResponse::TimedOut),
+        }
         let mut answered = false;
         loop {
             match self.resp.parse(&up.rbuf, is_head) {
@@ -379,9 +398,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                     return Err(NoResponse::Invalid("switched protocols unasked"));
                 }
                 Parse::Complete(n) if self.resp.status < 200 => {
-                    // 103 Early Hints and the like: the client gets them as they are.
+                    // 103 Early Hints and the like go to the client as they come.
                     answered = true;
-                    if self.io.write_all(&up.rbuf[..n]).await.is_err() {
+                    self.write_head(&up.rbuf[..n]);
+                    let passed = self.io.write_all(&self.out).await;
+                    if passed.is_err() || self.io.flush().await.is_err() {
                         return Err(NoResponse::Invalid("client went away"));
                     }
                     up.rbuf.advance(n);
@@ -398,14 +419,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 up.rbuf.reserve(8 * 1024);
             }
             let got_nothing = up.rbuf.is_empty() && !answered;
-            let timer = &mut self.timer;
-            let mut read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
-            let outcome = poll_fn(|cx| match read.as_mut().poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-            })
-            .await;
-            match outcome {
+            let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
+            match until(&mut self.timer, read).await {
                 None => return Err(NoResponse::TimedOut),
                 Some(Ok(n)) if n > 0 => {}
                 Some(result) if got_nothing => {
@@ -422,14 +437,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
     /// The response head for the client: the worker's, hop-by-hop headers dropped, the
     /// affinity cookie added when due.
     fn write_response_head(&mut self, raw: &[u8], decision: &Decision, keep_client: bool) {
+        self.write_head(raw);
         let o = &mut self.out;
-        o.clear();
-        o.extend_from_slice(b"HTTP/1.1 ");
-        o.extend_from_slice(&raw[self.resp.status_line.clone()]);
-        o.extend_from_slice(b"\r\n");
-        for f in self.resp.fields.iter().filter(|f| f.role == Role::Keep) {
-            push_header(o, &raw[f.name.clone()], &raw[f.value.clone()]);
-        }
         let router = &self.proxy.router;
         if decision.set_affinity {
             if let Some(cookie) = router
@@ -447,6 +456,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             push_header(o, b"connection", b"close");
         }
         o.extend_from_slice(b"\r\n");
+    }
+
+    /// The worker's response head without its hop-by-hop headers, into `out`, unfinished
+    /// (no empty line yet).
+    fn write_head(&mut self, raw: &[u8]) {
+        let o = &mut self.out;
+        o.clear();
+        o.extend_from_slice(b"HTTP/1.1 ");
+        o.extend_from_slice(&raw[self.resp.status_line.clone()]);
+        o.extend_from_slice(b"\r\n");
+        for f in self.resp.fields.iter().filter(|f| f.role == Role::Keep) {
+            push_header(o, &raw[f.name.clone()], &raw[f.value.clone()]);
+        }
+        if self.resp.status < 200 {
+            o.extend_from_slice(b"\r\n");
+        }
     }
 
     /// Passes the response body on (after the head in `out`); true when it ended where its
@@ -480,14 +505,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             if !self.out.is_empty() {
                 self.io.write_all(&self.out).await?;
                 self.out.clear();
+                // Before waiting on the worker again: a TLS stream may hold the records.
+                self.io.flush().await?;
             }
             if left == 0 {
-                self.io.flush().await?;
                 return Ok(up.rbuf.is_empty());
             }
             up.rbuf.clear();
             if up.stream.read_buf(&mut up.rbuf).await? == 0 {
-                self.io.flush().await?;
                 return match framing {
                     Framing::UntilClose => Ok(false),
                     _ => Err(io::Error::new(
@@ -501,7 +526,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
 
     /// Answers with an error of the proxy's own; the request was read whole, so the
     /// connection stays open.
-    async fn answer_error(&mut self, status: u16, code: &str, reason: &str) -> Done {
+    async fn answer_error(&mut self, msg: &[u8], status: u16, code: &str, reason: &str) -> Done {
         let body = super::forward::error_json(code, reason);
         let o = &mut self.out;
         o.clear();
@@ -520,7 +545,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             o.extend_from_slice(b"connection: close\r\n");
         }
         o.extend_from_slice(b"\r\n");
-        o.extend_from_slice(body.as_bytes());
+        if &msg[self.req.method.clone()] != b"HEAD" {
+            o.extend_from_slice(body.as_bytes());
+        }
         if self.io.write_all(&self.out).await.is_err() || self.io.flush().await.is_err() {
             return Done::Close;
         }
@@ -530,6 +557,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             Done::KeepAlive
         }
     }
+}
+
+/// `work`'s output, or `None` when `timer` fires first.
+fn until<'a, F: Future>(
+    timer: &'a mut Pin<Box<Sleep>>,
+    mut work: Pin<&'a mut F>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    poll_fn(move |cx| match work.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    })
 }
 
 fn push_header(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
