@@ -187,6 +187,11 @@ impl Pool {
         conn.rbuf.clear();
         conn.wbuf.clear();
         let mut idle = self.raw_idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken last in, first out: the oldest is looked at here, so connections the worker
+        // closed while idle at the bottom do not linger.
+        if idle.first().is_some_and(|oldest| !oldest.still_idle()) {
+            idle.swap_remove(0);
+        }
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

@@ -35,6 +35,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         let n = this.pre.len().min(buf.remaining());
         buf.put_slice(&this.pre[..n]);
         this.pre.advance(n);
+        if this.pre.is_empty() {
+            // Frees the buffer the bytes came in: a long-lived tunnel must not keep it.
+            this.pre = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
