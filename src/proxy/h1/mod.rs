@@ -76,6 +76,7 @@ where
         buf: BytesMut::with_capacity(CLIENT_READ_BUFFER),
         out: Vec::with_capacity(1024),
         req: RequestHead::default(),
+        routing_map: http::HeaderMap::new(),
         resp: ResponseHead::default(),
         timer: Box::pin(tokio::time::sleep_until(Instant::now())),
     };
@@ -130,6 +131,8 @@ struct ClientConn<'p, I> {
     /// The response head (and the start of the body) being written.
     out: Vec<u8>,
     req: RequestHead,
+    /// The header map routing reads, kept for the next request.
+    routing_map: http::HeaderMap,
     resp: ResponseHead,
     /// The head deadline while waiting for a request, the response deadline while waiting
     /// for a worker: one timer per connection, moved (never two running at once).
@@ -211,23 +214,38 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
 
     /// Routes and forwards one request, and passes the response back.
     async fn exchange(&mut self, msg: &Bytes, shutting_down: bool) -> Done {
-        let proxy = self.proxy;
         let Ok(uri) = http::Uri::from_maybe_shared(msg.slice(self.req.target.clone())) else {
             return Done::HandOver;
         };
-        if proxy.router.sticky() && key::is_engineio_handshake(&uri) {
+        if self.proxy.router.sticky() && key::is_engineio_handshake(&uri) {
             return Done::HandOver;
         }
+        // What routing reads, in a head of its own whose header map is the connection's,
+        // cleared and reused: no allocation per request.
         let mut view = http::Request::new(()).into_parts().0;
         view.uri = uri;
+        view.headers = std::mem::take(&mut self.routing_map);
         self.routing_headers(msg, &mut view.headers);
+        let done = self.forward(msg, &view, shutting_down).await;
+        self.routing_map = view.headers;
+        self.routing_map.clear();
+        done
+    }
+
+    async fn forward(
+        &mut self,
+        msg: &Bytes,
+        view: &http::request::Parts,
+        shutting_down: bool,
+    ) -> Done {
+        let proxy = self.proxy;
         let client = proxy.client_ip(self.peer.ip(), &view.headers);
         if !proxy.admits(client) {
             return Done::HandOver;
         }
         let now = proxy.router.table().now();
         let hold = proxy.hold.is_some();
-        let decision = match proxy.router.route(&view, client, &proxy.workers, now, hold) {
+        let decision = match proxy.router.route(view, client, &proxy.workers, now, hold) {
             Some(d) if !d.wait => d,
             _ => return Done::HandOver,
         };
@@ -253,7 +271,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                     let now = proxy.router.table().now();
                     if proxy
                         .router
-                        .route(&view, client, &proxy.workers, now, false)
+                        .route(view, client, &proxy.workers, now, false)
                         .is_some()
                     {
                         return Done::HandOver;
