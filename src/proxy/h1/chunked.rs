@@ -158,4 +158,73 @@ mod tests {
         assert_eq!(end(b"1\r\naXY", 1), Err(Malformed));
         assert_eq!(end(b"1234567890abcdef0\r\n", 4), Err(Malformed));
     }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// A chunked body built from `chunks` (empty ones skipped: a zero size ends the
+        /// body), optionally with extensions and trailers.
+        fn build(chunks: &[Vec<u8>], upper: bool, ext: bool, trailers: &[String]) -> Vec<u8> {
+            let mut body = Vec::new();
+            for c in chunks.iter().filter(|c| !c.is_empty()) {
+                let size = if upper {
+                    format!("{:X}", c.len())
+                } else {
+                    format!("{:x}", c.len())
+                };
+                body.extend_from_slice(size.as_bytes());
+                if ext {
+                    body.extend_from_slice(b";name=\"v\"");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend_from_slice(c);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for t in trailers {
+                body.extend_from_slice(format!("x-{t}: {t}\r\n").as_bytes());
+            }
+            body.extend_from_slice(b"\r\n");
+            body
+        }
+
+        proptest! {
+            #[test]
+            fn any_body_ends_where_it_was_built_to_in_any_split(
+                chunks in vec(vec(any::<u8>(), 0..300), 0..6),
+                upper in any::<bool>(),
+                ext in any::<bool>(),
+                trailers in vec("[a-z]{1,6}", 0..3),
+                steps in vec(1usize..97, 1..8),
+                tail in vec(any::<u8>(), 0..16),
+            ) {
+                let body = build(&chunks, upper, ext, &trailers);
+                let mut stream = body.clone();
+                stream.extend_from_slice(&tail);
+                let mut follower = Chunks::default();
+                let (mut at, mut found) = (0, None);
+                for step in steps.iter().cycle() {
+                    if at >= stream.len() {
+                        break;
+                    }
+                    let piece = &stream[at..(at + step).min(stream.len())];
+                    if let Some(n) = follower.feed(piece).expect("well-formed") {
+                        found = Some(at + n);
+                        break;
+                    }
+                    at += piece.len();
+                }
+                prop_assert_eq!(found, Some(body.len()));
+            }
+
+            #[test]
+            fn garbage_is_an_error_or_a_wait_never_a_panic(bytes in vec(any::<u8>(), 0..256)) {
+                if let Ok(Some(n)) = Chunks::default().feed(&bytes) {
+                    prop_assert!(n <= bytes.len());
+                }
+            }
+        }
+    }
 }

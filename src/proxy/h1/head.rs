@@ -535,4 +535,99 @@ mod tests {
         let raw = "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n";
         assert_eq!(&raw[response(raw, false).status_line], "200 ");
     }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 12] = [
+            "Host",
+            "Cookie",
+            "Connection",
+            "Keep-Alive",
+            "X-Forwarded-For",
+            "Accept",
+            "User-Agent",
+            "TE",
+            "X-Sticky",
+            "Content-Type",
+            "Proxy-Authorization",
+            "X-A",
+        ];
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_ranges_stay_inside(
+                bytes in vec(any::<u8>(), 0..300),
+            ) {
+                let mut req = RequestHead::default();
+                if let Parse::Complete(n) = req.parse(&bytes) {
+                    prop_assert!(n <= bytes.len());
+                    for f in &req.fields {
+                        prop_assert!(f.name.end <= n && f.value.end <= n);
+                    }
+                }
+                let mut resp = ResponseHead::default();
+                if let Parse::Complete(n) = resp.parse(&bytes, false) {
+                    prop_assert!(n <= bytes.len() && resp.status_line.end <= n);
+                }
+            }
+
+            #[test]
+            fn every_header_is_found_in_order_with_its_role(
+                path in "/[a-z0-9/?=&%.]{0,24}",
+                headers in vec((0..NAMES.len(), "[ -~]{0,20}"), 0..10),
+                length in proptest::option::of(0u64..100_000),
+                tail in vec(any::<u8>(), 0..8),
+            ) {
+                let mut raw = format!("GET {path} HTTP/1.1\r\nHost: h\r\n");
+                for (i, value) in &headers {
+                    raw.push_str(&format!("{}: {}\r\n", NAMES[*i], value));
+                }
+                if let Some(n) = length {
+                    raw.push_str(&format!("Content-Length: {n}\r\n"));
+                }
+                raw.push_str("\r\n");
+                let head_len = raw.len();
+                let mut bytes = raw.into_bytes();
+                bytes.extend_from_slice(&tail);
+                let mut req = RequestHead::default();
+                prop_assert_eq!(req.parse(&bytes), Parse::Complete(head_len));
+                prop_assert_eq!(&bytes[req.target.clone()], path.as_bytes());
+                // Values are trimmed by the parser, names are kept as sent.
+                let seen: Vec<(&[u8], &[u8])> = req
+                    .fields
+                    .iter()
+                    .skip(1)
+                    .take(headers.len())
+                    .map(|f| (&bytes[f.name.clone()], &bytes[f.value.clone()]))
+                    .collect();
+                let sent: Vec<(&[u8], &[u8])> = headers
+                    .iter()
+                    .map(|(i, v)| (NAMES[*i].as_bytes(), v.trim().as_bytes()))
+                    .collect();
+                prop_assert_eq!(seen, sent);
+                for f in &req.fields {
+                    let name = &bytes[f.name.clone()];
+                    let expected = match classify(name) {
+                        Name::Connection | Name::HopByHop => Role::HopByHop,
+                        Name::ForwardedFor | Name::ProxySet => Role::Replaced,
+                        _ => Role::Keep,
+                    };
+                    prop_assert_eq!(f.role, expected);
+                }
+                let extra_host = headers.iter().any(|(i, _)| NAMES[*i] == "Host");
+                let odd_connection = headers.iter().any(|(i, v)| {
+                    NAMES[*i] == "Connection"
+                        && tokens(v.as_bytes()).any(|t| {
+                            !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+                        })
+                });
+                let small = length.is_none_or(|n| n <= MAX_DIRECT_BODY);
+                prop_assert_eq!(req.plain, !extra_host && !odd_connection && small);
+                prop_assert_eq!(req.content_length, length.unwrap_or(0));
+            }
+        }
+    }
 }
