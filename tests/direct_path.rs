@@ -213,3 +213,73 @@ fn an_error_answer_to_head_has_no_body_and_the_connection_goes_on() {
     assert_eq!(next.status, 200);
     assert_eq!(next.json()["worker"], 0);
 }
+
+#[test]
+fn http2_requests_reach_workers_over_plain_sockets_with_every_framing() {
+    // HTTP/2 (prior knowledge, plain TCP) is hyper's; its bodyless requests are sent on the
+    // direct path's pooled sockets, the chunked framing taken off for HTTP/2.
+    let c = framing_workers(2, &[]);
+    let addr = c.proxy;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut call = async |method: &str, path: &str| {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}{path}"))
+                .header("cookie", "connect.sid=h2-session")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.ready().await.unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let (head, body) = resp.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (head, String::from_utf8(body.to_vec()).unwrap())
+        };
+        let (head, body) = call("GET", "/chunked?n=300").await;
+        let want: String = (0..300)
+            .map(|i| format!("{i}:{};", "x".repeat(i % 7)))
+            .collect();
+        assert_eq!(body, want);
+        assert!(head.headers.get("transfer-encoding").is_none());
+
+        let (_, echo) = call("GET", "/echo").await;
+        let echo: serde_json::Value = serde_json::from_str(&echo).unwrap();
+        let worker = echo["worker"].clone();
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
+        for _ in 0..5 {
+            let (_, again) = call("GET", "/echo").await;
+            let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+            assert_eq!(again["worker"], worker, "sticky on connect.sid");
+        }
+        let (_, post) = call("POST", "/echo").await;
+        let post: serde_json::Value = serde_json::from_str(&post).unwrap();
+        assert_eq!(post["method"], "POST");
+        assert_eq!(post["headers"]["content-length"], "0");
+
+        let (head, body) = call("HEAD", "/echo").await;
+        assert!(head.headers.contains_key("content-length"));
+        assert_eq!(body, "");
+
+        let (head, body) = call("GET", "/hop").await;
+        assert_eq!(body, "hop");
+        assert!(head.headers.get("x-secret").is_none());
+        assert_eq!(head.headers["x-public"], "2");
+
+        let (head, body) = call("GET", "/eof").await;
+        assert_eq!(head.headers["x-framing"], "eof");
+        assert!(body.starts_with("until close from worker"), "{body}");
+    });
+}

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::h1::client::{BoxError, RawBody};
 use super::pool::{Lease, Pool};
 use crate::routing::Router;
 use crate::workers::{InFlight, WorkerId};
@@ -71,6 +72,8 @@ enum Kind {
     Upstream(Incoming),
     /// A worker's handshake body, watched until its first data frame.
     Sniffing(Incoming, Option<SidSniffer>),
+    /// A worker's body read from a plain pooled socket.
+    Plain(RawBody),
     /// A small body of the proxy's own (errors).
     Own(Option<Bytes>),
 }
@@ -81,6 +84,16 @@ impl ProxyBody {
         Self {
             kind: Kind::Own(Some(bytes.into())),
             _in_flight: None,
+            giveback: None,
+        }
+    }
+
+    /// A worker's body read from a plain pooled socket (it gives its socket back itself),
+    /// counted in flight.
+    pub fn plain(body: RawBody, in_flight: InFlight) -> Self {
+        Self {
+            kind: Kind::Plain(body),
+            _in_flight: Some(in_flight),
             giveback: None,
         }
     }
@@ -137,12 +150,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // Every part is Unpin (Incoming is), so no projection is needed.
         let this = self.get_mut();
         let polled = match &mut this.kind {
@@ -158,8 +171,10 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+            Kind::Plain(body) => return body.poll_frame(cx),
             Kind::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
+        let polled = polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)));
         if this.giveback.is_some() && (matches!(polled, Poll::Ready(None)) || this.is_end_stream())
         {
             this.give_back();
@@ -170,6 +185,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(b) | Kind::Sniffing(b, _) => b.is_end_stream(),
+            Kind::Plain(b) => b.is_end_stream(),
             Kind::Own(b) => b.is_none(),
         }
     }
@@ -177,6 +193,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(b) | Kind::Sniffing(b, _) => b.size_hint(),
+            Kind::Plain(b) => b.size_hint(),
             Kind::Own(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -14,7 +14,7 @@ use super::body::{ProxyBody, SidSniffer, UpstreamBody};
 use super::framing::Verdict;
 use super::pool::SendError;
 use super::upgrade::{self, TunnelLimits};
-use super::Proxy;
+use super::{h1, Proxy};
 use crate::routing::{key, Decision};
 use crate::workers::InFlight;
 
@@ -190,7 +190,19 @@ async fn forward_once(
         .insert(X_STICKY.clone(), decision.outcome.header_value());
     let in_flight = InFlight::new(proxy.workers.clone(), worker, index);
 
-    let (mut resp, lease) = match pool.send(req, proxy.response_timeout).await {
+    // A bodyless request that stays HTTP goes over a plain socket (see `h1::client`);
+    // upgrades, uploads and handshakes whose reply is sniffed keep hyper's client.
+    let plain = client_upgrade.is_none() && !sniff && req.body().is_end_stream();
+    let sent = if plain {
+        h1::client::send(pool, req, proxy.response_timeout)
+            .await
+            .map(Sent::Plain)
+    } else {
+        pool.send(req, proxy.response_timeout)
+            .await
+            .map(Sent::Hyper)
+    };
+    let sent = match sent {
         Ok(sent) => sent,
         Err(SendError::Connect(e, req)) => {
             // Passive health: out of rotation at once; active checks bring it back.
@@ -204,7 +216,7 @@ async fn forward_once(
             });
         }
         Err(SendError::Failed(e)) => {
-            let reason = format!("worker {worker} failed: {}", innermost(&e));
+            let reason = format!("worker {worker} failed: {}", innermost(&*e));
             tracing::warn!(worker, error = %reason, "upstream request failed");
             return Err(Failure {
                 response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
@@ -225,19 +237,16 @@ async fn forward_once(
             )));
         }
     };
-    proxy
-        .router
-        .learn_from_response(resp.headers(), worker, proxy.router.table().now());
-    if decision.set_affinity {
-        if let Some(cookie) = proxy.router.affinity().and_then(|a| a.set_cookie(worker)) {
-            resp.headers_mut()
-                .append(header::SET_COOKIE, cookie.clone());
+    let (mut resp, lease) = match sent {
+        Sent::Hyper(sent) => sent,
+        Sent::Plain((mut head, body)) => {
+            decorate(proxy, &decision, &mut head.headers);
+            strip_hop_by_hop(&mut head.headers);
+            let body = ProxyBody::plain(body, in_flight);
+            return Ok(Response::from_parts(head, body));
         }
-    }
-    if proxy.debug {
-        resp.headers_mut()
-            .insert(X_STICKY_WORKER.clone(), HeaderValue::from(worker));
-    }
+    };
+    decorate(proxy, &decision, resp.headers_mut());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade.take() {
@@ -258,6 +267,28 @@ async fn forward_once(
         .then(|| SidSniffer::new(proxy.router.clone(), worker));
     let giveback = (pool.clone(), lease);
     Ok(resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight, giveback)))
+}
+
+/// How a worker's response came.
+enum Sent {
+    Hyper((Response<Incoming>, super::pool::Lease)),
+    Plain((http::response::Parts, h1::client::RawBody)),
+}
+
+/// Learns from a worker's response head and adds the proxy's own headers to it.
+fn decorate(proxy: &Proxy, decision: &Decision, headers: &mut HeaderMap) {
+    let worker = decision.worker;
+    proxy
+        .router
+        .learn_from_response(headers, worker, proxy.router.table().now());
+    if decision.set_affinity {
+        if let Some(cookie) = proxy.router.affinity().and_then(|a| a.set_cookie(worker)) {
+            headers.append(header::SET_COOKIE, cookie.clone());
+        }
+    }
+    if proxy.debug {
+        headers.insert(X_STICKY_WORKER.clone(), HeaderValue::from(worker));
+    }
 }
 
 /// The innermost cause of an error, for the client's `reason`.

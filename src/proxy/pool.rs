@@ -37,7 +37,7 @@ pub enum SendError {
     /// before it went out); it comes back.
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The connection failed; the request may have been (partly) sent.
-    Failed(hyper::Error),
+    Failed(Box<dyn std::error::Error + Send + Sync>),
     /// No response head within the response timeout.
     TimedOut,
 }
@@ -89,7 +89,7 @@ impl Conn {
                 Some(back) => {
                     SendError::Connect(std::io::Error::other(e.into_error()), Box::new(back))
                 }
-                None => SendError::Failed(e.into_error()),
+                None => SendError::Failed(Box::new(e.into_error())),
             }),
             None => Err(SendError::TimedOut),
         }
@@ -130,6 +130,9 @@ pub struct RawConn {
     pub rbuf: BytesMut,
     /// The request head being written.
     pub wbuf: Vec<u8>,
+    /// The response deadline, when hyper's path sends on it (the direct path times with
+    /// its client connection's timer).
+    pub deadline: Pin<Box<Sleep>>,
 }
 
 /// Read buffer of a direct-path worker connection.
@@ -203,6 +206,7 @@ impl Pool {
             stream: self.open().await?,
             rbuf: BytesMut::with_capacity(RAW_READ_BUFFER),
             wbuf: Vec::with_capacity(1024),
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
         })
     }
 

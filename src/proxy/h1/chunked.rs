@@ -33,10 +33,37 @@ pub struct Chunks {
     size_digits: u8,
 }
 
+/// One step of decoding: `consumed` bytes were used, of which `data` are chunk data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// How many bytes of the input this step used.
+    pub consumed: usize,
+    /// The chunk data among them (empty when the step used only framing).
+    pub data: std::ops::Range<usize>,
+    /// The body is over (its last byte was the last one consumed).
+    pub done: bool,
+}
+
 impl Chunks {
     /// Follows `bytes`, the next part of the body: `Some(n)` when the body ends after the
     /// first `n` of them, `None` when all of them belong to it and more are to come.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+        let mut at = 0;
+        loop {
+            let step = self.decode(&bytes[at..])?;
+            at += step.consumed;
+            if step.done {
+                return Ok(Some(at));
+            }
+            if at >= bytes.len() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Decodes from the start of `bytes` up to the end of the first run of chunk data (or
+    /// the end of the body, or of `bytes`): for passing a body on without its framing.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Decoded, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -72,13 +99,17 @@ impl Chunks {
                 }
                 State::Data(left) => {
                     let take = left.min((bytes.len() - i) as u64);
-                    i += take as usize;
                     self.state = if take == left {
                         State::DataEnd
                     } else {
                         State::Data(left - take)
                     };
-                    continue;
+                    let end = i + take as usize;
+                    return Ok(Decoded {
+                        consumed: end,
+                        data: i..end,
+                        done: false,
+                    });
                 }
                 State::DataEnd => match b {
                     b'\r' => {}
@@ -89,7 +120,11 @@ impl Chunks {
                     b'\r' => {}
                     b'\n' => {
                         self.state = State::Done;
-                        return Ok(Some(i + 1));
+                        return Ok(Decoded {
+                            consumed: i + 1,
+                            data: 0..0,
+                            done: true,
+                        });
                     }
                     _ => self.state = State::TrailerLine,
                 },
@@ -98,11 +133,15 @@ impl Chunks {
                         self.state = State::TrailerStart;
                     }
                 }
-                State::Done => return Ok(Some(i)),
+                State::Done => break,
             }
             i += 1;
         }
-        Ok((self.state == State::Done).then_some(i))
+        Ok(Decoded {
+            consumed: i,
+            data: 0..0,
+            done: self.state == State::Done,
+        })
     }
 }
 
@@ -157,6 +196,31 @@ mod tests {
         assert_eq!(end(b"0x10\r\n", 1), Err(Malformed));
         assert_eq!(end(b"1\r\naXY", 1), Err(Malformed));
         assert_eq!(end(b"1234567890abcdef0\r\n", 4), Err(Malformed));
+    }
+
+    #[test]
+    fn decoding_yields_the_data_without_the_framing() {
+        let body = b"5\r\nhello\r\nA;e=1\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for step in 1..=body.len() {
+            let mut chunks = Chunks::default();
+            let (mut data, mut at, mut end) = (Vec::new(), 0, None);
+            while at < body.len() && end.is_none() {
+                let piece = &body[at..(at + step).min(body.len())];
+                let mut used = 0;
+                while used < piece.len() {
+                    let d = chunks.decode(&piece[used..]).expect("valid");
+                    data.extend_from_slice(&piece[used..][d.data.clone()]);
+                    used += d.consumed;
+                    if d.done {
+                        end = Some(at + used);
+                        break;
+                    }
+                }
+                at += piece.len();
+            }
+            assert_eq!(data, b"hello0123456789", "step {step}");
+            assert_eq!(end, Some(body.len() - 4), "step {step}");
+        }
     }
 
     mod props {

@@ -13,6 +13,7 @@
 //! answer) are handed over the same way, before anything was answered.
 
 mod chunked;
+pub mod client;
 mod head;
 mod rewind;
 

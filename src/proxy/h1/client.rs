@@ -1,0 +1,272 @@
+//! Bodyless requests of hyper's path (HTTP/2 streams, connections the direct path handed
+//! over) sent to a worker on the direct path's plain pooled sockets: the head written as
+//! one buffer, the response head parsed in place, the body passed on frame by frame with
+//! its chunked framing taken off. Saves hyper's client connection task, its channel and its
+//! per-request wake-ups.
+
+use std::io;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::chunked::Chunks;
+use super::head::{Framing, Parse, ResponseHead, Role};
+use super::{push_header, until};
+use crate::proxy::body::UpstreamBody;
+use crate::proxy::pool::{Pool, RawConn, SendError};
+
+/// Largest response head read from a worker (as on the direct path).
+const MAX_RESPONSE_HEAD: usize = super::MAX_RESPONSE_HEAD;
+
+/// A boxed error, as hyper takes them from a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sends `req` (which has no body) on a pooled plain connection of `pool`, waiting at most
+/// `timeout` for the response head.
+///
+/// # Errors
+/// As [`Pool::send`]: [`SendError::Connect`] with the request when no connection could be
+/// made, [`SendError::Failed`] when the exchange broke, [`SendError::TimedOut`].
+pub async fn send(
+    pool: &Arc<Pool>,
+    req: Request<UpstreamBody>,
+    timeout: Duration,
+) -> Result<(http::response::Parts, RawBody), SendError> {
+    let mut up = match pool.take_raw() {
+        Some(up) => up,
+        None => match pool.connect_raw().await {
+            Ok(up) => up,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        },
+    };
+    write_head(&req, &mut up.wbuf);
+    let is_head = req.method() == Method::HEAD;
+    drop(req);
+    up.deadline.as_mut().reset(Instant::now() + timeout);
+    let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
+    match until(&mut up.deadline, write).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(SendError::Failed(Box::new(e))),
+        None => return Err(SendError::TimedOut),
+    }
+    let mut head = ResponseHead::default();
+    let head_len = loop {
+        match head.parse(&up.rbuf, is_head) {
+            // Interim answers (103 and the like) are dropped, as hyper's client does.
+            Parse::Complete(n) if head.status < 200 && head.status != 101 => {
+                up.rbuf.advance(n);
+                continue;
+            }
+            Parse::Complete(n) => break n,
+            Parse::Invalid => return Err(failed("invalid response head")),
+            Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
+                return Err(failed("response head too large"))
+            }
+            Parse::Partial => {}
+        }
+        if up.rbuf.capacity() - up.rbuf.len() < 1024 {
+            up.rbuf.reserve(8 * 1024);
+        }
+        let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
+        match until(&mut up.deadline, read).await {
+            None => return Err(SendError::TimedOut),
+            Some(Ok(n)) if n > 0 => {}
+            Some(Ok(_)) => return Err(failed("connection closed before a response")),
+            Some(Err(e)) => return Err(SendError::Failed(Box::new(e))),
+        }
+    };
+    if head.status == 101 {
+        return Err(failed("switched protocols unasked"));
+    }
+    let parts = response_parts(&head, &up.rbuf[..head_len])?;
+    up.rbuf.advance(head_len);
+    let framing = match head.framing.unwrap_or(Framing::UntilClose) {
+        Framing::Empty => BodyFraming::Length(0),
+        Framing::Length(n) => BodyFraming::Length(n),
+        Framing::Chunked => BodyFraming::Chunked(Chunks::default()),
+        Framing::UntilClose => BodyFraming::UntilClose,
+    };
+    let mut body = RawBody {
+        conn: Some(up),
+        framing,
+        keep_alive: head.keep_alive,
+        pool: pool.clone(),
+    };
+    if body.is_done() {
+        body.finish();
+    }
+    Ok((parts, body))
+}
+
+fn failed(why: &'static str) -> SendError {
+    SendError::Failed(why.into())
+}
+
+/// The request head in origin form, HTTP/1.1, every header as it is (the caller rewrote
+/// them).
+fn write_head(req: &Request<UpstreamBody>, w: &mut Vec<u8>) {
+    w.clear();
+    w.extend_from_slice(req.method().as_str().as_bytes());
+    w.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    w.extend_from_slice(target.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        push_header(w, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // A bodyless request whose method usually has a body says so (as hyper's client does).
+    let usually_has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if usually_has_body && !req.headers().contains_key(http::header::CONTENT_LENGTH) {
+        w.extend_from_slice(b"content-length: 0\r\n");
+    }
+    w.extend_from_slice(b"\r\n");
+}
+
+/// The response head as hyper's server takes it: status and headers, hop-by-hop headers and
+/// the chunked framing (taken off the body here) left out.
+fn response_parts(head: &ResponseHead, raw: &[u8]) -> Result<http::response::Parts, SendError> {
+    let mut resp = http::Response::new(());
+    *resp.status_mut() =
+        StatusCode::from_u16(head.status).map_err(|_| failed("invalid status code"))?;
+    let headers = resp.headers_mut();
+    for f in head.fields.iter().filter(|f| f.role == Role::Keep) {
+        let name = &raw[f.name.clone()];
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(&raw[f.value.clone()]),
+        ) else {
+            return Err(failed("invalid response header"));
+        };
+        headers.append(name, value);
+    }
+    Ok(resp.into_parts().0)
+}
+
+#[derive(Debug)]
+enum BodyFraming {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunks),
+    UntilClose,
+    /// A chunked body that ended.
+    Done,
+}
+
+/// A worker's response body read from a plain pooled socket; the socket goes back to its
+/// pool when the body ended where its framing said.
+#[derive(Debug)]
+pub struct RawBody {
+    conn: Option<RawConn>,
+    framing: BodyFraming,
+    keep_alive: bool,
+    pool: Arc<Pool>,
+}
+
+impl RawBody {
+    fn is_done(&self) -> bool {
+        matches!(self.framing, BodyFraming::Length(0) | BodyFraming::Done)
+    }
+
+    /// The body is over: the connection goes back when nothing followed it.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.rbuf.is_empty() {
+                self.pool.put_raw(conn);
+            }
+        }
+    }
+
+    /// The next data frame, `None` at the end.
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.is_done() {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !conn.rbuf.is_empty() {
+                let data = match &mut self.framing {
+                    BodyFraming::Length(left) => {
+                        let take = (*left).min(conn.rbuf.len() as u64);
+                        *left -= take;
+                        conn.rbuf.split_to(take as usize).freeze()
+                    }
+                    BodyFraming::Chunked(chunks) => {
+                        let step = chunks.decode(&conn.rbuf).map_err(|_| {
+                            io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")
+                        })?;
+                        let data = conn.rbuf.split_to(step.consumed).freeze().slice(step.data);
+                        if step.done {
+                            self.framing = BodyFraming::Done;
+                        }
+                        data
+                    }
+                    BodyFraming::UntilClose => conn.rbuf.split().freeze(),
+                    BodyFraming::Done => Bytes::new(),
+                };
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                continue;
+            }
+            if conn.rbuf.capacity() < 1024 {
+                conn.rbuf.reserve(16 * 1024);
+            }
+            ready!(conn.stream.poll_read_ready(cx))?;
+            match conn.stream.try_read_buf(&mut conn.rbuf) {
+                Ok(0) => {
+                    self.conn = None;
+                    return match self.framing {
+                        BodyFraming::UntilClose => Poll::Ready(None),
+                        _ => Poll::Ready(Some(Err("worker closed mid-body".into()))),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    /// True once the body is over.
+    pub fn is_end_stream(&self) -> bool {
+        self.is_done()
+    }
+
+    /// The exact length, when the worker gave one.
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match self.framing {
+            BodyFraming::Length(n) => http_body::SizeHint::with_exact(n),
+            BodyFraming::Done => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        // Dropped unfinished (the client went away): the connection is mid-body, so it is
+        // closed, not pooled. A finished one was given back already.
+        if self.is_done() {
+            self.finish();
+        }
+    }
+}
