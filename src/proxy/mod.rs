@@ -328,7 +328,11 @@ async fn serve_with_hyper<I>(
     let verdict = Arc::new(Verdict::default());
     let io = FramingWatch::new(io, verdict.clone(), proxy.config.header_timeout);
     let client = Arc::new(forward::Client::new(peer, verdict));
-    let service = service_fn(move |req| forward::handle(proxy.clone(), req, client.clone()));
+    // Boxed: hyper's HTTP/2 server moves each stream's future into a task of its own, and
+    // copying this (large) future there cost more than the allocation (h2c callgrind: 58.6k
+    // -> 55.6k instructions per request).
+    let service =
+        service_fn(move |req| Box::pin(forward::handle(proxy.clone(), req, client.clone())));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
