@@ -240,8 +240,8 @@ async fn forward_once(
     let (mut resp, lease) = match sent {
         Sent::Hyper(sent) => sent,
         Sent::Plain((mut head, body)) => {
+            // Its head holds no hop-by-hop header: `h1::client` left them out.
             decorate(proxy, &decision, &mut head.headers);
-            strip_hop_by_hop(&mut head.headers);
             let body = ProxyBody::plain(body, in_flight);
             return Ok(Response::from_parts(head, body));
         }
@@ -456,11 +456,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// `close`, or a hop-by-hop header name (removed whether named or not).
 fn is_known_connection_token(token: &[u8]) -> bool {
-    token.is_empty()
-        || token.eq_ignore_ascii_case(b"close")
-        || HOP_BY_HOP
-            .iter()
-            .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    token.is_empty() || token.eq_ignore_ascii_case(b"close") || h1::head::is_hop_by_hop(token)
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
@@ -534,6 +530,24 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn both_paths_know_the_same_hop_by_hop_headers() {
+        for name in HOP_BY_HOP {
+            assert!(h1::head::is_hop_by_hop(name.as_str().as_bytes()), "{name}");
+            let upper = name.as_str().to_ascii_uppercase();
+            assert!(h1::head::is_hop_by_hop(upper.as_bytes()), "{upper}");
+        }
+        for name in [
+            "host",
+            "cookie",
+            "content-length",
+            "x-forwarded-for",
+            "trailers",
+        ] {
+            assert!(!h1::head::is_hop_by_hop(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -324,6 +324,15 @@ impl ResponseHead {
     }
 }
 
+/// True for the hop-by-hop headers of RFC 9110 section 7.6.1 (hyper's path keeps its own
+/// list as header names; a test checks the two agree).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        classify(name),
+        Name::Connection | Name::HopByHop | Name::TransferEncoding | Name::Upgrade
+    )
+}
+
 /// The header names the proxy treats specially.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Name {

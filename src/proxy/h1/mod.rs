@@ -14,7 +14,7 @@
 
 mod chunked;
 pub mod client;
-mod head;
+pub(super) mod head;
 mod rewind;
 
 pub use rewind::Rewind;
