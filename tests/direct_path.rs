@@ -244,11 +244,17 @@ fn http2_requests_reach_workers_over_plain_sockets_with_every_framing() {
             send.ready().await.unwrap();
             let resp = send.send_request(req).await.unwrap();
             assert_eq!(resp.version(), http::Version::HTTP_2);
-            let (head, body) = resp.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
+            let (mut head, body) = resp.into_parts();
+            let collected = body.collect().await.unwrap();
+            // Trailers, if any, with the head's fields (their names do not clash here).
+            if let Some(trailers) = collected.trailers() {
+                head.headers.extend(trailers.clone());
+            }
+            let body = collected.to_bytes();
             (head, String::from_utf8(body.to_vec()).unwrap())
         };
         let (head, body) = call("GET", "/chunked?n=300").await;
+        assert_eq!(head.headers["x-done"], "yes", "the worker's trailer");
         let want: String = (0..300)
             .map(|i| format!("{i}:{};", "x".repeat(i % 7)))
             .collect();

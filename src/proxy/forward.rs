@@ -224,6 +224,15 @@ async fn forward_once(
                 broken: true,
             });
         }
+        Err(SendError::Unusable(e)) => {
+            let reason = format!("worker {worker} failed: {e}");
+            tracing::warn!(worker, error = %reason, "upstream request failed");
+            return Err(Failure::final_answer(error(
+                StatusCode::BAD_GATEWAY,
+                "proxy_error",
+                &reason,
+            )));
+        }
         Err(SendError::TimedOut) => {
             let reason = format!(
                 "worker {worker} sent no response headers within {:?}",

@@ -40,6 +40,8 @@ pub enum SendError {
     Failed(Box<dyn std::error::Error + Send + Sync>),
     /// No response head within the response timeout.
     TimedOut,
+    /// The worker answered with something the proxy cannot pass on (not to be resent).
+    Unusable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A connection and its response deadline: one timer per connection, moved later for each

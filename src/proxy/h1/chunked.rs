@@ -61,6 +61,12 @@ impl Chunks {
         }
     }
 
+    /// True inside the trailer section: what the next [`Chunks::decode`] consumes (short of
+    /// the body's end) is trailer lines.
+    pub fn in_trailers(&self) -> bool {
+        matches!(self.state, State::TrailerStart | State::TrailerLine)
+    }
+
     /// Decodes from the start of `bytes` up to the end of the first run of chunk data (or
     /// the end of the body, or of `bytes`): for passing a body on without its framing.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Decoded, Malformed> {
@@ -88,13 +94,23 @@ impl Chunks {
                 },
                 State::SizeLine => {
                     if b == b'\n' {
-                        self.state = if self.size == 0 {
+                        let last = self.size == 0;
+                        self.state = if last {
                             State::TrailerStart
                         } else {
                             State::Data(self.size)
                         };
                         self.size = 0;
                         self.size_digits = 0;
+                        if last {
+                            // A step ends where the trailer section starts, so a caller
+                            // can tell trailer bytes apart (see `in_trailers`).
+                            return Ok(Decoded {
+                                consumed: i + 1,
+                                data: 0..0,
+                                done: false,
+                            });
+                        }
                     }
                 }
                 State::Data(left) => {

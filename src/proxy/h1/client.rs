@@ -83,7 +83,8 @@ pub async fn send(
         }
     };
     if head.status == 101 {
-        return Err(failed("switched protocols unasked"));
+        // An answer, not a broken exchange: not to be sent again.
+        return Err(SendError::Unusable("switched protocols unasked".into()));
     }
     let parts = response_parts(&head, &up.rbuf[..head_len])?;
     up.rbuf.advance(head_len);
@@ -98,6 +99,7 @@ pub async fn send(
         framing,
         keep_alive: head.keep_alive,
         pool: pool.clone(),
+        trailers: Vec::new(),
     };
     if body.is_done() {
         body.finish();
@@ -121,7 +123,8 @@ fn write_head(req: &Request<UpstreamBody>, w: &mut Vec<u8>) {
     for (name, value) in req.headers() {
         push_header(w, name.as_str().as_bytes(), value.as_bytes());
     }
-    // A bodyless request whose method usually has a body says so (as hyper's client does).
+    // A bodyless request whose method usually has a body says so, as browsers and curl do
+    // (hyper's client would send no length at all).
     let usually_has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if usually_has_body && !req.headers().contains_key(http::header::CONTENT_LENGTH) {
         w.extend_from_slice(b"content-length: 0\r\n");
@@ -170,6 +173,35 @@ pub struct RawBody {
     framing: BodyFraming,
     keep_alive: bool,
     pool: Arc<Pool>,
+    /// The trailer section of a chunked body, as read (empty without trailers).
+    trailers: Vec<u8>,
+}
+
+/// Largest trailer section passed on.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// The fields of a trailer section (lines ending with the empty line), `None` when there
+/// are none that are valid.
+fn trailer_fields(section: &[u8]) -> Option<http::HeaderMap> {
+    if section.len() <= 2 {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let Ok(httparse::Status::Complete((_, fields))) =
+        httparse::parse_headers(section, &mut headers)
+    else {
+        return None;
+    };
+    let mut map = http::HeaderMap::new();
+    for f in fields {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    (!map.is_empty()).then_some(map)
 }
 
 impl RawBody {
@@ -207,14 +239,27 @@ impl RawBody {
                         conn.rbuf.split_to(take as usize).freeze()
                     }
                     BodyFraming::Chunked(chunks) => {
+                        let in_trailers = chunks.in_trailers();
                         let step = chunks.decode(&conn.rbuf).map_err(|_| {
                             io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")
                         })?;
-                        let data = conn.rbuf.split_to(step.consumed).freeze().slice(step.data);
+                        let used = conn.rbuf.split_to(step.consumed).freeze();
+                        if in_trailers {
+                            if self.trailers.len() + used.len() > MAX_TRAILERS {
+                                return Poll::Ready(Some(Err("trailers too large".into())));
+                            }
+                            self.trailers.extend_from_slice(&used);
+                        }
                         if step.done {
                             self.framing = BodyFraming::Done;
+                            // HTTP/2 clients get the worker's trailers (gRPC status,
+                            // Server-Timing); hyper's HTTP/1 server drops them.
+                            if let Some(fields) = trailer_fields(&self.trailers) {
+                                self.trailers = Vec::new();
+                                return Poll::Ready(Some(Ok(Frame::trailers(fields))));
+                            }
                         }
-                        data
+                        used.slice(step.data)
                     }
                     BodyFraming::UntilClose => conn.rbuf.split().freeze(),
                     BodyFraming::Done => Bytes::new(),
