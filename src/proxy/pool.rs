@@ -101,12 +101,20 @@ impl Conn {
 /// `work`'s output, or `None` when `timer`, moved to `limit` from now, fires first. Takes
 /// `work` pinned where it is and is no async fn: a per-request future copied into one more
 /// frame showed in the instruction count.
-pub(super) fn before<'a, F: Future>(
+fn before<'a, F: Future>(
     timer: &'a mut Pin<Box<Sleep>>,
     limit: Duration,
-    mut work: Pin<&'a mut F>,
+    work: Pin<&'a mut F>,
 ) -> impl Future<Output = Option<F::Output>> + 'a {
     timer.as_mut().reset(Instant::now() + limit);
+    until(timer, work)
+}
+
+/// `work`'s output, or `None` when `timer` fires first (where it is set now).
+pub(super) fn until<'a, F: Future>(
+    timer: &'a mut Pin<Box<Sleep>>,
+    mut work: Pin<&'a mut F>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
     poll_fn(move |cx| match work.as_mut().poll(cx) {
         Poll::Ready(out) => Poll::Ready(Some(out)),
         Poll::Pending => timer.as_mut().poll(cx).map(|()| None),

@@ -18,9 +18,9 @@ use tokio::time::Instant;
 
 use super::chunked::Chunks;
 use super::head::{Framing, Parse, ResponseHead, Role};
-use super::{push_header, until};
+use super::push_header;
 use crate::proxy::body::UpstreamBody;
-use crate::proxy::pool::{Pool, RawConn, SendError};
+use crate::proxy::pool::{until, Pool, RawConn, SendError};
 
 /// Largest response head read from a worker (as on the direct path).
 const MAX_RESPONSE_HEAD: usize = super::MAX_RESPONSE_HEAD;

@@ -31,7 +31,7 @@ use http::header::{HeaderName, HeaderValue, COOKIE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
-use super::pool::RawConn;
+use super::pool::{until, RawConn};
 use super::Proxy;
 use crate::routing::{key, Decision};
 use crate::workers::InFlight;
@@ -576,17 +576,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             Done::KeepAlive
         }
     }
-}
-
-/// `work`'s output, or `None` when `timer` fires first.
-fn until<'a, F: Future>(
-    timer: &'a mut Pin<Box<Sleep>>,
-    mut work: Pin<&'a mut F>,
-) -> impl Future<Output = Option<F::Output>> + 'a {
-    poll_fn(move |cx| match work.as_mut().poll(cx) {
-        Poll::Ready(out) => Poll::Ready(Some(out)),
-        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-    })
 }
 
 fn push_header(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
