@@ -268,19 +268,10 @@ pub async fn serve(
             let _permit = permit;
             match proxy.config.tls.clone() {
                 None => serve_connection(&builder, stream, proxy, peer, shutdown).await,
+                // Boxed: the TLS states are several KB, and every task is as large as its
+                // largest state; plain connections should not carry them.
                 Some(tls) => {
-                    // A failed handshake (plain HTTP on the TLS port, a scanner) ends here.
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            serve_connection(&builder, stream, proxy, peer, shutdown).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
+                    Box::pin(serve_tls(tls, &builder, stream, proxy, peer, shutdown)).await
                 }
             }
         });
@@ -290,6 +281,23 @@ pub async fn serve(
     tokio::select! {
         _ = connections.wait() => tracing::debug!("all client connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace time over; closing open connections"),
+    }
+}
+
+/// Completes the TLS handshake, then serves the connection.
+async fn serve_tls(
+    tls: Arc<TlsReloader>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    // A failed handshake (plain HTTP on the TLS port, a scanner) ends here.
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(builder, stream, proxy, peer, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
     }
 }
 

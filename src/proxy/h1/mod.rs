@@ -28,7 +28,7 @@ use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, COOKIE};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::pool::{until, RawConn};
@@ -38,8 +38,11 @@ use crate::workers::InFlight;
 use chunked::Chunks;
 use head::{Framing, Parse, RequestHead, ResponseHead, Role};
 
-/// Read buffer of a client connection (grows only for a larger head or body).
-const CLIENT_READ_BUFFER: usize = 8 * 1024;
+/// Most bytes read at once while a request head is incomplete (on the stack).
+const HEAD_READ: usize = 4 * 1024;
+
+/// Response head buffer kept between requests; a larger one (grown for a body) is let go.
+const KEPT_OUT_BUFFER: usize = 4 * 1024;
 
 /// Largest response head the direct path reads from a worker.
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
@@ -74,7 +77,7 @@ where
         proxy,
         peer,
         forwarded_for: key::canonical_ip(peer.ip()).to_string(),
-        buf: BytesMut::with_capacity(CLIENT_READ_BUFFER),
+        buf: BytesMut::new(),
         out: Vec::with_capacity(1024),
         req: RequestHead::default(),
         routing_map: http::HeaderMap::new(),
@@ -85,7 +88,7 @@ where
     loop {
         match conn.next_request(cancelled.as_mut()).await {
             Next::Request(msg) => match conn.exchange(&msg, shutdown.is_cancelled()).await {
-                Done::KeepAlive => {}
+                Done::KeepAlive => conn.rest(),
                 Done::Close => {
                     // A clean close (TLS close_notify, then FIN) after the last answer.
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.io.shutdown()).await;
@@ -141,6 +144,17 @@ struct ClientConn<'p, I> {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
+    /// Between requests: lets go of what an idle connection need not hold (the read
+    /// buffer when nothing is pipelined, an output buffer grown for a large response).
+    fn rest(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > KEPT_OUT_BUFFER {
+            self.out = Vec::with_capacity(1024);
+        }
+    }
+
     fn hand_over(self, msg: Option<Bytes>) -> Served<I> {
         let pre = match msg {
             None => self.buf.freeze(),
@@ -172,13 +186,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             }
             let idle = self.buf.is_empty();
             let (io, buf, timer) = (&mut self.io, &mut self.buf, &mut self.timer);
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(CLIENT_READ_BUFFER);
-            }
-            let mut read = std::pin::pin!(io.read_buf(buf));
             let outcome = poll_fn(|cx| {
-                if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
+                // Read on the stack, kept on the heap only once bytes came: a connection
+                // waiting for its next request holds no read buffer.
+                let mut stack = [const { std::mem::MaybeUninit::<u8>::uninit() }; HEAD_READ];
+                let mut read = ReadBuf::uninit(&mut stack);
+                if let Poll::Ready(r) = Pin::new(&mut *io).poll_read(cx, &mut read) {
+                    buf.extend_from_slice(read.filled());
+                    return Poll::Ready(Some(r.map(|()| read.filled().len())));
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
