@@ -140,8 +140,8 @@ pub struct RawConn {
     pub rbuf: BytesMut,
     /// The request head being written.
     pub wbuf: Vec<u8>,
-    /// The response deadline, when hyper's path sends on it (the direct path times with
-    /// its client connection's timer).
+    /// The deadline of the exchange under way (request written, response head read): one
+    /// timer per connection, moved for each request.
     pub deadline: Pin<Box<Sleep>>,
 }
 

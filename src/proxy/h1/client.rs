@@ -13,17 +13,13 @@ use bytes::{Buf, Bytes};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body::Frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::chunked::Chunks;
-use super::head::{Framing, Parse, ResponseHead, Role};
-use super::push_header;
+use super::head::{Framing, ResponseHead, Role};
+use super::{push_header, read_head, send_request, NoResponse};
 use crate::proxy::body::UpstreamBody;
-use crate::proxy::pool::{until, Pool, RawConn, SendError};
-
-/// Largest response head read from a worker (as on the direct path).
-const MAX_RESPONSE_HEAD: usize = super::MAX_RESPONSE_HEAD;
+use crate::proxy::pool::{Pool, RawConn, SendError};
 
 /// A boxed error, as hyper takes them from a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,37 +46,17 @@ pub async fn send(
     let is_head = req.method() == Method::HEAD;
     drop(req);
     up.deadline.as_mut().reset(Instant::now() + timeout);
-    let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
-    match until(&mut up.deadline, write).await {
-        Some(Ok(())) => {}
-        Some(Err(e)) => return Err(SendError::Failed(Box::new(e))),
-        None => return Err(SendError::TimedOut),
-    }
+    send_request(&mut up).await.map_err(send_error)?;
     let mut head = ResponseHead::default();
     let head_len = loop {
-        match head.parse(&up.rbuf, is_head) {
-            // Interim answers (103 and the like) are dropped, as hyper's client does.
-            Parse::Complete(n) if head.status < 200 && head.status != 101 => {
-                up.rbuf.advance(n);
-                continue;
-            }
-            Parse::Complete(n) => break n,
-            Parse::Invalid => return Err(failed("invalid response head")),
-            Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
-                return Err(failed("response head too large"))
-            }
-            Parse::Partial => {}
+        let n = read_head(&mut up, &mut head, is_head)
+            .await
+            .map_err(send_error)?;
+        // Interim answers (103 and the like) are dropped, as hyper's client does.
+        if head.status >= 200 || head.status == 101 {
+            break n;
         }
-        if up.rbuf.capacity() - up.rbuf.len() < 1024 {
-            up.rbuf.reserve(8 * 1024);
-        }
-        let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
-        match until(&mut up.deadline, read).await {
-            None => return Err(SendError::TimedOut),
-            Some(Ok(n)) if n > 0 => {}
-            Some(Ok(_)) => return Err(failed("connection closed before a response")),
-            Some(Err(e)) => return Err(SendError::Failed(Box::new(e))),
-        }
+        up.rbuf.advance(n);
     };
     if head.status == 101 {
         // An answer, not a broken exchange: not to be sent again.
@@ -88,7 +64,7 @@ pub async fn send(
     }
     let parts = response_parts(&head, &up.rbuf[..head_len])?;
     up.rbuf.advance(head_len);
-    let framing = match head.framing.unwrap_or(Framing::UntilClose) {
+    let framing = match head.framing {
         Framing::Empty => BodyFraming::Length(0),
         Framing::Length(n) => BodyFraming::Length(n),
         Framing::Chunked => BodyFraming::Chunked(Chunks::default()),
@@ -109,6 +85,15 @@ pub async fn send(
 
 fn failed(why: &'static str) -> SendError {
     SendError::Failed(why.into())
+}
+
+/// A broken or unreadable exchange may be resent (if idempotent); a timeout may not.
+fn send_error(e: NoResponse) -> SendError {
+    match e {
+        NoResponse::Broken(e) => SendError::Failed(Box::new(e)),
+        NoResponse::Invalid(why) => failed(why),
+        NoResponse::TimedOut => SendError::TimedOut,
+    }
 }
 
 /// The request head in origin form, HTTP/1.1, every header as it is (the caller rewrote

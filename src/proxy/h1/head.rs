@@ -162,7 +162,7 @@ impl RequestHead {
 }
 
 /// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Framing {
     /// No body (HEAD, 1xx, 204, 304).
     Empty,
@@ -171,6 +171,7 @@ pub enum Framing {
     /// Chunked: passed through as it is, followed to find its end.
     Chunked,
     /// Until the worker closes the connection.
+    #[default]
     UntilClose,
 }
 
@@ -184,7 +185,7 @@ pub struct ResponseHead {
     /// Every header in order.
     pub fields: Vec<Field>,
     /// How the body ends.
-    pub framing: Option<Framing>,
+    pub framing: Framing,
     /// The worker keeps the connection open after this response.
     pub keep_alive: bool,
 }
@@ -286,7 +287,7 @@ impl ResponseHead {
             }
         }
         self.keep_alive = keep_alive && framing != Framing::UntilClose;
-        self.framing = Some(framing);
+        self.framing = framing;
         Parse::Complete(len)
     }
 
@@ -481,26 +482,23 @@ mod tests {
     #[test]
     fn response_framing() {
         let r = response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false);
-        assert_eq!((r.framing, r.keep_alive), (Some(Framing::Length(3)), true));
+        assert_eq!((r.framing, r.keep_alive), (Framing::Length(3), true));
         assert_eq!(r.status, 200);
         let r = response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true);
-        assert_eq!(r.framing, Some(Framing::Empty));
+        assert_eq!(r.framing, Framing::Empty);
         let r = response(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
             false,
         );
-        assert_eq!(r.framing, Some(Framing::Chunked));
+        assert_eq!(r.framing, Framing::Chunked);
         assert_eq!(r.fields[1].role, Role::Dropped);
         let r = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
-        assert_eq!(
-            (r.framing, r.keep_alive),
-            (Some(Framing::UntilClose), false)
-        );
+        assert_eq!((r.framing, r.keep_alive), (Framing::UntilClose, false));
         let r = response("HTTP/1.1 200 OK\r\n\r\n", false);
-        assert_eq!(r.framing, Some(Framing::UntilClose));
+        assert_eq!(r.framing, Framing::UntilClose);
         for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
             let r = response(&format!("HTTP/1.1 {status}\r\n\r\n"), false);
-            assert_eq!((r.framing, r.keep_alive), (Some(Framing::Empty), true));
+            assert_eq!((r.framing, r.keep_alive), (Framing::Empty, true));
         }
         let r = response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!r.keep_alive);
@@ -522,7 +520,7 @@ mod tests {
         // A Connection header naming the framing headers does not unframe the body.
         let raw = "HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, Content-Length\r\nTransfer-Encoding: chunked\r\n\r\n";
         let r = response(raw, false);
-        assert_eq!(r.framing, Some(Framing::Chunked));
+        assert_eq!(r.framing, Framing::Chunked);
         assert_eq!(r.fields[1].role, Role::Keep);
     }
 

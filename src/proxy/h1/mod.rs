@@ -138,8 +138,8 @@ struct ClientConn<'p, I> {
     /// The header map routing reads, kept for the next request.
     routing_map: http::HeaderMap,
     resp: ResponseHead,
-    /// The head deadline while waiting for a request, the response deadline while waiting
-    /// for a worker: one timer per connection, moved (never two running at once).
+    /// The head deadline while waiting for a request (and the rest of its body); the
+    /// worker's response deadline is its connection's.
     timer: Pin<Box<Sleep>>,
 }
 
@@ -331,7 +331,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         for value in self.resp.set_cookies(&up.rbuf[..head_len]) {
             proxy.router.learn_set_cookie(value, worker, now);
         }
-        let framing = self.resp.framing.unwrap_or(Framing::UntilClose);
+        let framing = self.resp.framing;
         let keep_client = !self.req.close && !shutting_down && framing != Framing::UntilClose;
         self.write_response_head(&up.rbuf[..head_len], &decision, keep_client);
         up.rbuf.advance(head_len);
@@ -418,20 +418,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         is_head: bool,
     ) -> Result<usize, NoResponse> {
         let limit = self.proxy.response_timeout;
-        self.timer.as_mut().reset(Instant::now() + limit);
-        let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
-        match until(&mut self.timer, write).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(NoResponse::Broken(e)),
-            None => return Err(NoResponse::TimedOut),
-        }
+        up.deadline.as_mut().reset(Instant::now() + limit);
+        send_request(up).await?;
         let mut answered = false;
         loop {
-            match self.resp.parse(&up.rbuf, is_head) {
-                Parse::Complete(_) if self.resp.status == 101 => {
-                    return Err(NoResponse::Invalid("switched protocols unasked"));
+            let n = match read_head(up, &mut self.resp, is_head).await {
+                Ok(n) => n,
+                // After an interim answer was passed on, the client has seen part of one.
+                Err(NoResponse::Broken(_)) if answered => {
+                    return Err(NoResponse::Invalid("connection closed mid-head"))
                 }
-                Parse::Complete(n) if self.resp.status < 200 => {
+                Err(e) => return Err(e),
+            };
+            match self.resp.status {
+                101 => return Err(NoResponse::Invalid("switched protocols unasked")),
+                100..=199 => {
                     // 103 Early Hints and the like go to the client as they come.
                     answered = true;
                     self.write_head(&up.rbuf[..n]);
@@ -440,30 +441,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                         return Err(NoResponse::Invalid("client went away"));
                     }
                     up.rbuf.advance(n);
-                    continue;
                 }
-                Parse::Complete(n) => return Ok(n),
-                Parse::Invalid => return Err(NoResponse::Invalid("invalid response head")),
-                Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(NoResponse::Invalid("response head too large"))
-                }
-                Parse::Partial => {}
-            }
-            if up.rbuf.capacity() - up.rbuf.len() < 1024 {
-                up.rbuf.reserve(8 * 1024);
-            }
-            let got_nothing = up.rbuf.is_empty() && !answered;
-            let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
-            match until(&mut self.timer, read).await {
-                None => return Err(NoResponse::TimedOut),
-                Some(Ok(n)) if n > 0 => {}
-                Some(result) if got_nothing => {
-                    let e = result.err().unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")
-                    });
-                    return Err(NoResponse::Broken(e));
-                }
-                Some(_) => return Err(NoResponse::Invalid("connection closed mid-head")),
+                _ => return Ok(n),
             }
         }
     }
@@ -589,6 +568,52 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             Done::Close
         } else {
             Done::KeepAlive
+        }
+    }
+}
+
+/// Writes the request in `up.wbuf` to the worker before its deadline.
+async fn send_request(up: &mut RawConn) -> Result<(), NoResponse> {
+    let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
+    match until(&mut up.deadline, write).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(NoResponse::Broken(e)),
+        None => Err(NoResponse::TimedOut),
+    }
+}
+
+/// Reads from the worker until `head` parses a complete response head (an interim one
+/// too: the caller decides what to do with it), before the connection's deadline; the
+/// head's length. [`NoResponse::Broken`] when the connection ended before any byte of it.
+async fn read_head(
+    up: &mut RawConn,
+    head: &mut ResponseHead,
+    is_head: bool,
+) -> Result<usize, NoResponse> {
+    loop {
+        match head.parse(&up.rbuf, is_head) {
+            Parse::Complete(n) => return Ok(n),
+            Parse::Invalid => return Err(NoResponse::Invalid("invalid response head")),
+            Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
+                return Err(NoResponse::Invalid("response head too large"))
+            }
+            Parse::Partial => {}
+        }
+        if up.rbuf.capacity() - up.rbuf.len() < 1024 {
+            up.rbuf.reserve(8 * 1024);
+        }
+        let got_nothing = up.rbuf.is_empty();
+        let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
+        match until(&mut up.deadline, read).await {
+            None => return Err(NoResponse::TimedOut),
+            Some(Ok(n)) if n > 0 => {}
+            Some(result) if got_nothing => {
+                let e = result.err().unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")
+                });
+                return Err(NoResponse::Broken(e));
+            }
+            Some(_) => return Err(NoResponse::Invalid("connection closed mid-head")),
         }
     }
 }
