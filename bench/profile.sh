@@ -15,6 +15,8 @@
 #              discarded with callgrind_control -z): user-space instructions and malloc/free
 #              calls per request for sticky-cluster, nginx and HAProxy (CG_CANDIDATES), and
 #              our top functions by self and inclusive Ir. Immune to machine noise.
+#              CG_LOAD=h2c: the same over HTTP/2 without TLS (h2load, prior knowledge,
+#              -m1, one cookie: h2load cannot vary it), for the HTTP/2 front's own cost.
 # Knobs (env): DURATION=5 (s per measured wrk run), CONNS=64, SESSIONS=10000,
 #   CG_REQUESTS=10000 (requests under callgrind), CG_CONNS=16, CG_CANDIDATES,
 #   PROXY_CPU=0, LOAD_CPU=1, OUT_DIR (default /tmp/sticky-profile/<UTC stamp>),
@@ -30,6 +32,7 @@ export SESSIONS=${SESSIONS:-10000}
 CG_REQUESTS=${CG_REQUESTS:-10000}
 CG_CONNS=${CG_CONNS:-16}
 CG_CANDIDATES=${CG_CANDIDATES:-sticky-cluster nginx haproxy}
+CG_LOAD=${CG_LOAD:-h1}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT_DIR=${OUT_DIR:-/tmp/sticky-profile/$STAMP}
 RUN_DIR=$(mktemp -d /tmp/sticky-profile-run.XXXXXX)
@@ -55,14 +58,18 @@ start_candidate() { # start_candidate NAME [WRAPPER...]: listens on :18080; sets
   case $name in
     sticky-cluster) start_bg "$PROXY_CPU" "$lg" "${@:2}" "$BIN" "${OUR_ARGS[@]}" ;;
     nginx) write_nginx_proxy_conf nginx-proxy $PORT_P
+           [[ $CG_LOAD == h2c ]] && sed -i "s/listen 127.0.0.1:$PORT_P backlog=4096;/listen 127.0.0.1:$PORT_P backlog=4096 http2;/" "$RUN_DIR/nginx-proxy/nginx.conf"
            start_bg "$PROXY_CPU" "$lg" "${@:2}" nginx -p "$RUN_DIR/nginx-proxy" \
              -c "$RUN_DIR/nginx-proxy/nginx.conf" -e "$RUN_DIR/nginx-proxy/error.log" ;;
     haproxy) write_haproxy_conf "$RUN_DIR/haproxy.cfg" $PORT_P
+             [[ $CG_LOAD == h2c ]] && sed -i "s/^  bind 127.0.0.1:$PORT_P\$/& proto h2/" "$RUN_DIR/haproxy.cfg"
              start_bg "$PROXY_CPU" "$lg" "${@:2}" haproxy -db -f "$RUN_DIR/haproxy.cfg" ;;
     *) die "unknown candidate $name" ;;
   esac
   PROXY_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$PORT_P/" "${WAIT_S:-15}" || die "$name did not answer on :$PORT_P"
+  local proto=()
+  [[ $CG_LOAD == h2c ]] && proto=(--http2-prior-knowledge)
+  wait_http "http://127.0.0.1:$PORT_P/" "${WAIT_S:-15}" "${proto[@]}" || die "$name did not answer on :$PORT_P"
 }
 stop_candidate() { stop_one "$PROXY_PID"; PROXY_PID=""; wait_port_free $PORT_P || die "port busy"; }
 
@@ -76,6 +83,27 @@ run_wrk() {         # run_wrk SECONDS LOG [CONNS] [SCRIPT]; prints the request c
   [[ $rc == 0 ]] || log "wrk exited $rc (see $2)"
   sed -nE 's/^BENCH requests=([0-9]+).*/\1/p' "$2"
 }
+
+run_h2load() {      # run_h2load REQUESTS LOG CONNS; prints the count of 2xx answers
+  local pid rc=0
+  timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c"$3" -m1 -n"$1" -H 'cookie: connect.sid=s1' \
+    "http://127.0.0.1:$PORT_P/" >"$2" 2>&1 &
+  pid=$!; STARTED+=("$pid")
+  wait "$pid" || rc=$?
+  forget_pid "$pid"
+  [[ $rc == 0 ]] || log "h2load exited $rc (see $2)"
+  local n
+  n=$(sed -nE 's/^status codes: ([0-9]+) 2xx.*/\1/p' "$2")
+  echo "BENCH requests=${n:-0}" >>"$2"
+  echo "${n:-0}"
+}
+run_bounded() {     # run_bounded REQUESTS LOG CONNS: wrk (bounded.lua) or h2load by CG_LOAD
+  if [[ $CG_LOAD == h2c ]]; then run_h2load "$@"; else
+    MAX_REQUESTS=$1 run_wrk 600 "$2" "$3" "$BENCH_DIR/bounded.lua"; fi
+}
+[[ $CG_LOAD == h1 || $CG_LOAD == h2c ]] || die "CG_LOAD must be h1 or h2c"
+[[ $CG_LOAD == h1 || $PARTS == callgrind ]] || die "CG_LOAD=h2c is for the callgrind part only"
+[[ $CG_LOAD == h1 ]] || command -v h2load >/dev/null || die "CG_LOAD=h2c needs h2load (nghttp2-client)"
 
 start_backends
 
@@ -212,7 +240,7 @@ cg_rows() {         # cg_rows ANNOTATE_FILE REQUESTS MAX [REGEX]: "Ir/req pct fu
 part_callgrind() {
   command -v valgrind >/dev/null || { log "valgrind missing: skipped"; return 0; }
   {
-    echo "## callgrind: user-space instructions per request (CG_REQUESTS=$CG_REQUESTS after 500 of warm-up, CG_CONNS=$CG_CONNS)"
+    echo "## callgrind: user-space instructions per request, $CG_LOAD (CG_REQUESTS=$CG_REQUESTS after 500 of warm-up, CG_CONNS=$CG_CONNS)"
     echo
     echo "Instruction counts do not depend on the machine's load, unlike CPU time. Kernel work"
     echo "(the syscalls above) is not included."
@@ -230,10 +258,10 @@ part_callgrind() {
       --dump-instr=no --collect-jumps=no
     # warm-up: pool connections, table entries, allocator; then zero the counters (every
     # process under callgrind: nginx's master and worker)
-    MAX_REQUESTS=500 run_wrk 120 "$OUT_DIR/warmup-callgrind-$name.log" "$CG_CONNS" "$BENCH_DIR/bounded.lua" >/dev/null
+    run_bounded 500 "$OUT_DIR/warmup-callgrind-$name.log" "$CG_CONNS" >/dev/null
     callgrind_control -z >/dev/null 2>&1 || log "callgrind_control -z failed"
     local req
-    req=$(MAX_REQUESTS=$CG_REQUESTS run_wrk 600 "$OUT_DIR/wrk-callgrind-$name.log" "$CG_CONNS" "$BENCH_DIR/bounded.lua")
+    req=$(run_bounded "$CG_REQUESTS" "$OUT_DIR/wrk-callgrind-$name.log" "$CG_CONNS")
     callgrind_control -d >/dev/null 2>&1 || log "callgrind_control -d failed"
     sleep 2
     stop_candidate

@@ -53,7 +53,7 @@ impl Client {
 /// Handles one client request end to end; never fails (errors become responses).
 pub async fn handle(
     proxy: Arc<Proxy>,
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let peer = conn.peer;
@@ -100,7 +100,7 @@ pub async fn handle(
     // (A request that was not sent at all comes back from the pool: no copy needed.)
     let resend = (head.method.is_idempotent() && !wants_upgrade && body.is_end_stream())
         .then(|| copy_head(&head));
-    let mut req = Request::from_parts(head, UpstreamBody::Client(body));
+    let mut req = Request::from_parts(head, body);
     prepare_request(&mut req, &conn, proxy.scheme, wants_upgrade);
     let first = forward_once(&proxy, req, decision, &mut client_upgrade, sniff).await;
     let failure = match first {
@@ -344,7 +344,7 @@ fn smuggling_refused() -> Response<ProxyBody> {
 }
 
 /// Requests refused before routing: CONNECT (this is no forward proxy).
-fn refuse(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+fn refuse<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
     (req.method() == Method::CONNECT).then(|| {
         error(
             StatusCode::METHOD_NOT_ALLOWED,

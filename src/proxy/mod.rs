@@ -6,6 +6,7 @@ mod body;
 mod forward;
 mod framing;
 mod h1;
+mod h2;
 mod pool;
 mod splice;
 mod upgrade;
@@ -311,15 +312,20 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if proxy.direct_h1 {
+    let io = if proxy.direct_h1 {
         match h1::serve(io, &proxy, peer, &shutdown).await {
-            h1::Served::Closed => {}
-            h1::Served::HandOver(io) => {
-                serve_with_hyper(builder, io, proxy, peer, shutdown).await;
-            }
+            h1::Served::Closed => return,
+            h1::Served::HandOver(io) => io,
         }
     } else {
-        serve_with_hyper(builder, io, proxy, peer, shutdown).await;
+        h1::Rewind::new(io, bytes::Bytes::new())
+    };
+    let mut io = io;
+    let header_timeout = proxy.config.header_timeout;
+    match tokio::time::timeout(header_timeout, io.starts_with(h2::PREFACE)).await {
+        Ok(Ok(true)) => h2::serve(io, proxy, peer, shutdown).await,
+        Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown).await,
+        Ok(Err(_)) | Err(_) => {}
     }
 }
 
@@ -339,8 +345,13 @@ async fn serve_with_hyper<I>(
     // Boxed: hyper's HTTP/2 server moves each stream's future into a task of its own, and
     // copying this (large) future there cost more than the allocation (h2c callgrind: 58.6k
     // -> 55.6k instructions per request).
-    let service =
-        service_fn(move |req| Box::pin(forward::handle(proxy.clone(), req, client.clone())));
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        Box::pin(forward::handle(
+            proxy.clone(),
+            req.map(body::UpstreamBody::Client),
+            client.clone(),
+        ))
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {

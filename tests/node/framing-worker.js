@@ -5,13 +5,17 @@
 // GET /hints         -> 103 Early Hints, then 200
 // GET /hop           -> hop-by-hop headers (Keep-Alive, one named by Connection)
 // GET /then-close    -> a keep-alive answer, then the worker closes the idle connection
-// any /echo          -> JSON {worker, method, headers, body_bytes}
+// GET /big?kb=N      -> N KiB of a repeating pattern, fixed length (flow-control tests)
+// any /echo          -> JSON {worker, method, headers, body_bytes, body_sha256}
 const http = require('http');
+const crypto = require('crypto');
 const id = process.env.WORKER_ID;
+const pattern = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz'.repeat(1024 * 8 / 36 + 1)).subarray(0, 8192);
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   let body = 0;
-  req.on('data', (d) => { body += d.length; });
+  const hash = crypto.createHash('sha256');
+  req.on('data', (d) => { body += d.length; hash.update(d); });
   req.on('end', () => {
     if (url.pathname === '/chunked') {
       res.setHeader('trailer', 'x-done');
@@ -27,6 +31,12 @@ const server = http.createServer((req, res) => {
     } else if (url.pathname === '/then-close') {
       const socket = res.socket;
       res.end('closing soon', () => setTimeout(() => socket.destroy(), 50));
+    } else if (url.pathname === '/big') {
+      const kb = Number(url.searchParams.get('kb') || 1);
+      res.setHeader('content-length', kb * 1024);
+      for (let i = 0; i < Math.floor(kb / 8); i++) res.write(pattern);
+      if (kb % 8) res.write(pattern.subarray(0, (kb % 8) * 1024));
+      res.end();
     } else if (url.pathname === '/hop') {
       res.setHeader('connection', 'keep-alive, x-secret');
       res.setHeader('keep-alive', 'timeout=5');
@@ -34,7 +44,10 @@ const server = http.createServer((req, res) => {
       res.setHeader('x-public', '2');
       res.end('hop');
     } else {
-      const payload = JSON.stringify({ worker: Number(id), method: req.method, headers: req.headers, body_bytes: body });
+      const payload = JSON.stringify({
+        worker: Number(id), method: req.method, headers: req.headers, body_bytes: body,
+        body_sha256: hash.digest('hex'),
+      });
       res.setHeader('content-type', 'application/json');
       res.setHeader('content-length', Buffer.byteLength(payload)); // also on HEAD, without the body
       res.end(payload);

@@ -123,15 +123,20 @@ fn response_parts(head: &ResponseHead, raw: &[u8]) -> Result<http::response::Par
     let mut resp = http::Response::new(());
     *resp.status_mut() =
         StatusCode::from_u16(head.status).map_err(|_| failed("invalid status code"))?;
+    let kept = || head.fields.iter().filter(|f| f.role == Role::Keep);
+    // One copy of the head that every value slices, instead of one allocation per value.
+    let head_end = kept().map(|f| f.value.end).max().unwrap_or(0);
+    let owned = bytes::Bytes::copy_from_slice(&raw[..head_end]);
     let headers = resp.headers_mut();
-    for f in head.fields.iter().filter(|f| f.role == Role::Keep) {
+    headers.reserve(head.fields.len());
+    for f in kept() {
         let name = &raw[f.name.clone()];
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             continue;
         }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(&raw[f.value.clone()]),
+            HeaderValue::from_maybe_shared(owned.slice(f.value.clone())),
         ) else {
             return Err(failed("invalid response header"));
         };

@@ -22,6 +22,24 @@ impl<I> Rewind<I> {
     }
 }
 
+impl<I: AsyncRead + Unpin> Rewind<I> {
+    /// Reads (into the bytes put back) until they tell whether the connection starts with
+    /// `prefix`; false also when it ends first.
+    pub async fn starts_with(&mut self, prefix: &[u8]) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        while self.pre.len() < prefix.len() && prefix.starts_with(&self.pre) {
+            let mut more = bytes::BytesMut::with_capacity(4096);
+            more.extend_from_slice(&self.pre);
+            if self.io.read_buf(&mut more).await? == 0 {
+                self.pre = more.freeze();
+                return Ok(false);
+            }
+            self.pre = more.freeze();
+        }
+        Ok(self.pre.starts_with(prefix))
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -87,5 +105,23 @@ mod tests {
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn tells_a_prefix_across_reads_and_keeps_every_byte() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut io = Rewind::new(a, Bytes::from_static(b"PRI * "));
+        let writer = tokio::spawn(async move {
+            b.write_all(b"HTTP/2").await.expect("write");
+            tokio::task::yield_now().await;
+            b.write_all(b".0\r\n rest").await.expect("write");
+        });
+        assert!(io.starts_with(b"PRI * HTTP/2.0\r\n").await.expect("read"));
+        writer.await.expect("writer");
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, b"PRI * HTTP/2.0\r\n rest");
+        let mut other = Rewind::new(tokio::io::empty(), Bytes::from_static(b"GET"));
+        assert!(!other.starts_with(b"PRI").await.expect("read"));
     }
 }

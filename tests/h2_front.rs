@@ -1,0 +1,384 @@
+//! The HTTP/2 front (src/proxy/h2) against real Node workers: hyper's HTTP/2 client (which
+//! Huffman-codes and indexes its fields) for what clients send in practice, and frames
+//! written by hand for what they must not.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{node_cluster, tests_dir, TestCluster};
+use http_body_util::{BodyExt, Full};
+
+fn framing_workers(n: usize, args: &[&str]) -> TestCluster {
+    node_cluster(&tests_dir().join("node/framing-worker.js"), n, args, &[])
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/2 (prior knowledge) connection with the given initial windows.
+async fn connect(addr: SocketAddr, stream_window: u32, conn_window: u32) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(conn_window)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn call(
+    send: &mut Sender,
+    req: http::Request<Full<Bytes>>,
+) -> (http::response::Parts, Bytes) {
+    let mut send = send.clone();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (head, body) = resp.into_parts();
+    (head, body.collect().await.unwrap().to_bytes())
+}
+
+fn get(addr: SocketAddr, path: &str) -> http::request::Builder {
+    http::Request::builder().uri(format!("http://{addr}{path}"))
+}
+
+fn json(body: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+/// A header value as Node reported it (latin-1), back to bytes.
+fn latin1(v: &serde_json::Value) -> Vec<u8> {
+    v.as_str()
+        .unwrap()
+        .chars()
+        .map(|c| c as u32 as u8)
+        .collect()
+}
+
+fn sha256(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn every_field_byte_and_many_indexed_fields_arrive_intact() {
+    // Every byte a field value may hold, Huffman-coded by the client: a wrong code length
+    // anywhere in the table would garble some of them. Then hundreds of distinct values on
+    // one connection, so the client's encoder indexes and evicts (our table must follow).
+    let c = framing_workers(1, &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let mut send = connect(addr, 65_535, 65_535).await;
+        let mut all: Vec<u8> = vec![b'a', b'\t'];
+        all.extend(0x20..=0x7e);
+        all.extend(0x80..=0xff);
+        all.push(b'z');
+        let req = get(addr, "/echo")
+            .header("x-bytes", http::HeaderValue::from_bytes(&all).unwrap())
+            .body(Full::default())
+            .unwrap();
+        let (head, body) = call(&mut send, req).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(latin1(&json(&body)["headers"]["x-bytes"]), all);
+        for i in 0..300 {
+            let value = format!("value-{i}-{}", "v".repeat(i % 50));
+            let req = get(addr, &format!("/echo?i={i}"))
+                .header("x-changing", value.as_str())
+                .header("x-same", "same")
+                .body(Full::default())
+                .unwrap();
+            let (_, body) = call(&mut send, req).await;
+            let echo = json(&body);
+            assert_eq!(echo["headers"]["x-changing"], value.as_str());
+            assert_eq!(echo["headers"]["x-same"], "same");
+        }
+    });
+}
+
+#[test]
+fn cookie_crumbs_are_joined_and_route_as_one_header() {
+    let c = framing_workers(2, &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let mut send = connect(addr, 65_535, 65_535).await;
+        let mut worker = None;
+        for _ in 0..6 {
+            let req = get(addr, "/echo")
+                .header("cookie", "theme=dark")
+                .header("cookie", "connect.sid=crumbs")
+                .body(Full::default())
+                .unwrap();
+            let (_, body) = call(&mut send, req).await;
+            let echo = json(&body);
+            assert_eq!(echo["headers"]["cookie"], "theme=dark; connect.sid=crumbs");
+            assert_eq!(
+                echo["headers"]["host"],
+                addr.to_string(),
+                ":authority as Host"
+            );
+            let w = echo["worker"].clone();
+            assert_eq!(*worker.get_or_insert(w.clone()), w, "sticky on connect.sid");
+        }
+    });
+}
+
+#[test]
+fn large_bodies_both_ways_on_concurrent_streams_respect_flow_control() {
+    // Small client windows: our DATA must wait for WINDOW_UPDATEs. Uploads larger than our
+    // windows: the client must wait for ours, which reopen only as the worker reads.
+    let c = framing_workers(2, &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let send = connect(addr, 16_384, 40_000).await;
+        let mut tasks = Vec::new();
+        for i in 0..6u8 {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let kb = 300 + usize::from(i) * 37;
+                let req = get(addr, &format!("/big?kb={kb}"))
+                    .header("cookie", format!("connect.sid=big{i}"))
+                    .body(Full::default())
+                    .unwrap();
+                let (head, body) = call(&mut send, req).await;
+                assert_eq!(head.status, 200);
+                assert_eq!(body.len(), kb * 1024);
+                let pattern: Vec<u8> = b"0123456789abcdefghijklmnopqrstuvwxyz"
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(8192)
+                    .collect();
+                assert!(
+                    body.chunks(8192).all(|c| c == &pattern[..c.len()]),
+                    "body intact"
+                );
+
+                let upload: Vec<u8> = (0..(1_500_000 + usize::from(i) * 1000))
+                    .map(|n| (n * 7 + usize::from(i)) as u8)
+                    .collect();
+                let req = get(addr, "/echo")
+                    .method("POST")
+                    .header("cookie", format!("connect.sid=up{i}"))
+                    .body(Full::new(Bytes::from(upload.clone())))
+                    .unwrap();
+                let (head, body) = call(&mut send, req).await;
+                assert_eq!(head.status, 200);
+                let echo = json(&body);
+                assert_eq!(echo["body_bytes"], upload.len());
+                assert_eq!(echo["body_sha256"], sha256(&upload).as_str());
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+// ---------------------------------------------------------------------- raw frames
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+struct Raw {
+    s: TcpStream,
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Raw {
+    /// Connected, preface and empty SETTINGS sent.
+    fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut raw = Self { s };
+        raw.s.write_all(PREFACE).unwrap();
+        raw.frame(4, 0, 0, &[]);
+        raw
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).unwrap();
+    }
+
+    /// The next frame, or None at the end of the connection.
+    fn read(&mut self) -> Option<Frame> {
+        let mut head = [0u8; 9];
+        self.s.read_exact(&mut head).ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0; len];
+        self.s.read_exact(&mut payload).ok()?;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]),
+            payload,
+        })
+    }
+
+    /// The next frame that is not SETTINGS or WINDOW_UPDATE.
+    fn next_interesting(&mut self) -> Option<Frame> {
+        loop {
+            let f = self.read()?;
+            if f.kind != 4 && f.kind != 8 {
+                return Some(f);
+            }
+        }
+    }
+}
+
+/// A GET / header block (no Huffman, nothing indexed), with extra literal fields.
+fn request_block(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
+    b.extend_from_slice(b"localhost");
+    for (name, value) in extra {
+        b.push(0x00);
+        b.push(name.len() as u8);
+        b.extend_from_slice(name.as_bytes());
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+    }
+    b
+}
+
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const END_STREAM_HEADERS: u8 = 0x5;
+
+fn error_code(f: &Frame, at: usize) -> u32 {
+    u32::from_be_bytes(f.payload[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn malformed_requests_are_reset_and_the_connection_goes_on() {
+    let c = framing_workers(1, &[]);
+    let mut raw = Raw::connect(c.proxy);
+    // An uppercase field name, then a connection-specific field: each its stream reset
+    // with PROTOCOL_ERROR.
+    raw.frame(
+        HEADERS,
+        END_STREAM_HEADERS,
+        1,
+        &request_block(&[("X-Upper", "1")]),
+    );
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, error_code(&f, 0)),
+        (RST_STREAM, 1, 1),
+        "{f:?}"
+    );
+    raw.frame(
+        HEADERS,
+        END_STREAM_HEADERS,
+        3,
+        &request_block(&[("connection", "close")]),
+    );
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, error_code(&f, 0)),
+        (RST_STREAM, 3, 1),
+        "{f:?}"
+    );
+    // PING is answered with its payload.
+    raw.frame(PING, 0, 0, b"12345678");
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.flags, &f.payload[..]),
+        (PING, 1, &b"12345678"[..])
+    );
+    // A good request on the same connection: answered (status 200 is static index 8).
+    raw.frame(
+        HEADERS,
+        END_STREAM_HEADERS,
+        5,
+        &request_block(&[("x-ok", "1")]),
+    );
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, f.payload[0]),
+        (HEADERS, 5, 0x88),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn protocol_errors_end_the_connection_with_goaway() {
+    let c = framing_workers(1, &[]);
+    let expect_goaway = |raw: &mut Raw, code: u32| {
+        let f = raw.next_interesting().expect("a GOAWAY");
+        assert_eq!((f.kind, error_code(&f, 4)), (GOAWAY, code), "{f:?}");
+        assert!(raw.read().is_none(), "then the connection closes");
+    };
+    // DATA on stream 0.
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(0, 0, 0, b"x");
+    expect_goaway(&mut raw, 1);
+    // A header block that is not HPACK (index 0).
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(HEADERS, END_STREAM_HEADERS, 1, &[0x80]);
+    expect_goaway(&mut raw, 9);
+    // A frame larger than our SETTINGS_MAX_FRAME_SIZE.
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(0, 0, 1, &vec![0; 16_385]);
+    expect_goaway(&mut raw, 6);
+    // A stream id a client may not use (even).
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(HEADERS, END_STREAM_HEADERS, 5, &request_block(&[]));
+    raw.frame(HEADERS, END_STREAM_HEADERS, 2, &request_block(&[]));
+    let mut saw = Vec::new();
+    while let Some(f) = raw.read() {
+        saw.push((f.kind, f.stream));
+        if f.kind == GOAWAY {
+            assert_eq!(error_code(&f, 4), 1);
+            break;
+        }
+    }
+    assert!(saw.contains(&(GOAWAY, 0)), "{saw:?}");
+    // The proxy itself is fine.
+    assert_eq!(c.get("/echo", &[]).status, 200);
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_header_timeout() {
+    let c = framing_workers(1, &["--header-timeout", "1s"]);
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(HEADERS, END_STREAM_HEADERS, 1, &request_block(&[]));
+    let f = raw.next_interesting().unwrap();
+    assert_eq!((f.kind, f.stream), (HEADERS, 1));
+    let started = std::time::Instant::now();
+    let mut goaway = None;
+    while let Some(f) = raw.read() {
+        if f.kind == GOAWAY {
+            goaway = Some(error_code(&f, 4));
+        }
+    }
+    assert_eq!(goaway, Some(0), "GOAWAY(NO_ERROR), then closed");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
