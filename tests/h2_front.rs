@@ -382,3 +382,71 @@ fn idle_connections_are_closed_after_the_header_timeout() {
     assert_eq!(goaway, Some(0), "GOAWAY(NO_ERROR), then closed");
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[test]
+fn bodies_answered_unread_give_their_window_back() {
+    // Every request is refused (403) before its body is read. A HEADERS and the start of the
+    // body written together arrive together, so the body is queued before the answer: those
+    // bytes must still go back to the connection window. 300 x 4,000 bytes is more than its
+    // 1 MiB: without them given back the client would overrun it (FLOW_CONTROL_ERROR).
+    let c = framing_workers(1, &["--deny", "127.0.0.1"]);
+    let mut raw = Raw::connect(c.proxy);
+    let mut given_back = 0u64;
+    for i in 0..300u32 {
+        let id = 1 + 2 * i;
+        let block = request_block(&[]);
+        let mut both = Vec::new();
+        for (kind, flags, payload) in [(HEADERS, 0x4, &block[..]), (0, 0, &[b'u'; 4000][..])] {
+            let len = payload.len();
+            both.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+            both.extend_from_slice(&id.to_be_bytes());
+            both.extend_from_slice(payload);
+        }
+        raw.s.write_all(&both).unwrap();
+        loop {
+            let f = raw.read().expect("the connection stays open");
+            assert_ne!(f.kind, GOAWAY, "{f:?} after {i} requests");
+            if f.kind == 8 && f.stream == 0 {
+                given_back += u64::from(error_code(&f, 0));
+            }
+            if f.kind == HEADERS && f.stream == id {
+                // :status as a literal with the static name index 8, value "403".
+                assert_eq!(&f.payload[..5], b"\x08\x03403", "{f:?}");
+                break;
+            }
+        }
+    }
+    // Besides the first raise to 1 MiB, at least what went past it came back.
+    assert!(given_back >= 1_200_000 - 65_535, "{given_back}");
+}
+
+#[test]
+fn rapid_resets_end_the_connection() {
+    // Open and at once reset stream after stream (CVE-2023-44487): past the allowance the
+    // connection ends with ENHANCE_YOUR_CALM.
+    let c = framing_workers(1, &[]);
+    let mut raw = Raw::connect(c.proxy);
+    let mut goaway = None;
+    for i in 0..400u32 {
+        let id = 1 + 2 * i;
+        raw.frame(HEADERS, 0x4, id, &request_block(&[]));
+        raw.frame(RST_STREAM, 0, id, &8u32.to_be_bytes());
+        if i % 50 == 49 {
+            raw.frame(PING, 0, 0, b"progress");
+            while let Some(f) = raw.next_interesting() {
+                if f.kind == GOAWAY {
+                    goaway = Some(error_code(&f, 4));
+                    break;
+                }
+                if f.kind == PING {
+                    break;
+                }
+            }
+            if goaway.is_some() {
+                break;
+            }
+        }
+    }
+    assert_eq!(goaway, Some(0xb), "GOAWAY(ENHANCE_YOUR_CALM)");
+    assert_eq!(c.get("/echo", &[]).status, 200, "the proxy itself is fine");
+}

@@ -97,9 +97,11 @@ pub async fn handle(
     };
     // An idempotent request without a body can be sent again when its connection breaks
     // before the response: the copy of its head is made before the head is rewritten.
-    // (A request that was not sent at all comes back from the pool: no copy needed.)
-    let resend = (head.method.is_idempotent() && !wants_upgrade && body.is_end_stream())
-        .then(|| copy_head(&head));
+    // (A request that was not sent at all, or one sent on a plain socket, which is every
+    // bodyless one that is not sniffed, comes back from the pool: no copy needed.)
+    let idempotent = head.method.is_idempotent();
+    let resend =
+        (idempotent && !wants_upgrade && sniff && body.is_end_stream()).then(|| copy_head(&head));
     let mut req = Request::from_parts(head, body);
     prepare_request(&mut req, &conn, proxy.scheme, wants_upgrade);
     let first = forward_once(&proxy, req, decision, &mut client_upgrade, sniff).await;
@@ -108,7 +110,11 @@ pub async fn handle(
         Err(f) => f,
     };
     let retry = match (failure.unsent, resend) {
-        (Some(req), _) => *req,
+        (Some(req), _) if !failure.broken => *req,
+        (Some(req), _) if idempotent => {
+            proxy.check_reachable(decision.worker).await;
+            *req
+        }
         (None, Some(head)) if failure.broken => {
             // If the worker is gone, take it out now so the retry goes elsewhere (the
             // supervisor may not have noticed yet).
@@ -151,7 +157,8 @@ fn upgraded(resp: Response<ProxyBody>, framing: &Verdict) -> Response<ProxyBody>
 struct Failure {
     /// The error response for the client.
     response: Response<ProxyBody>,
-    /// The request, when the worker could not be reached and nothing was sent.
+    /// The request, when the worker could not be reached and nothing was sent, or when it
+    /// was sent on a plain socket that broke before any answer (`broken`).
     unsent: Option<Box<Request<UpstreamBody>>>,
     /// The connection broke before a response: an idempotent request may be resent.
     broken: bool,
@@ -213,6 +220,15 @@ async fn forward_once(
                 response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
                 unsent: Some(req),
                 broken: false,
+            });
+        }
+        Err(SendError::Broken(e, req)) => {
+            let reason = format!("worker {worker} failed: {e}");
+            tracing::warn!(worker, error = %reason, "upstream request failed");
+            return Err(Failure {
+                response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
+                unsent: Some(req),
+                broken: true,
             });
         }
         Err(SendError::Failed(e)) => {

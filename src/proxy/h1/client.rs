@@ -29,7 +29,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// # Errors
 /// As [`Pool::send`]: [`SendError::Connect`] with the request when no connection could be
-/// made, [`SendError::Failed`] when the exchange broke, [`SendError::TimedOut`].
+/// made, [`SendError::Broken`] with it when the connection broke before any answer,
+/// [`SendError::Failed`] when the answer was broken, [`SendError::TimedOut`].
 pub async fn send(
     pool: &Arc<Pool>,
     req: Request<UpstreamBody>,
@@ -44,14 +45,18 @@ pub async fn send(
     };
     write_head(&req, &mut up.wbuf);
     let is_head = req.method() == Method::HEAD;
-    drop(req);
     up.deadline.as_mut().reset(Instant::now() + timeout);
-    send_request(&mut up).await.map_err(send_error)?;
+    // The request is kept until the answer starts: it may have to go again.
+    let mut req = Some(req);
+    send_request(&mut up)
+        .await
+        .map_err(|e| send_error(e, &mut req))?;
     let mut head = ResponseHead::default();
     let head_len = loop {
         let n = read_head(&mut up, &mut head, is_head)
             .await
-            .map_err(send_error)?;
+            .map_err(|e| send_error(e, &mut req))?;
+        drop(req.take());
         // Interim answers (103 and the like) are dropped, as hyper's client does.
         if head.status >= 200 || head.status == 101 {
             break n;
@@ -87,12 +92,14 @@ fn failed(why: &'static str) -> SendError {
     SendError::Failed(why.into())
 }
 
-/// A broken or unreadable exchange may be resent (if idempotent); a timeout may not.
-fn send_error(e: NoResponse) -> SendError {
-    match e {
-        NoResponse::Broken(e) => SendError::Failed(Box::new(e)),
-        NoResponse::Invalid(why) => failed(why),
-        NoResponse::TimedOut => SendError::TimedOut,
+/// A connection that broke before any answer gives the request back (it may be resent if
+/// idempotent); a broken answer or a timeout may not be resent.
+fn send_error(e: NoResponse, req: &mut Option<Request<UpstreamBody>>) -> SendError {
+    match (e, req.take()) {
+        (NoResponse::Broken(e), Some(req)) => SendError::Broken(e, Box::new(req)),
+        (NoResponse::Broken(e), None) => SendError::Failed(Box::new(e)),
+        (NoResponse::Invalid(why), _) => failed(why),
+        (NoResponse::TimedOut, _) => SendError::TimedOut,
     }
 }
 

@@ -57,6 +57,14 @@ const WRITE_HIGH: usize = 64 * 1024;
 const READ_PAUSE: usize = 256 * 1024;
 /// How long closing may take (a last GOAWAY, a TLS close_notify).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long answers may wait on a client that reads nothing, or opens no window for them
+/// (nginx's `send_timeout`).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request body chunks smaller than this are copied out of the read buffer.
+const SMALL_DATA: usize = 4 * 1024;
+/// Streams the client may reset (or make us reset) before their answer, beyond a quarter
+/// of those answered, before the connection is closed (Rapid Reset, CVE-2023-44487).
+const RESET_ALLOWANCE: u64 = 100;
 
 type Exchange = Pin<Box<dyn Future<Output = (u32, Response<ProxyBody>)> + Send>>;
 
@@ -93,8 +101,13 @@ where
         peer_max_frame: frame::MAX_FRAME,
         blocked: Vec::new(),
         accepting: true,
+        goaway_last: None,
         closing: None,
         read_closed: false,
+        resets: 0,
+        answered: 0,
+        stall: Box::pin(tokio::time::sleep(SEND_TIMEOUT)),
+        stalled: false,
         max_header_size,
         header_timeout,
         idle: Box::pin(tokio::time::sleep(header_timeout)),
@@ -212,8 +225,17 @@ struct Conn<I> {
     /// Streams with response data waiting for window.
     blocked: Vec<u32>,
     accepting: bool,
+    /// The last stream id of our first GOAWAY.
+    goaway_last: Option<u32>,
     closing: Option<Closing>,
     read_closed: bool,
+    /// Streams reset before their answer (by the client, or by us for its errors), and
+    /// streams answered.
+    resets: u64,
+    answered: u64,
+    /// Runs while answers wait on the client (output unwritten, or no window).
+    stall: Pin<Box<Sleep>>,
+    stalled: bool,
     max_header_size: usize,
     header_timeout: Duration,
     /// Runs while no stream is open.
@@ -227,20 +249,24 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             if self.streams.is_empty() && self.idle.as_mut().poll(cx).is_ready() {
                 self.go_away(Reason::NoError, Closing::Now);
             }
-            if self.closing != Some(Closing::Now) {
-                progress |= self.poll_read(cx);
-                progress |= self.poll_exchanges(cx);
-                progress |= self.poll_credits(cx);
-                progress |= self.poll_bodies(cx);
+            if self.closing == Some(Closing::Now) {
+                // `close` sends what is left, within its own time limit.
+                return Poll::Ready(());
             }
-            let unwritten = self.out.len() - self.written;
+            progress |= self.poll_read(cx);
+            progress |= self.poll_exchanges(cx);
+            progress |= self.poll_credits(cx);
+            progress |= self.poll_bodies(cx);
             match self.poll_write(cx) {
-                Poll::Ready(Ok(())) => {}
+                // Output that went out may let bodies be polled and the client be read.
+                Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Ready(Err(())) => return Poll::Ready(()),
                 Poll::Pending => {}
             }
-            // Output that went out may let bodies be polled and the client be read again.
-            progress |= unwritten > WRITE_HIGH && self.out.len() - self.written <= WRITE_HIGH;
+            if self.poll_stall(cx) {
+                tracing::debug!(peer = %self.peer, "HTTP/2 client read nothing for {SEND_TIMEOUT:?}");
+                return Poll::Ready(());
+            }
             let done = match self.closing {
                 Some(Closing::Now) => true,
                 Some(Closing::Drain) => self.streams.is_empty(),
@@ -253,6 +279,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// True when answers have waited on the client for longer than [`SEND_TIMEOUT`].
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> bool {
+        let waiting = self.written < self.out.len() || !self.blocked.is_empty();
+        if !waiting {
+            self.stalled = false;
+            return false;
+        }
+        if !self.stalled {
+            self.stalled = true;
+            self.stall.as_mut().reset(Instant::now() + SEND_TIMEOUT);
+        }
+        self.stall.as_mut().poll(cx).is_ready()
     }
 
     /// Sends what is left (bounded), then closes the connection.
@@ -271,7 +311,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     fn go_away(&mut self, reason: Reason, closing: Closing) {
         if self.accepting || reason != Reason::NoError {
-            frame::put_goaway(&mut self.out, self.last_stream, reason);
+            // The last stream id never grows from one GOAWAY to the next (RFC 9113, 6.8).
+            let last = *self.goaway_last.get_or_insert(self.last_stream);
+            frame::put_goaway(&mut self.out, last, reason);
         }
         self.accepting = false;
         if self.closing != Some(Closing::Now) {
@@ -389,6 +431,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 if let Some(stream) = self.streams.remove(&head.stream) {
                     end_stream_state(stream);
                     self.on_stream_removed();
+                    self.count_reset()?;
                 }
                 Ok(())
             }
@@ -532,11 +575,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     }
                     Some(_) if length_wrong => DataOutcome::Reset(Reason::ProtocolError),
                     Some(sender) => {
-                        let unread = if sender.is_read() && !data.is_empty() {
-                            sender.data(data);
-                            padding
+                        // Small chunks are copied: a slice would keep the whole read buffer
+                        // alive while it waits for the worker.
+                        let data = if data.len() < SMALL_DATA {
+                            Bytes::copy_from_slice(&data)
                         } else {
+                            data
+                        };
+                        let unread = if data.is_empty() || !sender.data(data) {
                             flow_len
+                        } else {
+                            padding
                         };
                         if end {
                             if let Some(sender) = stream.body.take() {
@@ -572,6 +621,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         let end_stream = head.has(frame::END_STREAM);
         if head.has(frame::END_HEADERS) {
+            // Its own copy, sized to it: the request's values slice it, and a long-lived
+            // request (a long poll) must not keep the connection's read buffer alive.
+            let block = Bytes::copy_from_slice(&block);
             return self.on_header_block(head.stream, end_stream, block);
         }
         self.continuation = Some(Continuation {
@@ -637,7 +689,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             Err(why) => {
                 tracing::debug!(peer = %self.peer, stream = id, error = why, "malformed HTTP/2 request");
                 frame::put_rst(&mut self.out, id, Reason::ProtocolError);
-                return Ok(());
+                return self.count_reset();
             }
         };
         let head_only = req.method() == Method::HEAD;
@@ -663,7 +715,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let body = if end_stream {
                 if expected_len.is_some_and(|n| n > 0) {
                     frame::put_rst(&mut self.out, id, Reason::ProtocolError);
-                    return Ok(());
+                    return self.count_reset();
                 }
                 UpstreamBody::Empty
             } else {
@@ -704,8 +756,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             self.reset(id, Reason::StreamClosed);
             return Ok(());
         };
+        let length_right = stream.expected_len.is_none_or(|n| n == stream.received);
         match fields.into_trailers() {
-            Some(trailers) if end_stream => sender.trailers(trailers),
+            Some(trailers) if end_stream && length_right => sender.trailers(trailers),
             _ => {
                 sender.break_off();
                 self.reset(id, Reason::ProtocolError);
@@ -903,6 +956,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let Some(stream) = self.streams.remove(&id) else {
             return;
         };
+        self.answered += 1;
         if stream.body.is_some() {
             frame::put_rst(&mut self.out, id, Reason::NoError);
         }
@@ -910,13 +964,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.on_stream_removed();
     }
 
-    /// Resets a stream: RST_STREAM, its exchange or body stopped.
+    /// Resets a stream: RST_STREAM, its exchange or body stopped. Resets for the client's
+    /// errors count toward [`RESET_ALLOWANCE`].
     fn reset(&mut self, id: u32, reason: Reason) {
         frame::put_rst(&mut self.out, id, reason);
         if let Some(stream) = self.streams.remove(&id) {
             end_stream_state(stream);
             self.on_stream_removed();
         }
+        if reason != Reason::InternalError {
+            if let Err(e) = self.count_reset() {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// One more stream reset before its answer; too many end the connection.
+    fn count_reset(&mut self) -> Result<(), ConnError> {
+        self.resets += 1;
+        if self.resets > RESET_ALLOWANCE + self.answered / 4 {
+            return Err(ConnError(Reason::EnhanceYourCalm, "too many streams reset"));
+        }
+        Ok(())
     }
 
     fn on_stream_removed(&mut self) {
@@ -928,15 +997,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     // ------------------------------------------------------------------ writing
 
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    /// Writes what is owed; Ready(true) when something went out.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ()>> {
+        let mut wrote = false;
         while self.written < self.out.len() {
             match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                 Poll::Ready(Ok(n)) => {
                     self.written += n;
                     self.unflushed = true;
+                    wrote = true;
+                    // Progress: the client reads.
+                    self.stalled = false;
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if self.written >= WRITE_HIGH {
+                        // What went out is dropped, or a slow reader would make the buffer
+                        // hold everything ever sent.
+                        self.out.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
         self.out.clear();
@@ -951,7 +1033,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(wrote))
     }
 }
 
@@ -1216,10 +1298,17 @@ impl Fields {
             self.headers.insert(header::COOKIE, v);
         }
         if let Some(authority) = self.authority.take() {
-            if !self.headers.contains_key(header::HOST) {
-                let v =
-                    HeaderValue::from_maybe_shared(authority).map_err(|_| "invalid :authority")?;
-                self.headers.insert(header::HOST, v);
+            match self.headers.get(header::HOST) {
+                None => {
+                    let v = HeaderValue::from_maybe_shared(authority)
+                        .map_err(|_| "invalid :authority")?;
+                    self.headers.insert(header::HOST, v);
+                }
+                // Two names for the target must agree (RFC 9113, 8.3.1).
+                Some(host) if host.as_bytes() != &authority[..] => {
+                    return Err("host differs from :authority");
+                }
+                Some(_) => {}
             }
         }
         let mut req = Request::new(());

@@ -26,6 +26,8 @@ struct State {
     ended: bool,
     /// The client reset the stream, or the connection ended first.
     broken: bool,
+    /// The reader is gone: nothing more is queued (the connection gives the window back).
+    dropped: bool,
     waker: Option<Waker>,
 }
 
@@ -75,9 +77,16 @@ impl Sender {
         }
     }
 
-    /// More of the body.
-    pub fn data(&self, data: Bytes) {
-        self.update(|s| s.chunks.push_back(data));
+    /// More of the body; false (and not kept) when nobody reads it any more.
+    pub fn data(&self, data: Bytes) -> bool {
+        let mut kept = false;
+        self.update(|s| {
+            if !s.dropped {
+                s.chunks.push_back(data);
+                kept = true;
+            }
+        });
+        kept
     }
 
     /// The body's trailers, which end it.
@@ -97,10 +106,19 @@ impl Sender {
     pub fn break_off(&self) {
         self.update(|s| s.broken = true);
     }
+}
 
-    /// False once the reader is gone (the request was answered or dropped).
-    pub fn is_read(&self) -> bool {
-        Arc::strong_count(&self.0) > 1
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // What was queued and never read is given back, or the client's window would
+        // shrink for good (a request answered before its body was read).
+        let mut state = lock(&self.state);
+        state.dropped = true;
+        let unread: usize = state.chunks.drain(..).map(|c| c.len()).sum();
+        drop(state);
+        if unread > 0 {
+            let _ = self.credits.send((self.stream, unread as u32));
+        }
     }
 }
 
