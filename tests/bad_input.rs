@@ -132,9 +132,16 @@ fn proxy_port_in_use_starts_no_worker() {
 
 #[test]
 fn worker_port_in_use() {
-    let mut ports = free_ports(3);
-    ports.release();
-    let _hold = std::net::TcpListener::bind(("127.0.0.1", ports.first + 2)).unwrap();
+    // Released ports may be taken by a test running beside this one before they are bound
+    // again here: then another run of ports.
+    let (ports, _hold) = (0..10)
+        .find_map(|_| {
+            let mut ports = free_ports(3);
+            ports.release();
+            let hold = std::net::TcpListener::bind(("127.0.0.1", ports.first + 2)).ok()?;
+            Some((ports, hold))
+        })
+        .expect("a free run of ports");
     refused_on_ports(
         ports.first,
         "2",

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{node_cluster, tests_dir, TestCluster};
+use common::{node_cluster, node_workers, tests_dir, TestCluster};
 use http_body_util::{BodyExt, Full};
 
 fn framing_workers(n: usize, args: &[&str]) -> TestCluster {
@@ -125,7 +125,7 @@ fn cookie_crumbs_are_joined_and_route_as_one_header() {
                 .header("cookie", "connect.sid=crumbs")
                 .body(Full::default())
                 .unwrap();
-            let (_, body) = call(&mut send, req).await;
+            let (head, body) = call(&mut send, req).await;
             let echo = json(&body);
             assert_eq!(echo["headers"]["cookie"], "theme=dark; connect.sid=crumbs");
             assert_eq!(
@@ -135,6 +135,11 @@ fn cookie_crumbs_are_joined_and_route_as_one_header() {
             );
             let w = echo["worker"].clone();
             assert_eq!(*worker.get_or_insert(w.clone()), w, "sticky on connect.sid");
+            assert_eq!(
+                head.headers["x-echo-worker"],
+                w.to_string(),
+                "lowercased for HTTP/2"
+            );
         }
     });
 }
@@ -187,6 +192,69 @@ fn large_bodies_both_ways_on_concurrent_streams_respect_flow_control() {
         }
         for t in tasks {
             t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn sessions_set_by_a_worker_stick_and_debug_names_the_worker() {
+    // The worker's Set-Cookie is learned from the response head read for HTTP/2 (the
+    // direct exchange), and --debug's X-Sticky-Worker is added there.
+    let c = node_workers(3, &["--debug"], &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let mut send = connect(addr, 65_535, 65_535).await;
+        for i in 0..12 {
+            let (head, _) = call(
+                &mut send,
+                get(addr, &format!("/login?id=h2user{i}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await;
+            assert!(head.headers["set-cookie"]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("connect.sid=h2user{i}")));
+            let login_worker = head.headers["x-sticky-worker"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            for _ in 0..3 {
+                let req = get(addr, "/whoami")
+                    .header("cookie", format!("connect.sid=h2user{i}"))
+                    .body(Full::default())
+                    .unwrap();
+                let (head, body) = call(&mut send, req).await;
+                assert_eq!(head.headers["x-sticky-worker"], login_worker.as_str());
+                assert_eq!(json(&body)["worker"].to_string(), login_worker, "user {i}");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_pooled_connection_the_worker_closed_is_not_an_error() {
+    // The worker closes its idle keep-alive connection after answering: the next request
+    // must not fail on it (checked before reuse, or sent again when it broke unanswered).
+    let c = framing_workers(1, &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let mut send = connect(addr, 65_535, 65_535).await;
+        for _ in 0..5 {
+            let (head, body) = call(
+                &mut send,
+                get(addr, "/then-close").body(Full::default()).unwrap(),
+            )
+            .await;
+            assert_eq!(
+                (head.status.as_u16(), &body[..]),
+                (200, &b"closing soon"[..])
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let (head, _) =
+                call(&mut send, get(addr, "/echo").body(Full::default()).unwrap()).await;
+            assert_eq!(head.status, 200);
         }
     });
 }

@@ -38,6 +38,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client's address as an `X-Forwarded-For` value.
+    pub fn forwarded_for(&self) -> &HeaderValue {
+        &self.forwarded_for
+    }
+
     /// The shared state of a connection from `peer`.
     pub fn new(peer: SocketAddr, framing: Arc<Verdict>) -> Self {
         let ip = key::canonical_ip(peer.ip()).to_string();

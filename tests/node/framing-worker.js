@@ -49,6 +49,7 @@ const server = http.createServer((req, res) => {
         body_sha256: hash.digest('hex'),
       });
       res.setHeader('content-type', 'application/json');
+      res.setHeader('X-Echo-Worker', id); // mixed case: HTTP/2 clients must get it lowercased
       res.setHeader('content-length', Buffer.byteLength(payload)); // also on HEAD, without the body
       res.end(payload);
     }

@@ -45,47 +45,36 @@ pub async fn send(
     };
     write_head(&req, &mut up.wbuf);
     let is_head = req.method() == Method::HEAD;
-    up.deadline.as_mut().reset(Instant::now() + timeout);
     // The request is kept until the answer starts: it may have to go again.
     let mut req = Some(req);
-    send_request(&mut up)
-        .await
-        .map_err(|e| send_error(e, &mut req))?;
-    let mut head = ResponseHead::default();
-    let head_len = loop {
-        let n = read_head(&mut up, &mut head, is_head)
-            .await
-            .map_err(|e| send_error(e, &mut req))?;
-        drop(req.take());
-        // Interim answers (103 and the like) are dropped, as hyper's client does.
-        if head.status >= 200 || head.status == 101 {
-            break n;
-        }
-        up.rbuf.advance(n);
+    let (head, head_len) = match exchange(&mut up, is_head, timeout).await {
+        Ok(answer) => answer,
+        Err(e) => return Err(send_error(e, &mut req)),
     };
-    if head.status == 101 {
-        // An answer, not a broken exchange: not to be sent again.
-        return Err(SendError::Unusable("switched protocols unasked".into()));
-    }
+    drop(req);
     let parts = response_parts(&head, &up.rbuf[..head_len])?;
-    up.rbuf.advance(head_len);
-    let framing = match head.framing {
-        Framing::Empty => BodyFraming::Length(0),
-        Framing::Length(n) => BodyFraming::Length(n),
-        Framing::Chunked => BodyFraming::Chunked(Chunks::default()),
-        Framing::UntilClose => BodyFraming::UntilClose,
-    };
-    let mut body = RawBody {
-        conn: Some(up),
-        framing,
-        keep_alive: head.keep_alive,
-        pool: pool.clone(),
-        trailers: Vec::new(),
-    };
-    if body.is_done() {
-        body.finish();
+    Ok((parts, RawBody::new(up, &head, head_len, pool)))
+}
+
+/// Sends the request in `up.wbuf` and reads the final response head into `up.rbuf`, at
+/// most `timeout` after sending; the head and its length. Interim answers (103 and the
+/// like) are dropped, as hyper's client does; a 101 nobody asked for is invalid.
+pub async fn exchange(
+    up: &mut RawConn,
+    is_head: bool,
+    timeout: Duration,
+) -> Result<(ResponseHead, usize), NoResponse> {
+    up.deadline.as_mut().reset(Instant::now() + timeout);
+    send_request(up).await?;
+    let mut head = ResponseHead::default();
+    loop {
+        let n = read_head(up, &mut head, is_head).await?;
+        match head.status {
+            101 => return Err(NoResponse::Invalid("switched protocols unasked")),
+            100..=199 => up.rbuf.advance(n),
+            _ => return Ok((head, n)),
+        }
     }
-    Ok((parts, body))
 }
 
 fn failed(why: &'static str) -> SendError {
@@ -98,6 +87,10 @@ fn send_error(e: NoResponse, req: &mut Option<Request<UpstreamBody>>) -> SendErr
     match (e, req.take()) {
         (NoResponse::Broken(e), Some(req)) => SendError::Broken(e, Box::new(req)),
         (NoResponse::Broken(e), None) => SendError::Failed(Box::new(e)),
+        // A 101 is an answer, not a broken exchange: not to be sent again.
+        (NoResponse::Invalid(why @ "switched protocols unasked"), _) => {
+            SendError::Unusable(why.into())
+        }
         (NoResponse::Invalid(why), _) => failed(why),
         (NoResponse::TimedOut, _) => SendError::TimedOut,
     }
@@ -202,6 +195,28 @@ fn trailer_fields(section: &[u8]) -> Option<http::HeaderMap> {
 }
 
 impl RawBody {
+    /// The body after the response head of `head_len` bytes at the start of `up.rbuf`.
+    pub fn new(mut up: RawConn, head: &ResponseHead, head_len: usize, pool: &Arc<Pool>) -> Self {
+        up.rbuf.advance(head_len);
+        let framing = match head.framing {
+            Framing::Empty => BodyFraming::Length(0),
+            Framing::Length(n) => BodyFraming::Length(n),
+            Framing::Chunked => BodyFraming::Chunked(Chunks::default()),
+            Framing::UntilClose => BodyFraming::UntilClose,
+        };
+        let mut body = Self {
+            conn: Some(up),
+            framing,
+            keep_alive: head.keep_alive,
+            pool: pool.clone(),
+            trailers: Vec::new(),
+        };
+        if body.is_done() {
+            body.finish();
+        }
+        body
+    }
+
     fn is_done(&self) -> bool {
         matches!(self.framing, BodyFraming::Length(0) | BodyFraming::Done)
     }

@@ -325,6 +325,18 @@ impl ResponseHead {
     }
 }
 
+/// What becomes of a request field of an HTTP/2 client on its way to a worker: hop-by-hop
+/// fields are dropped, `Host` and those the proxy sets are replaced, the rest kept.
+pub fn upstream_role(name: &[u8]) -> Role {
+    match classify(name) {
+        Name::Connection | Name::HopByHop | Name::TransferEncoding | Name::Upgrade => {
+            Role::HopByHop
+        }
+        Name::Host | Name::ForwardedFor | Name::ProxySet => Role::Replaced,
+        Name::Expect | Name::ContentLength | Name::SetCookie | Name::Other => Role::Keep,
+    }
+}
+
 /// True for the hop-by-hop headers of RFC 9110 section 7.6.1 (hyper's path keeps its own
 /// list as header names; a test checks the two agree).
 pub fn is_hop_by_hop(name: &[u8]) -> bool {

@@ -117,7 +117,7 @@ enum Done {
 }
 
 /// Why a worker gave no usable response head.
-enum NoResponse {
+pub enum NoResponse {
     /// The connection broke (or closed) before a single response byte.
     Broken(io::Error),
     /// A response head that cannot be read, or a broken one.
@@ -618,7 +618,8 @@ async fn read_head(
     }
 }
 
-fn push_header(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends `name: value` and the line end.
+pub fn push_header(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     w.extend_from_slice(name);
     w.extend_from_slice(b": ");
     w.extend_from_slice(value);

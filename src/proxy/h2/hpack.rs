@@ -340,7 +340,13 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
 /// Appends `:status` and `headers` as a header block. Connection-specific fields, which
 /// HTTP/2 forbids, are left out.
 pub fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut Vec<u8>) {
-    let indexed = match status.as_u16() {
+    encode_status(status.as_u16(), out);
+    encode_fields(headers, out);
+}
+
+/// Appends `:status`, indexed when the static table has it.
+pub fn encode_status(status: u16, out: &mut Vec<u8>) {
+    let indexed = match status {
         200 => Some(8),
         204 => Some(9),
         206 => Some(10),
@@ -354,10 +360,35 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap, out: &mut Vec<u8
         Some(i) => out.push(0x80 | i),
         None => {
             put_integer(out, 0, 4, usize::from(index::STATUS));
-            put_string(out, status.as_str().as_bytes());
+            let digits = [
+                b'0' + (status / 100 % 10) as u8,
+                b'0' + (status / 10 % 10) as u8,
+                b'0' + (status % 10) as u8,
+            ];
+            put_string(out, &digits);
         }
     }
-    encode_fields(headers, out);
+}
+
+/// Appends a field whose name came from an HTTP/1 head (any case): lowercased, as HTTP/2
+/// requires.
+pub fn encode_raw_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let mut lower = [0u8; 32];
+    let index = lower.get_mut(..name.len()).and_then(|l| {
+        for (d, s) in l.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        std::str::from_utf8(l).ok().and_then(static_name_index)
+    });
+    match index {
+        Some(i) => put_integer(out, 0, 4, usize::from(i)),
+        None => {
+            out.push(0);
+            put_integer(out, 0, 7, name.len());
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
+        }
+    }
+    put_string(out, value);
 }
 
 /// Appends `headers` (trailers, or the rest of a response head) as literals.

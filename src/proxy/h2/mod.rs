@@ -9,6 +9,7 @@
 //! server, which this replaces, spawns a task per stream and shares every stream's state
 //! behind a lock between that task and the connection's.
 
+mod direct;
 mod frame;
 mod hpack;
 mod huffman;
@@ -28,7 +29,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hashbrown::HashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -39,6 +40,7 @@ use super::body::{ProxyBody, UpstreamBody};
 use super::forward;
 use super::h1::client::BoxError;
 use super::Proxy;
+use direct::Answer;
 use frame::{Head, Reason, MAX_WINDOW};
 use hpack::Name;
 use request_body::{Credit, Sender};
@@ -66,7 +68,7 @@ const SMALL_DATA: usize = 4 * 1024;
 /// of those answered, before the connection is closed (Rapid Reset, CVE-2023-44487).
 const RESET_ALLOWANCE: u64 = 100;
 
-type Exchange = Pin<Box<dyn Future<Output = (u32, Response<ProxyBody>)> + Send>>;
+type Exchange = Pin<Box<dyn Future<Output = (u32, Answer)> + Send>>;
 
 /// Serves an HTTP/2 connection whose first bytes are the client preface.
 pub async fn serve<I>(io: I, proxy: Arc<Proxy>, peer: SocketAddr, shutdown: CancellationToken)
@@ -87,6 +89,7 @@ where
         preface_seen: false,
         settings_seen: false,
         decoder: hpack::Decoder::default(),
+        routing: HeaderMap::new(),
         streams: HashMap::new(),
         last_stream: 0,
         continuation: None,
@@ -207,6 +210,8 @@ struct Conn<I> {
     preface_seen: bool,
     settings_seen: bool,
     decoder: hpack::Decoder,
+    /// What routing reads of a request, for the direct exchange; kept empty between them.
+    routing: HeaderMap,
     streams: HashMap<u32, Stream>,
     last_stream: u32,
     continuation: Option<Continuation>,
@@ -684,15 +689,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Ok(());
         }
         let too_large = fields.too_large;
-        let (req, expected_len) = match fields.into_request() {
-            Ok(pair) => pair,
+        let head = match fields.head() {
+            Ok(head) => head,
             Err(why) => {
                 tracing::debug!(peer = %self.peer, stream = id, error = why, "malformed HTTP/2 request");
                 frame::put_rst(&mut self.out, id, Reason::ProtocolError);
                 return self.count_reset();
             }
         };
-        let head_only = req.method() == Method::HEAD;
+        let expected_len = fields.content_length;
         let mut stream = Stream {
             send_window: self.peer_initial_window,
             recv_window: i64::from(STREAM_WINDOW),
@@ -700,23 +705,39 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             body: None,
             expected_len,
             received: 0,
-            head_only,
+            head_only: head.method == Method::HEAD,
             abort: None,
             parked: None,
         };
+        if end_stream && expected_len.is_some_and(|n| n > 0) {
+            frame::put_rst(&mut self.out, id, Reason::ProtocolError);
+            return self.count_reset();
+        }
+        let proxy = self.proxy.clone();
+        let client = self.client.clone();
+        let plan = (end_stream && !too_large && proxy.direct_h1)
+            .then(|| {
+                direct::plan(
+                    &proxy,
+                    self.peer,
+                    client.forwarded_for(),
+                    &fields,
+                    &head,
+                    &mut self.routing,
+                )
+            })
+            .flatten();
         let exchange: Exchange = if too_large {
             let resp = forward::error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "bad_request",
                 "request header fields too large",
             );
-            Box::pin(std::future::ready((id, resp)))
+            Box::pin(std::future::ready((id, Answer::Response(resp))))
+        } else if let Some(plan) = plan {
+            Box::pin(async move { (id, direct::run(proxy, plan, fields, head, client).await) })
         } else {
             let body = if end_stream {
-                if expected_len.is_some_and(|n| n > 0) {
-                    frame::put_rst(&mut self.out, id, Reason::ProtocolError);
-                    return self.count_reset();
-                }
                 UpstreamBody::Empty
             } else {
                 let (sender, body) =
@@ -724,15 +745,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 stream.body = Some(sender);
                 UpstreamBody::H2(body)
             };
-            let req = req.map(|()| body);
-            let proxy = self.proxy.clone();
-            let client = self.client.clone();
+            let req = fields.into_request(head).map(|()| body);
             Box::pin(async move {
                 let resp = match forward::handle(proxy, req, client).await {
                     Ok(resp) => resp,
                     Err(never) => match never {},
                 };
-                (id, resp)
+                (id, Answer::Response(resp))
             })
         };
         if too_large && !end_stream {
@@ -829,16 +848,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         progress
     }
 
-    fn on_response(&mut self, id: u32, resp: Response<ProxyBody>, cx: &mut Context<'_>) {
+    fn on_response(&mut self, id: u32, answer: Answer, cx: &mut Context<'_>) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         stream.abort = None;
         let head_only = stream.head_only;
-        let (parts, mut body) = resp.into_parts();
-        let end = head_only || body.is_end_stream();
         let start = frame::start_headers(&mut self.out);
-        hpack::encode_response(parts.status, &parts.headers, &mut self.out);
+        let mut body = match answer {
+            Answer::Response(resp) => {
+                let (parts, body) = resp.into_parts();
+                hpack::encode_response(parts.status, &parts.headers, &mut self.out);
+                body
+            }
+            Answer::Encoded { block, body } => {
+                self.out.extend_from_slice(&block);
+                body
+            }
+        };
+        let end = head_only || body.is_end_stream();
         frame::finish_headers(&mut self.out, start, id, end, self.peer_max_frame);
         if end {
             self.finish_stream(id);
@@ -1096,6 +1124,17 @@ impl Future for NextFrame {
 
 // ---------------------------------------------------------------------- requests
 
+/// What a request is, besides its regular fields.
+struct RequestHead {
+    method: Method,
+    /// Origin form.
+    uri: Uri,
+    /// `:authority`, or the `host` field.
+    host: Option<HeaderValue>,
+    /// The cookie crumbs joined into one field.
+    cookie: Option<HeaderValue>,
+}
+
 /// The names of the static table's regular entries (15..=61), as header names.
 static STATIC_NAMES: [HeaderName; 47] = [
     HeaderName::from_static("accept-charset"),
@@ -1153,7 +1192,8 @@ struct Fields {
     scheme: Option<Bytes>,
     authority: Option<Bytes>,
     path: Option<Bytes>,
-    headers: HeaderMap,
+    /// The regular fields but `cookie`, in order.
+    headers: Vec<(HeaderName, HeaderValue)>,
     /// The first cookie crumb, and the rest joined to it (rarely more than one).
     cookie: Option<Bytes>,
     more_cookies: Option<Vec<u8>>,
@@ -1172,8 +1212,7 @@ impl Fields {
             scheme: None,
             authority: None,
             path: None,
-            // Room for a browser's fields and the four the proxy adds, without growing.
-            headers: HeaderMap::with_capacity(24),
+            headers: Vec::with_capacity(16),
             cookie: None,
             more_cookies: None,
             content_length: None,
@@ -1242,9 +1281,7 @@ impl Fields {
             }
         }
         match HeaderValue::from_maybe_shared(value) {
-            Ok(v) => {
-                self.headers.append(header, v);
-            }
+            Ok(v) => self.headers.push((header, v)),
             Err(_) => self.bad("invalid field value"),
         }
     }
@@ -1265,8 +1302,8 @@ impl Fields {
         }
     }
 
-    /// The request (without a body), and the body length the client announced.
-    fn into_request(mut self) -> Result<(Request<()>, Option<u64>), &'static str> {
+    /// The request's method, target, host and cookie, checked (RFC 9113, 8.3.1).
+    fn head(&mut self) -> Result<RequestHead, &'static str> {
         if let Some(why) = self.malformed {
             return Err(why);
         }
@@ -1293,30 +1330,51 @@ impl Fields {
             Some(joined) => Some(Bytes::from(joined)),
             None => self.cookie.take(),
         };
-        if let Some(cookie) = cookie {
-            let v = HeaderValue::from_maybe_shared(cookie).map_err(|_| "invalid cookie")?;
-            self.headers.insert(header::COOKIE, v);
-        }
-        if let Some(authority) = self.authority.take() {
-            match self.headers.get(header::HOST) {
-                None => {
-                    let v = HeaderValue::from_maybe_shared(authority)
-                        .map_err(|_| "invalid :authority")?;
-                    self.headers.insert(header::HOST, v);
-                }
-                // Two names for the target must agree (RFC 9113, 8.3.1).
-                Some(host) if host.as_bytes() != &authority[..] => {
+        let cookie = cookie
+            .map(HeaderValue::from_maybe_shared)
+            .transpose()
+            .map_err(|_| "invalid cookie")?;
+        let host_field = self.headers.iter().position(|(n, _)| n == header::HOST);
+        let host = match (self.authority.take(), host_field) {
+            (Some(authority), Some(i)) => {
+                // Two names for the target must agree.
+                if self.headers[i].1.as_bytes() != &authority[..] {
                     return Err("host differs from :authority");
                 }
-                Some(_) => {}
+                Some(self.headers.remove(i).1)
             }
+            (Some(authority), None) => {
+                Some(HeaderValue::from_maybe_shared(authority).map_err(|_| "invalid :authority")?)
+            }
+            (None, Some(i)) => Some(self.headers.remove(i).1),
+            (None, None) => None,
+        };
+        Ok(RequestHead {
+            method,
+            uri,
+            host,
+            cookie,
+        })
+    }
+
+    /// The request (without a body) for the general path.
+    fn into_request(self, head: RequestHead) -> Request<()> {
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 6);
+        if let Some(host) = head.host {
+            headers.insert(header::HOST, host);
+        }
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        if let Some(cookie) = head.cookie {
+            headers.insert(header::COOKIE, cookie);
         }
         let mut req = Request::new(());
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
         *req.version_mut() = Version::HTTP_2;
-        *req.headers_mut() = self.headers;
-        Ok((req, self.content_length))
+        *req.headers_mut() = headers;
+        req
     }
 
     fn into_trailers(self) -> Option<HeaderMap> {
@@ -1324,7 +1382,19 @@ impl Fields {
             || self.scheme.is_some()
             || self.authority.is_some()
             || self.path.is_some();
-        (self.malformed.is_none() && !pseudo && !self.too_large).then_some(self.headers)
+        if self.malformed.is_some() || pseudo || self.too_large {
+            return None;
+        }
+        let mut trailers = HeaderMap::with_capacity(self.headers.len() + 1);
+        for (name, value) in self.headers {
+            trailers.append(name, value);
+        }
+        if let Some(cookie) = self.cookie {
+            if let Ok(v) = HeaderValue::from_maybe_shared(cookie) {
+                trailers.append(header::COOKIE, v);
+            }
+        }
+        Some(trailers)
     }
 }
 
