@@ -259,6 +259,60 @@ fn a_pooled_connection_the_worker_closed_is_not_an_error() {
     });
 }
 
+#[test]
+fn a_request_the_worker_saw_is_not_sent_again() {
+    // The worker answers 103, then closes without a final answer: it has seen the request,
+    // so it is not resent (a PUT would run twice), over HTTP/2 and over HTTP/1.1 alike.
+    let c = framing_workers(1, &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let mut send = connect(addr, 65_535, 65_535).await;
+        let (head, _) = call(
+            &mut send,
+            get(addr, "/hints-close").body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(head.status, 502);
+    });
+    // HTTP/1.1 passes the 103 on, then the connection ends.
+    let _ = c.get("/hints-close", &[]);
+    assert_eq!(
+        c.get("/hits?path=/hints-close", &[]).text(),
+        "2",
+        "each sent once"
+    );
+}
+
+#[test]
+fn host_as_the_session_key_routes_http2_streams() {
+    let c = framing_workers(3, &["--session-key", "header:host"]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let mut send = connect(addr, 65_535, 65_535).await;
+        let mut workers = std::collections::HashMap::new();
+        for round in 0..3 {
+            for site in 0..8 {
+                // hyper sends the URI's authority as :authority, which becomes Host.
+                let req = http::Request::builder()
+                    .uri(format!("http://site{site}.test:{}/echo", addr.port()))
+                    .body(Full::default())
+                    .unwrap();
+                let (_, body) = call(&mut send, req).await;
+                let echo = json(&body);
+                assert_eq!(
+                    echo["headers"]["host"],
+                    format!("site{site}.test:{}", addr.port())
+                );
+                let w = echo["worker"].clone();
+                let first = workers.entry(site).or_insert_with(|| w.clone());
+                assert_eq!(*first, w, "site {site}, round {round}");
+            }
+        }
+        let spread: std::collections::HashSet<_> = workers.values().collect();
+        assert!(spread.len() > 1, "keys are spread: {workers:?}");
+    });
+}
+
 // ---------------------------------------------------------------------- raw frames
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -374,6 +428,19 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
         (RST_STREAM, 3, 1),
         "{f:?}"
     );
+    // Two Host fields (the worker would get two), and one that is not :authority.
+    for (id, extra) in [
+        (5, &[("host", "localhost"), ("host", "localhost")][..]),
+        (7, &[("host", "elsewhere")][..]),
+    ] {
+        raw.frame(HEADERS, END_STREAM_HEADERS, id, &request_block(extra));
+        let f = raw.next_interesting().unwrap();
+        assert_eq!(
+            (f.kind, f.stream, error_code(&f, 0)),
+            (RST_STREAM, id, 1),
+            "{f:?}"
+        );
+    }
     // PING is answered with its payload.
     raw.frame(PING, 0, 0, b"12345678");
     let f = raw.next_interesting().unwrap();
@@ -385,13 +452,13 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
     raw.frame(
         HEADERS,
         END_STREAM_HEADERS,
-        5,
+        9,
         &request_block(&[("x-ok", "1")]),
     );
     let f = raw.next_interesting().unwrap();
     assert_eq!(
         (f.kind, f.stream, f.payload[0]),
-        (HEADERS, 5, 0x88),
+        (HEADERS, 9, 0x88),
         "{f:?}"
     );
 }

@@ -315,16 +315,16 @@ async fn serve_connection<I>(
     let io = if proxy.direct_h1 {
         match h1::serve(io, &proxy, peer, &shutdown).await {
             h1::Served::Closed => return,
-            h1::Served::HandOver(io) => io,
+            h1::Served::HandOver(io, resent) => (io, resent),
         }
     } else {
-        h1::Rewind::new(io, bytes::Bytes::new())
+        (h1::Rewind::new(io, bytes::Bytes::new()), false)
     };
-    let mut io = io;
+    let (mut io, resent) = io;
     let header_timeout = proxy.config.header_timeout;
     match tokio::time::timeout(header_timeout, io.starts_with(h2::PREFACE)).await {
         Ok(Ok(true)) => h2::serve(io, proxy, peer, shutdown).await,
-        Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown).await,
+        Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown, resent).await,
         Ok(Err(_)) | Err(_) => {}
     }
 }
@@ -336,15 +336,19 @@ async fn serve_with_hyper<I>(
     proxy: Arc<Proxy>,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    first_resent: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let verdict = Arc::new(Verdict::default());
     let io = FramingWatch::new(io, verdict.clone(), proxy.config.header_timeout);
-    let client = Arc::new(forward::Client::new(peer, verdict));
-    // Boxed: hyper's HTTP/2 server moves each stream's future into a task of its own, and
-    // copying this (large) future there cost more than the allocation (h2c callgrind: 58.6k
-    // -> 55.6k instructions per request).
+    let mut client = forward::Client::new(peer, verdict);
+    if first_resent {
+        client = client.first_resent();
+    }
+    let client = Arc::new(client);
+    // Boxed: the service's future is large and hyper moves it around; the allocation
+    // costs less than the copies.
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         Box::pin(forward::handle(
             proxy.clone(),

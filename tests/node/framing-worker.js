@@ -6,13 +6,17 @@
 // GET /hop           -> hop-by-hop headers (Keep-Alive, one named by Connection)
 // GET /then-close    -> a keep-alive answer, then the worker closes the idle connection
 // GET /big?kb=N      -> N KiB of a repeating pattern, fixed length (flow-control tests)
+// GET /hints-close   -> 103 Early Hints, then the connection closed (no final answer)
+// GET /hits?path=P   -> how many requests for P this worker has seen
 // any /echo          -> JSON {worker, method, headers, body_bytes, body_sha256}
 const http = require('http');
 const crypto = require('crypto');
 const id = process.env.WORKER_ID;
 const pattern = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz'.repeat(1024 * 8 / 36 + 1)).subarray(0, 8192);
+const hits = {};
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
+  hits[url.pathname] = (hits[url.pathname] || 0) + 1;
   let body = 0;
   const hash = crypto.createHash('sha256');
   req.on('data', (d) => { body += d.length; hash.update(d); });
@@ -37,6 +41,10 @@ const server = http.createServer((req, res) => {
       for (let i = 0; i < Math.floor(kb / 8); i++) res.write(pattern);
       if (kb % 8) res.write(pattern.subarray(0, (kb % 8) * 1024));
       res.end();
+    } else if (url.pathname === '/hints-close') {
+      res.writeEarlyHints({ link: '</a.css>; rel=preload' }, () => res.socket.destroy());
+    } else if (url.pathname === '/hits') {
+      res.end(String(hits[url.searchParams.get('path')] || 0));
     } else if (url.pathname === '/hop') {
       res.setHeader('connection', 'keep-alive, x-secret');
       res.setHeader('keep-alive', 'timeout=5');

@@ -67,11 +67,22 @@ pub async fn exchange(
     up.deadline.as_mut().reset(Instant::now() + timeout);
     send_request(up).await?;
     let mut head = ResponseHead::default();
+    let mut interim = false;
     loop {
-        let n = read_head(up, &mut head, is_head).await?;
+        let n = match read_head(up, &mut head, is_head).await {
+            Ok(n) => n,
+            // After an interim answer the worker has seen the request: not to be resent.
+            Err(NoResponse::Broken(_)) if interim => {
+                return Err(NoResponse::Invalid("connection closed mid-head"))
+            }
+            Err(e) => return Err(e),
+        };
         match head.status {
             101 => return Err(NoResponse::Invalid("switched protocols unasked")),
-            100..=199 => up.rbuf.advance(n),
+            100..=199 => {
+                interim = true;
+                up.rbuf.advance(n);
+            }
             _ => return Ok((head, n)),
         }
     }

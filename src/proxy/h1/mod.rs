@@ -58,8 +58,10 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub enum Served<I> {
     /// Closed: the client is done, an error, the head deadline, or shutdown.
     Closed,
-    /// Hyper serves the rest of the connection, starting with the bytes put back.
-    HandOver(Rewind<I>),
+    /// Hyper serves the rest of the connection, starting with the bytes put back; `true`
+    /// when its first request was sent once already (its connection broke unanswered), so
+    /// it may be sent only once more.
+    HandOver(Rewind<I>, bool),
 }
 
 /// Serves requests from `io` until the connection ends or hyper must take over.
@@ -94,10 +96,11 @@ where
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.io.shutdown()).await;
                     return Served::Closed;
                 }
-                Done::HandOver => return conn.hand_over(Some(msg)),
+                Done::HandOver => return conn.hand_over(Some(msg), false),
+                Done::Resend => return conn.hand_over(Some(msg), true),
             },
             Next::Closed => return Served::Closed,
-            Next::HandOver => return conn.hand_over(None),
+            Next::HandOver => return conn.hand_over(None, false),
         }
     }
 }
@@ -114,6 +117,8 @@ enum Done {
     Close,
     /// Nothing was answered: hyper's path takes the request (and the connection).
     HandOver,
+    /// As `HandOver`, for a request that was sent and broke unanswered.
+    Resend,
 }
 
 /// Why a worker gave no usable response head.
@@ -155,7 +160,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         }
     }
 
-    fn hand_over(self, msg: Option<Bytes>) -> Served<I> {
+    fn hand_over(self, msg: Option<Bytes>, resent: bool) -> Served<I> {
         let pre = match msg {
             None => self.buf.freeze(),
             Some(msg) if self.buf.is_empty() => msg,
@@ -166,7 +171,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 all.freeze()
             }
         };
-        Served::HandOver(Rewind::new(self.io, pre))
+        Served::HandOver(Rewind::new(self.io, pre), resent)
     }
 
     /// Reads the next request whole, within the head deadline for its head.
@@ -306,7 +311,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 // the method may be repeated (a stale reused connection, most likely).
                 if self.req.idempotent(msg) && self.req.content_length == 0 {
                     tracing::debug!(worker, reused, error = %e, "worker connection broke; handing over");
-                    return Done::HandOver;
+                    return Done::Resend;
                 }
                 let reason = format!("worker {worker} failed: {e}");
                 tracing::warn!(worker, error = %reason, "upstream request failed");
@@ -479,8 +484,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         o.extend_from_slice(b"HTTP/1.1 ");
         o.extend_from_slice(&raw[self.resp.status_line.clone()]);
         o.extend_from_slice(b"\r\n");
+        let debug = self.proxy.debug;
         for f in self.resp.fields.iter().filter(|f| f.role == Role::Keep) {
-            push_header(o, &raw[f.name.clone()], &raw[f.value.clone()]);
+            let name = &raw[f.name.clone()];
+            // With --debug the proxy's X-Sticky-Worker replaces the worker's.
+            if debug && name.eq_ignore_ascii_case(b"x-sticky-worker") {
+                continue;
+            }
+            push_header(o, name, &raw[f.value.clone()]);
         }
         if self.resp.status < 200 {
             o.extend_from_slice(b"\r\n");

@@ -124,6 +124,11 @@ fn routing_headers(
     if let Some(cookie) = &head.cookie {
         headers.append(header::COOKIE, cookie.clone());
     }
+    if let Some(host) = &head.host {
+        if proxy.router.key_headers().any(|h| h == header::HOST) {
+            headers.append(header::HOST, host.clone());
+        }
+    }
     for (name, value) in &fields.headers {
         let wanted = (proxy.trusted.is_some() && name == "x-forwarded-for")
             || proxy.router.key_headers().any(|h| h == name);
@@ -214,11 +219,20 @@ pub async fn run(
                 up
             }
             Err(e) => {
-                // Passive health: out of rotation at once; the general path routes again.
+                // Passive health: out of rotation at once. The general path routes again
+                // when there is another worker to try; else the client learns why.
                 proxy.workers.set_healthy(worker, false);
-                tracing::warn!(worker, error = %e, "worker unreachable");
+                let reason = format!("worker {worker} unreachable: {e}");
+                tracing::warn!(worker, error = %reason, "upstream request failed");
                 drop(in_flight);
-                return general(proxy, fields, head, client).await;
+                if reroutable(&proxy, &client, &fields, &head) {
+                    return general(proxy, fields, head, client, true).await;
+                }
+                return Answer::Response(forward::error(
+                    StatusCode::BAD_GATEWAY,
+                    "proxy_error",
+                    &reason,
+                ));
             }
         },
     };
@@ -245,7 +259,7 @@ pub async fn run(
             // again, if the worker is gone).
             tracing::debug!(worker, error = %e, "worker connection broke; sending again");
             proxy.check_reachable(worker).await;
-            return general(proxy, fields, head, client).await;
+            return general(proxy, fields, head, client, false).await;
         }
         NoResponse::Broken(e) => (
             StatusCode::BAD_GATEWAY,
@@ -270,16 +284,31 @@ pub async fn run(
     Answer::Response(forward::error(status, code, &reason))
 }
 
-/// The request through the general path.
+/// Whether routing finds a worker for the request now (one was just taken out).
+fn reroutable(
+    proxy: &Proxy,
+    client: &forward::Client,
+    fields: &Fields,
+    head: &RequestHead,
+) -> bool {
+    let mut view = http::Request::new(()).into_parts().0;
+    view.uri = head.uri.clone();
+    routing_headers(proxy, fields, head, &mut view.headers);
+    route(proxy, client.peer, &view).is_some()
+}
+
+/// The request through the general path; `may_resend` false when it was sent once already
+/// and broke unanswered.
 async fn general(
     proxy: Arc<Proxy>,
     fields: Fields,
     head: RequestHead,
     client: Arc<forward::Client>,
+    may_resend: bool,
 ) -> Answer {
     let req = fields.into_request(head).map(|()| UpstreamBody::Empty);
     // Boxed: rare, and it would make every direct exchange's future as large as its own.
-    match Box::pin(forward::handle(proxy, req, client)).await {
+    match Box::pin(forward::handle_with(proxy, req, client, may_resend)).await {
         Ok(resp) => Answer::Response(resp),
         Err(never) => match never {},
     }
@@ -297,7 +326,10 @@ fn encode_response(
     hpack::encode_status(resp.status, &mut block);
     for f in resp.fields.iter().filter(|f| f.role == Role::Keep) {
         let name = &raw[f.name.clone()];
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        // With --debug the proxy's X-Sticky-Worker replaces the worker's.
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (proxy.debug && name.eq_ignore_ascii_case(b"x-sticky-worker"))
+        {
             continue;
         }
         hpack::encode_raw_field(name, &raw[f.value.clone()], &mut block);

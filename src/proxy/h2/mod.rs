@@ -1257,6 +1257,9 @@ impl Fields {
         if header == header::TE && value.as_ref() != b"trailers" {
             return self.bad("te other than trailers");
         }
+        if header == header::HOST && self.headers.iter().any(|(n, _)| n == header::HOST) {
+            return self.bad("more than one host");
+        }
         if header == header::COOKIE {
             // Crumbs are joined back into one field for HTTP/1.1 (RFC 9113, 8.2.3).
             match (&self.cookie, &mut self.more_cookies) {
