@@ -16,7 +16,7 @@ use super::pool::SendError;
 use super::upgrade::{self, TunnelLimits};
 use super::{h1, Proxy};
 use crate::routing::{key, Decision};
-use crate::workers::InFlight;
+use crate::workers::{InFlight, WorkerId};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -195,6 +195,21 @@ struct Failure {
 }
 
 impl Failure {
+    /// A 502 for `reason` (logged), with the request when it can be sent again.
+    fn bad_gateway(
+        worker: WorkerId,
+        reason: &str,
+        unsent: Option<Box<Request<UpstreamBody>>>,
+        broken: bool,
+    ) -> Self {
+        tracing::warn!(worker, error = %reason, "upstream request failed");
+        Self {
+            response: error(StatusCode::BAD_GATEWAY, "proxy_error", reason),
+            unsent,
+            broken,
+        }
+    }
+
     fn final_answer(response: Response<ProxyBody>) -> Self {
         Self {
             response,
@@ -245,30 +260,15 @@ async fn forward_once(
             // Passive health: out of rotation at once; active checks bring it back.
             proxy.workers.set_healthy(worker, false);
             let reason = format!("worker {worker} unreachable: {e}");
-            tracing::warn!(worker, error = %reason, "upstream request failed");
-            return Err(Failure {
-                response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
-                unsent: Some(req),
-                broken: false,
-            });
+            return Err(Failure::bad_gateway(worker, &reason, Some(req), false));
         }
         Err(SendError::Broken(e, req)) => {
             let reason = format!("worker {worker} failed: {e}");
-            tracing::warn!(worker, error = %reason, "upstream request failed");
-            return Err(Failure {
-                response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
-                unsent: Some(req),
-                broken: true,
-            });
+            return Err(Failure::bad_gateway(worker, &reason, Some(req), true));
         }
         Err(SendError::Failed(e)) => {
             let reason = format!("worker {worker} failed: {}", innermost(&*e));
-            tracing::warn!(worker, error = %reason, "upstream request failed");
-            return Err(Failure {
-                response: error(StatusCode::BAD_GATEWAY, "proxy_error", &reason),
-                unsent: None,
-                broken: true,
-            });
+            return Err(Failure::bad_gateway(worker, &reason, None, true));
         }
         Err(SendError::Unusable(e)) => {
             let reason = format!("worker {worker} failed: {e}");
