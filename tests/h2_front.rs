@@ -585,3 +585,37 @@ fn rapid_resets_end_the_connection() {
     assert_eq!(goaway, Some(0xb), "GOAWAY(ENHANCE_YOUR_CALM)");
     assert_eq!(c.get("/echo", &[]).status, 200, "the proxy itself is fine");
 }
+
+#[test]
+fn shutdown_answers_the_streams_in_flight_then_goes_away() {
+    // SIGTERM while a slow request is in flight on an HTTP/2 connection: GOAWAY tells the
+    // client no new stream will be taken, the slow one is still answered, and the process
+    // then exits cleanly.
+    let mut c = node_workers(1, &[], &[]);
+    let mut raw = Raw::connect(c.proxy);
+    let mut block = request_block(&[]);
+    // :path /slow?ms=1500 instead of / (a literal with the static name index 4).
+    block[2] = 0x04;
+    block.splice(3..3, [13u8].iter().copied().chain(*b"/slow?ms=1500"));
+    raw.frame(HEADERS, END_STREAM_HEADERS, 1, &block);
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal("TERM");
+    let (mut goaway, mut status, mut body) = (None, None, Vec::new());
+    while let Some(f) = raw.read() {
+        match f.kind {
+            GOAWAY => {
+                goaway = Some((
+                    u32::from_be_bytes(f.payload[..4].try_into().unwrap()),
+                    error_code(&f, 4),
+                ))
+            }
+            HEADERS if f.stream == 1 => status = Some(f.payload[0]),
+            0 if f.stream == 1 => body.extend_from_slice(&f.payload),
+            _ => {}
+        }
+    }
+    assert_eq!(goaway, Some((1, 0)), "GOAWAY(last stream 1, NO_ERROR)");
+    assert_eq!(status, Some(0x88), "the slow request was answered 200");
+    assert_eq!(body, b"worker 0 slow");
+    assert!(c.wait_exit(Duration::from_secs(20)).success());
+}
