@@ -619,3 +619,34 @@ fn shutdown_answers_the_streams_in_flight_then_goes_away() {
     assert_eq!(body, b"worker 0 slow");
     assert!(c.wait_exit(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn streams_past_the_limit_are_refused_and_bodies_must_match_their_length() {
+    let c = framing_workers(1, &[]);
+    let mut raw = Raw::connect(c.proxy);
+    // A body announced as 5 bytes that ends after 3: reset, PROTOCOL_ERROR.
+    raw.frame(HEADERS, 0x4, 1, &request_block(&[("content-length", "5")]));
+    raw.frame(0, 0x1, 1, b"abc");
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, error_code(&f, 0)),
+        (RST_STREAM, 1, 1),
+        "{f:?}"
+    );
+    // 256 streams left open (their bodies never come), then one more: REFUSED_STREAM.
+    let mut batch = Vec::new();
+    for i in 0..257u32 {
+        let block = request_block(&[]);
+        let len = block.len();
+        batch.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, HEADERS, 0x4]);
+        batch.extend_from_slice(&(3 + 2 * i).to_be_bytes());
+        batch.extend_from_slice(&block);
+    }
+    raw.s.write_all(&batch).unwrap();
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, error_code(&f, 0)),
+        (RST_STREAM, 3 + 2 * 256, 7),
+        "{f:?}"
+    );
+}

@@ -35,9 +35,6 @@ pub struct Client {
     forwarded_for: HeaderValue,
     /// The connection's smuggling watch.
     pub framing: Arc<Verdict>,
-    /// The connection's first request was sent once already and broke unanswered (the
-    /// direct path handed it over): it is not sent a third time.
-    first_resent: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -54,37 +51,15 @@ impl Client {
             forwarded_for: HeaderValue::try_from(ip)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             framing,
-            first_resent: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Marks the connection's first request as sent once already.
-    pub fn first_resent(self) -> Self {
-        self.first_resent
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self
     }
 }
 
 /// Handles one client request end to end; never fails (errors become responses).
 pub async fn handle(
     proxy: Arc<Proxy>,
-    req: Request<UpstreamBody>,
-    conn: Arc<Client>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let resent = conn
-        .first_resent
-        .swap(false, std::sync::atomic::Ordering::Relaxed);
-    handle_with(proxy, req, conn, !resent).await
-}
-
-/// As [`handle`]; `may_resend` false for a request that was sent once already and broke
-/// unanswered (it gets no further resend when its connection breaks again).
-pub async fn handle_with(
-    proxy: Arc<Proxy>,
     mut req: Request<UpstreamBody>,
     conn: Arc<Client>,
-    may_resend: bool,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let peer = conn.peer;
     let framing = &conn.framing;
@@ -141,11 +116,11 @@ pub async fn handle_with(
     };
     let retry = match (failure.unsent, resend) {
         (Some(req), _) if !failure.broken => *req,
-        (Some(req), _) if idempotent && may_resend => {
+        (Some(req), _) if idempotent => {
             proxy.check_reachable(decision.worker).await;
             *req
         }
-        (None, Some(head)) if failure.broken && may_resend => {
+        (None, Some(head)) if failure.broken => {
             // If the worker is gone, take it out now so the retry goes elsewhere (the
             // supervisor may not have noticed yet).
             proxy.check_reachable(decision.worker).await;

@@ -314,16 +314,16 @@ async fn serve_connection<I>(
     let io = if proxy.direct_h1 {
         match h1::serve(io, &proxy, peer, &shutdown).await {
             h1::Served::Closed => return,
-            h1::Served::HandOver(io, resent) => (io, resent),
+            h1::Served::HandOver(io) => io,
         }
     } else {
-        (h1::Rewind::new(io, bytes::Bytes::new()), false)
+        h1::Rewind::new(io, bytes::Bytes::new())
     };
-    let (mut io, resent) = io;
+    let mut io = io;
     let header_timeout = proxy.config.header_timeout;
     match tokio::time::timeout(header_timeout, io.starts_with(h2::PREFACE)).await {
         Ok(Ok(true)) => h2::serve(io, proxy, peer, shutdown).await,
-        Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown, resent).await,
+        Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown).await,
         Ok(Err(_)) | Err(_) => {}
     }
 }
@@ -336,17 +336,12 @@ async fn serve_with_hyper<I>(
     proxy: Arc<Proxy>,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    first_resent: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let verdict = Arc::new(Verdict::default());
     let io = FramingWatch::new(io, verdict.clone(), proxy.config.header_timeout);
-    let mut client = forward::Client::new(peer, verdict);
-    if first_resent {
-        client = client.first_resent();
-    }
-    let client = Arc::new(client);
+    let client = Arc::new(forward::Client::new(peer, verdict));
     // Boxed: the service's future is large and hyper moves it around; the allocation
     // costs less than the copies.
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {

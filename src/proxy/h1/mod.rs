@@ -58,10 +58,8 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub enum Served<I> {
     /// Closed: the client is done, an error, the head deadline, or shutdown.
     Closed,
-    /// Hyper serves the rest of the connection, starting with the bytes put back; `true`
-    /// when its first request was sent once already (its connection broke unanswered), so
-    /// it may be sent only once more.
-    HandOver(Rewind<I>, bool),
+    /// Hyper serves the rest of the connection, starting with the bytes put back.
+    HandOver(Rewind<I>),
 }
 
 /// Serves requests from `io` until the connection ends or hyper must take over.
@@ -96,11 +94,10 @@ where
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.io.shutdown()).await;
                     return Served::Closed;
                 }
-                Done::HandOver => return conn.hand_over(Some(msg), false),
-                Done::Resend => return conn.hand_over(Some(msg), true),
+                Done::HandOver => return conn.hand_over(Some(msg)),
             },
             Next::Closed => return Served::Closed,
-            Next::HandOver => return conn.hand_over(None, false),
+            Next::HandOver => return conn.hand_over(None),
         }
     }
 }
@@ -117,8 +114,6 @@ enum Done {
     Close,
     /// Nothing was answered: hyper's path takes the request (and the connection).
     HandOver,
-    /// As `HandOver`, for a request that was sent and broke unanswered.
-    Resend,
 }
 
 /// Why a worker gave no usable response head.
@@ -160,7 +155,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         }
     }
 
-    fn hand_over(self, msg: Option<Bytes>, resent: bool) -> Served<I> {
+    fn hand_over(self, msg: Option<Bytes>) -> Served<I> {
         let pre = match msg {
             None => self.buf.freeze(),
             Some(msg) if self.buf.is_empty() => msg,
@@ -171,7 +166,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 all.freeze()
             }
         };
-        Served::HandOver(Rewind::new(self.io, pre), resent)
+        Served::HandOver(Rewind::new(self.io, pre))
     }
 
     /// Reads the next request whole, within the head deadline for its head.
@@ -311,7 +306,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 // the method may be repeated (a stale reused connection, most likely).
                 if self.req.idempotent(msg) && self.req.content_length == 0 {
                     tracing::debug!(worker, reused, error = %e, "worker connection broke; handing over");
-                    return Done::Resend;
+                    return Done::HandOver;
                 }
                 let reason = format!("worker {worker} failed: {e}");
                 tracing::warn!(worker, error = %reason, "upstream request failed");

@@ -226,7 +226,7 @@ pub async fn run(
                 tracing::warn!(worker, error = %reason, "upstream request failed");
                 drop(in_flight);
                 if reroutable(&proxy, &client, &fields, &head) {
-                    return general(proxy, fields, head, client, true).await;
+                    return general(proxy, fields, head, client).await;
                 }
                 return Answer::Response(forward::error(
                     StatusCode::BAD_GATEWAY,
@@ -259,7 +259,7 @@ pub async fn run(
             // again, if the worker is gone).
             tracing::debug!(worker, error = %e, "worker connection broke; sending again");
             proxy.check_reachable(worker).await;
-            return general(proxy, fields, head, client, false).await;
+            return general(proxy, fields, head, client).await;
         }
         NoResponse::Broken(e) => (
             StatusCode::BAD_GATEWAY,
@@ -297,18 +297,18 @@ fn reroutable(
     route(proxy, client.peer, &view).is_some()
 }
 
-/// The request through the general path; `may_resend` false when it was sent once already
-/// and broke unanswered.
+/// The request through the general path (which may send an idempotent request once more
+/// when a connection breaks unanswered: repeating it is allowed, and that is how a request
+/// caught on a killed worker's stale sockets reaches a live one).
 async fn general(
     proxy: Arc<Proxy>,
     fields: Fields,
     head: RequestHead,
     client: Arc<forward::Client>,
-    may_resend: bool,
 ) -> Answer {
     let req = fields.into_request(head).map(|()| UpstreamBody::Empty);
     // Boxed: rare, and it would make every direct exchange's future as large as its own.
-    match Box::pin(forward::handle_with(proxy, req, client, may_resend)).await {
+    match Box::pin(forward::handle(proxy, req, client)).await {
         Ok(resp) => Answer::Response(resp),
         Err(never) => match never {},
     }
