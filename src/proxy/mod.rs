@@ -90,8 +90,9 @@ pub struct Proxy {
     close_jitter: Duration,
     filter: Option<IpFilter>,
     trusted: Option<TrustedProxies>,
-    /// HTTP/1.1 requests take the direct path (see [`h1`]).
-    direct_h1: bool,
+    /// Requests may take the direct paths (`h1`, and `h2`'s direct exchange): not with a
+    /// custom hash, which reads the whole head.
+    direct: bool,
     config: ProxyConfig,
 }
 
@@ -105,7 +106,7 @@ impl Proxy {
             .map(|[a, b]| [pool(a), pool(b)])
             .collect();
         Self {
-            direct_h1: !router.has_custom_hash(),
+            direct: !router.has_custom_hash(),
             router,
             workers,
             pools,
@@ -311,7 +312,7 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = if proxy.direct_h1 {
+    let io = if proxy.direct {
         match h1::serve(io, &proxy, peer, &shutdown).await {
             h1::Served::Closed => return,
             h1::Served::HandOver(io) => io,

@@ -1,13 +1,14 @@
 //! The HTTP/2 front (RFC 9113): one task per client connection, streams as plain state in a
-//! map, header blocks decoded straight into the request the forwarding path takes, and
-//! every frame the connection owes the client gathered in one buffer and written together.
+//! map, header blocks decoded straight into what the exchange needs, and every frame the
+//! connection owes the client gathered in one buffer and written together.
 //!
-//! Each request runs as [`forward::handle`] (the same routing, rewriting, retries, holds and
-//! error answers as every other request), polled inside this task from a `FuturesUnordered`
-//! instead of a task of its own; a response body is polled the same way, one frame at a
-//! time, only while the client's flow-control windows have room for it. hyper's HTTP/2
-//! server, which this replaces, spawns a task per stream and shares every stream's state
-//! behind a lock between that task and the connection's.
+//! Each stream's exchange is a future polled inside this task from a `FuturesUnordered`
+//! instead of a task of its own: the direct exchange ([`direct`]) for a bodyless request
+//! that needs nothing special, else [`forward::handle`] (the same routing, rewriting,
+//! retries, holds and error answers as every other request). A response body is polled the
+//! same way, one frame at a time, only while the client's flow-control windows have room
+//! for it. hyper's HTTP/2 server, which this replaced, spawns a task per stream and shares
+//! every stream's state behind a lock between that task and the connection's.
 
 mod direct;
 mod frame;
@@ -715,7 +716,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         let proxy = self.proxy.clone();
         let client = self.client.clone();
-        let plan = (end_stream && !too_large && proxy.direct_h1)
+        let plan = (end_stream && !too_large && proxy.direct)
             .then(|| {
                 direct::plan(
                     &proxy,
