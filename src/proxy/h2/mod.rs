@@ -32,7 +32,7 @@ use hashbrown::HashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +63,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long answers may wait on a client that reads nothing, or opens no window for them
 /// (nginx's `send_timeout`).
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes read at once into a buffer on the stack (the read buffer is empty).
+const STACK_READ: usize = 8 * 1024;
 /// Request body chunks smaller than this are copied out of the read buffer.
 const SMALL_DATA: usize = 4 * 1024;
 /// Streams the client may reset (or make us reset) before their answer, beyond a quarter
@@ -338,10 +340,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if self.read_closed || self.out.len() - self.written > READ_PAUSE {
             return false;
         }
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(8 * 1024);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+        let polled = if self.rbuf.is_empty() {
+            // Read on the stack, kept on the heap only as far as a frame is incomplete: a
+            // connection between requests holds no read buffer.
+            let mut stack = [const { std::mem::MaybeUninit::<u8>::uninit() }; STACK_READ];
+            let mut read = ReadBuf::uninit(&mut stack);
+            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    self.rbuf.extend_from_slice(read.filled());
+                    Poll::Ready(Ok(read.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        } else {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(STACK_READ);
+            }
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        };
+        match polled {
             Poll::Pending => false,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                 // The client is gone: nothing it asked for can reach it any more.
@@ -382,7 +400,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 break;
             }
             self.rbuf.advance(9);
-            let payload = self.rbuf.split_to(head.len).freeze();
+            // DATA may be large: sliced, not copied (`on_data` copies small ones). Other
+            // frames are small and some are kept (a header block's values slice it): a
+            // copy of their own, so nothing keeps the read buffer.
+            let payload = if head.kind == frame::DATA {
+                self.rbuf.split_to(head.len).freeze()
+            } else {
+                let payload = Bytes::copy_from_slice(&self.rbuf[..head.len]);
+                self.rbuf.advance(head.len);
+                payload
+            };
             if !self.settings_seen && head.kind != frame::SETTINGS {
                 return Err(ConnError(Reason::ProtocolError, "SETTINGS must come first"));
             }
@@ -391,8 +418,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 break;
             }
         }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
-            // A large frame grew it: let it go.
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
         Ok(())
@@ -627,9 +653,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         let end_stream = head.has(frame::END_STREAM);
         if head.has(frame::END_HEADERS) {
-            // Its own copy, sized to it: the request's values slice it, and a long-lived
-            // request (a long poll) must not keep the connection's read buffer alive.
-            let block = Bytes::copy_from_slice(&block);
+            // The frame's own copy, sized to it (see `read_frames`): the request's values
+            // slice it, and a long-lived request (a long poll) keeps only that alive.
             return self.on_header_block(head.stream, end_stream, block);
         }
         self.continuation = Some(Continuation {
