@@ -426,6 +426,15 @@ proptest! {
                 }
                 Req::Advance(d) => now += d,
                 Req::Route(key, cookie, hold) => {
+                    // The table lookup refreshes a live entry whatever becomes of the request
+                    // (no worker up, a wait): the session was seen now.
+                    if let Some(k) = key {
+                        if let Some(&(w, at)) = placed.get(&k) {
+                            if now - at < ttl {
+                                placed.insert(k, (w, now));
+                            }
+                        }
+                    }
                     let cookie_text = match cookie {
                         None => None,
                         Some(Ok(w)) if w < n => Some(tokens[usize::from(w)].clone()),
