@@ -398,6 +398,16 @@ fn error_code(f: &Frame, at: usize) -> u32 {
     u32::from_be_bytes(f.payload[at..at + 4].try_into().unwrap())
 }
 
+/// The next frame that matters is RST_STREAM for `stream` with `code`.
+fn expect_reset(raw: &mut Raw, stream: u32, code: u32) {
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, error_code(&f, 0)),
+        (RST_STREAM, stream, code),
+        "{f:?}"
+    );
+}
+
 #[test]
 fn malformed_requests_are_reset_and_the_connection_goes_on() {
     let c = framing_workers(1, &[]);
@@ -410,36 +420,21 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
         1,
         &request_block(&[("X-Upper", "1")]),
     );
-    let f = raw.next_interesting().unwrap();
-    assert_eq!(
-        (f.kind, f.stream, error_code(&f, 0)),
-        (RST_STREAM, 1, 1),
-        "{f:?}"
-    );
+    expect_reset(&mut raw, 1, 1);
     raw.frame(
         HEADERS,
         END_STREAM_HEADERS,
         3,
         &request_block(&[("connection", "close")]),
     );
-    let f = raw.next_interesting().unwrap();
-    assert_eq!(
-        (f.kind, f.stream, error_code(&f, 0)),
-        (RST_STREAM, 3, 1),
-        "{f:?}"
-    );
+    expect_reset(&mut raw, 3, 1);
     // Two Host fields (the worker would get two), and one that is not :authority.
     for (id, extra) in [
         (5, &[("host", "localhost"), ("host", "localhost")][..]),
         (7, &[("host", "elsewhere")][..]),
     ] {
         raw.frame(HEADERS, END_STREAM_HEADERS, id, &request_block(extra));
-        let f = raw.next_interesting().unwrap();
-        assert_eq!(
-            (f.kind, f.stream, error_code(&f, 0)),
-            (RST_STREAM, id, 1),
-            "{f:?}"
-        );
+        expect_reset(&mut raw, id, 1);
     }
     // PING is answered with its payload.
     raw.frame(PING, 0, 0, b"12345678");
@@ -627,12 +622,7 @@ fn streams_past_the_limit_are_refused_and_bodies_must_match_their_length() {
     // A body announced as 5 bytes that ends after 3: reset, PROTOCOL_ERROR.
     raw.frame(HEADERS, 0x4, 1, &request_block(&[("content-length", "5")]));
     raw.frame(0, 0x1, 1, b"abc");
-    let f = raw.next_interesting().unwrap();
-    assert_eq!(
-        (f.kind, f.stream, error_code(&f, 0)),
-        (RST_STREAM, 1, 1),
-        "{f:?}"
-    );
+    expect_reset(&mut raw, 1, 1);
     // 256 streams left open (their bodies never come), then one more: REFUSED_STREAM.
     let mut batch = Vec::new();
     for i in 0..257u32 {
@@ -643,10 +633,5 @@ fn streams_past_the_limit_are_refused_and_bodies_must_match_their_length() {
         batch.extend_from_slice(&block);
     }
     raw.s.write_all(&batch).unwrap();
-    let f = raw.next_interesting().unwrap();
-    assert_eq!(
-        (f.kind, f.stream, error_code(&f, 0)),
-        (RST_STREAM, 3 + 2 * 256, 7),
-        "{f:?}"
-    );
+    expect_reset(&mut raw, 3 + 2 * 256, 7);
 }

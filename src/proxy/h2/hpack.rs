@@ -370,7 +370,8 @@ pub fn encode_status(status: u16, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends a field whose name came from an HTTP/1 head (any case): lowercased, as HTTP/2
+/// Appends a field as a literal never added to the table, with the static table's name
+/// index when it has one; a name from an HTTP/1 head (any case) is lowercased, as HTTP/2
 /// requires.
 pub fn encode_raw_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let mut lower = [0u8; 32];
@@ -394,17 +395,9 @@ pub fn encode_raw_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 /// Appends `headers` (trailers, or the rest of a response head) as literals.
 pub fn encode_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
-        if is_connection_specific(name) {
-            continue;
+        if !is_connection_specific(name) {
+            encode_raw_field(name.as_str().as_bytes(), value.as_bytes(), out);
         }
-        match static_name_index(name.as_str()) {
-            Some(i) => put_integer(out, 0, 4, usize::from(i)),
-            None => {
-                out.push(0);
-                put_string(out, name.as_str().as_bytes());
-            }
-        }
-        put_string(out, value.as_bytes());
     }
 }
 

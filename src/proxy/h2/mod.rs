@@ -1438,3 +1438,15 @@ fn pseudo_index(name: &[u8]) -> Option<u8> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_names_are_the_static_tables() {
+        for (i, name) in STATIC_NAMES.iter().enumerate() {
+            assert_eq!(name.as_str(), hpack::STATIC[i + 14].0, "index {}", i + 15);
+        }
+    }
+}
