@@ -114,7 +114,7 @@ fn before<'a, F: Future>(
 }
 
 /// `work`'s output, or `None` when `timer` fires first (where it is set now).
-pub(super) fn until<'a, F: Future>(
+pub fn until<'a, F: Future>(
     timer: &'a mut Pin<Box<Sleep>>,
     mut work: Pin<&'a mut F>,
 ) -> impl Future<Output = Option<F::Output>> + 'a {
