@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::ipfilter::{IpFilter, TrustedProxies};
 use crate::proxy::upstream::pool::Pool;
+use crate::proxy::upstream::stream::Connector;
 use crate::routing::{Decision, Router};
 use crate::tls::TlsReloader;
 use crate::workers::{WorkerId, WorkerSet};
@@ -47,6 +48,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// TLS: the proxy speaks HTTPS with the reloader's current certificate.
     pub tls: Option<Arc<TlsReloader>>,
+    /// TLS to the workers (`--worker-tls`).
+    pub worker_tls: Option<Arc<rustls::ClientConfig>>,
     /// Which clients may enter.
     pub filter: Option<IpFilter>,
     /// Front proxies whose X-Forwarded-For names the client.
@@ -80,7 +83,11 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy routing with `router` over `workers`.
     pub fn new(router: Arc<Router>, workers: Arc<WorkerSet>, config: ProxyConfig) -> Self {
-        let pool = |addr| Arc::new(Pool::new(addr, config.connect_timeout));
+        let connector = Connector {
+            timeout: config.connect_timeout,
+            tls: config.worker_tls.clone(),
+        };
+        let pool = |addr| Arc::new(Pool::new(addr, connector.clone()));
         let pools = workers
             .ids()
             .filter_map(|id| workers.addrs(id))

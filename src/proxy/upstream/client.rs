@@ -5,6 +5,7 @@
 //! per-request wake-ups.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use http::{Method, Request, StatusCode};
 use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use super::body::UpstreamBody;
 use super::pool::{until, Pool, RawConn, SendError};
@@ -296,8 +298,11 @@ impl RawBody {
             if conn.rbuf.capacity() < 1024 {
                 conn.rbuf.reserve(16 * 1024);
             }
-            ready!(conn.stream.poll_read_ready(cx))?;
-            match conn.stream.try_read_buf(&mut conn.rbuf) {
+            match ready!(poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.rbuf
+            )) {
                 Ok(0) => {
                     self.conn = None;
                     return match self.framing {
@@ -306,7 +311,6 @@ impl RawBody {
                     };
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     self.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -354,7 +358,12 @@ const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 
 /// Writes the request in `up.wbuf` to the worker before its deadline.
 pub async fn send_request(up: &mut RawConn) -> Result<(), NoResponse> {
-    let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
+    let stream = &mut up.stream;
+    let write = std::pin::pin!(async {
+        stream.write_all(&up.wbuf).await?;
+        // A TLS stream may hold the last record until flushed.
+        stream.flush().await
+    });
     match until(&mut up.deadline, write).await {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(NoResponse::Broken(e)),

@@ -4,3 +4,4 @@
 pub mod body;
 pub mod client;
 pub mod pool;
+pub mod stream;
