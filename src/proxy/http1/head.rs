@@ -126,6 +126,7 @@ impl RequestHead {
                     }
                 }
                 Name::Host => {
+                    role = Role::Replaced;
                     if self.host.is_some() {
                         self.plain = false;
                     }
@@ -432,7 +433,7 @@ mod tests {
         let roles: Vec<Role> = head.fields.iter().map(|f| f.role).collect();
         assert_eq!(
             roles,
-            [Role::Keep, Role::Keep, Role::Replaced, Role::HopByHop]
+            [Role::Replaced, Role::Keep, Role::Replaced, Role::HopByHop]
         );
         assert!(head.idempotent(raw.as_bytes()));
     }
@@ -631,7 +632,7 @@ mod tests {
                     let name = &bytes[f.name.clone()];
                     let expected = match classify(name) {
                         Name::Connection | Name::HopByHop => Role::HopByHop,
-                        Name::ForwardedFor | Name::ProxySet => Role::Replaced,
+                        Name::Host | Name::ForwardedFor | Name::ProxySet => Role::Replaced,
                         _ => Role::Keep,
                     };
                     prop_assert_eq!(f.role, expected);

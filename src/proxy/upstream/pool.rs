@@ -38,13 +38,8 @@ pub enum SendError {
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The connection failed; the request may have been (partly) sent.
     Failed(Box<dyn std::error::Error + Send + Sync>),
-    /// The connection broke before a single response byte; the (bodyless) request comes
-    /// back, to be sent again if it is idempotent.
-    Broken(std::io::Error, Box<Request<UpstreamBody>>),
     /// No response head within the response timeout.
     TimedOut,
-    /// The worker answered with something the proxy cannot pass on (not to be resent).
-    Unusable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A connection and its response deadline: one timer per connection, moved later for each

@@ -739,19 +739,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let proxy = self.proxy.clone();
         let client = self.client.clone();
         let plan = (end_stream && !too_large && proxy.direct)
-            .then(|| {
-                direct::plan(
-                    &proxy,
-                    self.peer,
-                    client.forwarded_for(),
-                    &fields,
-                    &head,
-                    &mut self.routing,
-                )
-            })
+            .then(|| direct::plan(&proxy, self.peer, &fields, &head, &mut self.routing))
             .flatten();
         let exchange: Exchange = if too_large {
-            let resp = forward::error(
+            let resp = crate::proxy::exchange::answer::error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "bad_request",
                 "request header fields too large",
