@@ -7,6 +7,7 @@ use super::Proxy;
 
 impl Proxy {
     /// The client's address: the peer, or what a trusted front proxy says it is.
+    #[inline]
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         match &self.trusted {
             Some(t) => t.client_ip(
@@ -24,6 +25,7 @@ impl Proxy {
     /// for one): its client's address, or the answer that refuses it (`CONNECT`, the IP
     /// filter, an upgrade with `--no-websocket`). A refused upgrade
     /// closes its connection.
+    #[inline]
     pub fn admit(
         &self,
         peer: IpAddr,

@@ -28,11 +28,13 @@ impl Decorations<'_> {
 
     /// True for a worker's field the proxy replaces with its own (`X-Sticky-Worker` under
     /// `--debug`): the front leaves it out.
+    #[inline]
     pub fn replaces(&self, name: &[u8]) -> bool {
         self.worker.is_some() && name.eq_ignore_ascii_case(X_STICKY_WORKER.as_str().as_bytes())
     }
 
     /// Calls `field(name, value)` for each field to add.
+    #[inline]
     pub fn each(&self, mut field: impl FnMut(&[u8], &[u8])) {
         if let Some(cookie) = self.set_cookie {
             field(b"set-cookie", cookie.as_bytes());
@@ -55,6 +57,7 @@ impl Decorations<'_> {
 }
 
 /// `n` in decimal, written into `buf`.
+#[inline]
 fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &[u8] {
     let mut at = buf.len();
     loop {
@@ -69,6 +72,7 @@ fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &[u8] {
 
 impl Proxy {
     /// What to add to the response of a request routed by `decision`.
+    #[inline]
     pub fn decorations(&self, decision: &Decision) -> Decorations<'_> {
         let set_cookie = decision
             .set_affinity
@@ -83,6 +87,7 @@ impl Proxy {
 
     /// Learns from one `Set-Cookie` value of `worker`'s response: a session cookie it set is
     /// remembered on it.
+    #[inline]
     pub fn learn_set_cookie(&self, value: &[u8], worker: WorkerId) {
         let now = self.router.table().now();
         self.router.learn_set_cookie(value, worker, now);

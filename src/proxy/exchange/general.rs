@@ -159,7 +159,7 @@ async fn raw_exchange(
     proxy.learn_response(&parts.headers, route.worker());
     proxy.decorations(&route.decision).apply(&mut parts.headers);
     let body = RawBody::new(up, &resp_head, head_len, &pool);
-    Response::from_parts(parts, ProxyBody::plain(body, in_flight))
+    Response::from_parts(parts, ProxyBody::raw(body, in_flight))
 }
 
 /// A request of the general path, for the raw exchange.

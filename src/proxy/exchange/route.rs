@@ -31,13 +31,14 @@ pub enum Routing {
     /// Go.
     Go(Route),
     /// The pinned worker is restarting and `--on-worker-down hold` is on: wait for it.
-    Wait,
+    Wait(Decision),
     /// No worker is up.
     NoWorker,
 }
 
 impl Route {
     /// The worker.
+    #[inline]
     pub fn worker(&self) -> WorkerId {
         self.decision.worker
     }
@@ -45,13 +46,14 @@ impl Route {
 
 impl Proxy {
     /// Routes a request now, without waiting for a held worker.
+    #[inline]
     pub fn route_now(&self, view: &Parts, client: IpAddr) -> Routing {
         let now = self.router.table().now();
         match self
             .router
             .route(view, client, &self.workers, now, self.hold.is_some())
         {
-            Some(d) if d.wait => Routing::Wait,
+            Some(d) if d.wait => Routing::Wait(d),
             Some(d) => self
                 .located(d, client)
                 .map_or(Routing::NoWorker, Routing::Go),
@@ -62,14 +64,12 @@ impl Proxy {
     /// Routes a request; with `--on-worker-down hold`, waits (bounded) for a pinned worker
     /// that is restarting instead of moving its client. `None`: no worker is up.
     pub async fn route(&self, view: &Parts, client: IpAddr) -> Option<Route> {
-        let now = self.router.table().now();
-        let hold = self.hold.is_some();
-        let decision = self.router.route(view, client, &self.workers, now, hold)?;
-        if !decision.wait {
-            return self.located(decision, client);
+        match self.route_now(view, client) {
+            Routing::Go(route) => Some(route),
+            Routing::NoWorker => None,
+            // Boxed: holding is rare and its wait would otherwise grow every request's future.
+            Routing::Wait(decision) => Box::pin(self.hold_then_route(view, client, decision)).await,
         }
-        // Boxed: holding is rare and its wait would otherwise grow every request's future.
-        Box::pin(self.hold_then_route(view, client, decision)).await
     }
 
     /// Routes a request again after the worker of `failed` could not serve it: the move is
@@ -88,6 +88,7 @@ impl Proxy {
     }
 
     /// The pool of the route's address, and the in-flight count the exchange holds.
+    #[inline]
     pub fn target(&self, route: &Route) -> (&Arc<Pool>, InFlight) {
         let worker = route.worker();
         let pool = &self.pools[usize::from(worker)][route.index];
@@ -97,6 +98,7 @@ impl Proxy {
         )
     }
 
+    #[inline]
     fn located(&self, decision: Decision, client: IpAddr) -> Option<Route> {
         let (index, _) = self.workers.active(decision.worker)?;
         if self.debug {

@@ -164,7 +164,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         let head_len = loop {
             if !self.buf.is_empty() {
                 match self.req.parse(&self.buf) {
-                    Parse::Complete(n) if self.req.plain && n <= max_head => break n,
+                    Parse::Complete(n) if self.req.direct && n <= max_head => break n,
                     Parse::Complete(_) | Parse::Invalid => return Next::HandOver,
                     // Too large a head: hyper answers 431.
                     Parse::Partial if self.buf.len() > max_head => return Next::HandOver,

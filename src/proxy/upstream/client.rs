@@ -66,7 +66,7 @@ enum BodyFraming {
     Done,
 }
 
-/// A worker's response body read from a plain pooled socket; the socket goes back to its
+/// A worker's response body read from a pooled raw connection; the connection goes back to its
 /// pool when the body ended where its framing said.
 #[derive(Debug)]
 pub struct RawBody {

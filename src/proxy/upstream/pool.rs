@@ -168,7 +168,7 @@ impl Pool {
         }
     }
 
-    /// An idle plain connection that is still open, if any.
+    /// An idle raw connection that is still open, if any.
     pub fn take_raw(&self) -> Option<RawConn> {
         loop {
             let conn = self
@@ -182,7 +182,7 @@ impl Pool {
         }
     }
 
-    /// Gives back a plain connection whose exchange is complete.
+    /// Gives back a raw connection whose exchange is complete.
     pub fn put_raw(&self, mut conn: RawConn) {
         conn.rbuf.clear();
         conn.wbuf.clear();
@@ -197,7 +197,7 @@ impl Pool {
         }
     }
 
-    /// A new plain connection.
+    /// A new raw connection.
     pub async fn connect_raw(&self) -> std::io::Result<RawConn> {
         Ok(RawConn {
             stream: self.open().await?,

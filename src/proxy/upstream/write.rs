@@ -40,6 +40,7 @@ pub struct RequestWriter<'w, 'a> {
 
 impl<'w, 'a> RequestWriter<'w, 'a> {
     /// Starts `METHOD target HTTP/1.1` in `w` (cleared first).
+    #[inline]
     pub fn start(w: &'w mut Vec<u8>, method: &[u8], target: &[u8]) -> Self {
         w.clear();
         w.extend_from_slice(method);
@@ -56,6 +57,7 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
     }
 
     /// The `Host` (from an HTTP/2 `:authority`, or the field); the first one counts.
+    #[inline]
     pub fn host(&mut self, value: &'a [u8]) {
         if self.host.is_none() {
             self.host = Some(value);
@@ -64,12 +66,14 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
     }
 
     /// One field of the client's head: written, remembered or dropped by its role.
+    #[inline]
     pub fn field(&mut self, name: &[u8], value: &'a [u8]) {
         self.classified(name, value, upstream_role(name));
     }
 
     /// One field whose role the caller's parser already knows (it is
     /// [`upstream_role`]`(name)`).
+    #[inline]
     pub fn classified(&mut self, name: &[u8], value: &'a [u8], role: Role) {
         match role {
             Role::Keep => {
@@ -85,6 +89,7 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
     }
 
     /// The proxy's own fields and the end of the head.
+    #[inline]
     pub fn finish(self, fwd: &Forwarded<'_>) {
         let w = self.w;
         if self.usually_has_body && !self.has_length {

@@ -59,7 +59,7 @@ pub fn plan(
     let routed = match proxy.admit(peer.ip(), &view.headers, false, false) {
         Ok(client) => match proxy.route_now(&view, client) {
             Routing::Go(route) => Some(Plan { route }),
-            Routing::Wait | Routing::NoWorker => None,
+            Routing::Wait(_) | Routing::NoWorker => None,
         },
         Err(_) => None,
     };
@@ -191,7 +191,7 @@ fn encoded(proxy: &Arc<Proxy>, reply: Reply, resp: &ResponseHead) -> Answer {
     let body = RawBody::new(up, resp, head_len, &pool);
     Answer::Encoded {
         block,
-        body: ProxyBody::plain(body, in_flight),
+        body: ProxyBody::raw(body, in_flight),
     }
 }
 
