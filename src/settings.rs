@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub const DEFAULT_WORKER_PORT: u16 = 8000;
 /// Proxy port for plain HTTP.
 pub const DEFAULT_PROXY_PORT: u16 = 80;
+/// Address the proxy binds: every IPv4 interface.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// Proxy port for HTTPS (`--tls-cert` given).
 pub const DEFAULT_TLS_PROXY_PORT: u16 = 443;
 /// Least time between start and the proxy accepting connections (seed: `delay: 1000`).
@@ -44,6 +46,8 @@ pub const DEFAULT_HEALTH_RISE: u32 = 2;
 pub const DEFAULT_HEALTH_FALL: u32 = 3;
 /// How long a request bound to a restarting worker may wait for it (`--on-worker-down hold`).
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+/// What happens to a request whose pinned worker is down.
+pub const DEFAULT_ON_WORKER_DOWN: WorkerDownPolicy = WorkerDownPolicy::Redispatch;
 /// How many requests may wait for restarting workers at once.
 pub const DEFAULT_HOLD_QUEUE: usize = 1024;
 /// How long a replaced worker may finish its requests and WebSockets during a reload.
@@ -119,14 +123,28 @@ fn valid_token(name: &str) -> bool {
 }
 
 /// What happens to a request whose pinned worker is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerDownPolicy {
     /// Send it to a live worker at once and re-pin the key there.
-    #[default]
     Redispatch,
     /// Wait (bounded) for the worker to come back, then redispatch.
     Hold,
+}
+
+impl Default for WorkerDownPolicy {
+    fn default() -> Self {
+        DEFAULT_ON_WORKER_DOWN
+    }
+}
+
+impl fmt::Display for WorkerDownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Redispatch => "redispatch",
+            Self::Hold => "hold",
+        })
+    }
 }
 
 impl FromStr for WorkerDownPolicy {
@@ -284,6 +302,22 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, Sett
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, in the largest unit that divides it
+/// (`0s`, `1500ms`, `30s`, `5m`, `1h`): how `--help` shows the defaults.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let secs = d.as_secs();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if secs != 0 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs != 0 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// The validated settings of one cluster: proxy, router and supervisor read only this.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -380,7 +414,7 @@ impl Default for Settings {
             workers: cores,
             worker_port: DEFAULT_WORKER_PORT,
             proxy_port: None,
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: DEFAULT_BIND,
             respawn: true,
             websocket: true,
             delay: DEFAULT_DELAY,
@@ -403,7 +437,7 @@ impl Default for Settings {
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
             health_rise: DEFAULT_HEALTH_RISE,
             health_fall: DEFAULT_HEALTH_FALL,
-            on_worker_down: WorkerDownPolicy::Redispatch,
+            on_worker_down: DEFAULT_ON_WORKER_DOWN,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -808,6 +842,21 @@ mod tests {
         for bad in ["", "10", "ms", "1x", "-1s", "1e400s"] {
             assert!(parse_duration("x", bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        for (ms, text) in [
+            (0, "0s"),
+            (1500, "1500ms"),
+            (30_000, "30s"),
+            (300_000, "5m"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration("x", text).ok(), Some(d));
+        }
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
     }
 
     #[test]

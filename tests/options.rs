@@ -187,3 +187,95 @@ fn grace_timeout_bounds_the_wait_for_in_flight_requests() {
     assert!(c.stderr().contains("grace time over"));
     let _ = slow.join();
 }
+
+/// The `[default: ...]` of every flag line in `--help`, by flag name.
+fn help_defaults() -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new(common::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "--help exits 0");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    let mut flag = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // A flag's line starts with `-x, --name` or `--name`; its help may run onto more lines.
+        if let Some(name) = words.iter().take(2).find(|w| w.starts_with("--")) {
+            flag = Some(name.trim_end_matches(',').to_string());
+        }
+        if let (Some(flag), Some(start)) = (&flag, line.find("[default: ")) {
+            let rest = &line[start + "[default: ".len()..];
+            let value = &rest[..rest.find(']').expect("a closed [default: ...]")];
+            found.insert(flag.clone(), value.to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn help_shows_the_defaults_of_the_code() {
+    use sticky_cluster::settings::*;
+    let shown = help_defaults();
+    let duration = |flag: &str| {
+        parse_duration("--help", &shown[flag])
+            .unwrap_or_else(|e| panic!("{flag} shows {:?}: {e}", shown[flag]))
+    };
+    let number = |flag: &str| -> u64 {
+        shown[flag]
+            .parse()
+            .unwrap_or_else(|e| panic!("{flag} shows {:?}: {e}", shown[flag]))
+    };
+    for (flag, want) in [
+        ("--delay", DEFAULT_DELAY),
+        ("--session-ttl", DEFAULT_SESSION_TTL),
+        ("--ready-timeout", DEFAULT_READY_TIMEOUT),
+        ("--grace-timeout", DEFAULT_GRACE_TIMEOUT),
+        ("--kill-timeout", DEFAULT_KILL_TIMEOUT),
+        ("--health-interval", DEFAULT_HEALTH_INTERVAL),
+        ("--health-timeout", DEFAULT_HEALTH_TIMEOUT),
+        ("--hold-timeout", DEFAULT_HOLD_TIMEOUT),
+        ("--drain-timeout", DEFAULT_DRAIN_TIMEOUT),
+        ("--connect-timeout", DEFAULT_CONNECT_TIMEOUT),
+        ("--response-timeout", DEFAULT_RESPONSE_TIMEOUT),
+        ("--header-timeout", DEFAULT_HEADER_TIMEOUT),
+        ("--ws-idle-timeout", DEFAULT_WS_IDLE_TIMEOUT),
+    ] {
+        assert_eq!(duration(flag), want, "{flag}");
+    }
+    for (flag, want) in [
+        ("--worker-port", u64::from(DEFAULT_WORKER_PORT)),
+        ("--session-max", DEFAULT_SESSION_MAX as u64),
+        ("--health-rise", u64::from(DEFAULT_HEALTH_RISE)),
+        ("--health-fall", u64::from(DEFAULT_HEALTH_FALL)),
+        ("--max-header-size", DEFAULT_MAX_HEADER_SIZE as u64),
+        ("--max-connections", DEFAULT_MAX_CONNECTIONS as u64),
+    ] {
+        assert_eq!(number(flag), want, "{flag}");
+    }
+    let ports = format!("{DEFAULT_PROXY_PORT}, or {DEFAULT_TLS_PROXY_PORT} with --tls-cert");
+    for (flag, want) in [
+        ("--proxy-port", ports),
+        ("--bind", DEFAULT_BIND.to_string()),
+        ("--session-cookie", DEFAULT_SESSION_COOKIE.to_string()),
+        ("--affinity-cookie", DEFAULT_AFFINITY_COOKIE.to_string()),
+        ("--on-worker-down", DEFAULT_ON_WORKER_DOWN.to_string()),
+        // Computed or described rather than a constant.
+        ("--workers", "CPU count".to_string()),
+        ("--threads", "CPU count".to_string()),
+        ("--session-key", "cookie:<session cookie>".to_string()),
+        ("--health-path", "a TCP connect".to_string()),
+        (
+            "--affinity-secret",
+            "generated once, kept in --secret-file".to_string(),
+        ),
+        (
+            "--secret-file",
+            "$XDG_STATE_HOME/sticky-cluster/affinity.key".to_string(),
+        ),
+    ] {
+        assert_eq!(shown[flag], want, "{flag}");
+    }
+    // Every default shown is checked above: a new flag with a default needs a line here.
+    assert_eq!(shown.len(), 13 + 6 + 11, "{shown:#?}");
+}
