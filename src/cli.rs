@@ -36,7 +36,7 @@ struct Args {
     /// Number of worker processes [default: CPU count]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
-    #[arg(long, value_name = "W", help = with_default("First worker port; worker i listens on W+i (W+N+i after a rolling restart)", DEFAULT_WORKER_PORT))]
+    #[arg(long, value_name = "W", help = with_default("First worker port; worker i listens on W+i (its rolling-restart replacement on W+N+i if free, else any free port)", DEFAULT_WORKER_PORT))]
     worker_port: Option<u16>,
     #[arg(short = 'p', long, value_name = "P", help = with_default("Port the proxy listens on", format!("{DEFAULT_PROXY_PORT}, or {DEFAULT_TLS_PROXY_PORT} with --tls-cert")))]
     proxy_port: Option<u16>,

@@ -64,7 +64,7 @@ use routing::table::StickyTable;
 use routing::Router;
 use settings::WorkerDownPolicy;
 use supervisor::worker::{ROLE_ENV, ROLE_WORKER};
-use supervisor::{FirstStart, Launch, Supervisor, SupervisorConfig};
+use supervisor::{FirstStart, Launch, Spare, Supervisor, SupervisorConfig};
 use workers::WorkerSet;
 
 /// Everything that can stop a cluster from running.
@@ -105,6 +105,9 @@ pub enum Error {
         /// The port.
         port: u16,
     },
+    /// Not even a free loopback port could be held as a worker's spare.
+    #[error("cannot hold a spare loopback port for rolling restarts: {0}")]
+    SparePort(std::io::Error),
     /// No worker came up at start.
     #[error("no worker started: {0}")]
     NoWorker(#[source] StartError),
@@ -489,17 +492,28 @@ fn bind_proxy(addr: SocketAddr) -> Result<TcpSocket, Error> {
     Ok(socket)
 }
 
+/// Checks that the worker ports `W..W+N-1` are free (the only ports required at start).
 fn check_worker_ports(settings: &Settings) -> Result<(), Error> {
     for i in 0..settings.spawned_workers() {
-        for addr in [settings.worker_addr(i), settings.spare_addr(i)] {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    return Err(Error::WorkerPortInUse { port: addr.port() });
-                }
+        let addr = settings.worker_addr(i);
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(Error::WorkerPortInUse { port: addr.port() });
             }
         }
     }
     Ok(())
+}
+
+/// Holds a spare address per spawned worker for its first rolling restart: `W+N+i` where
+/// free, else any free loopback port.
+fn hold_spares(settings: &Settings) -> Result<Vec<(SocketAddr, Spare)>, Error> {
+    (0..settings.spawned_workers())
+        .map(|i| {
+            let spare = Spare::hold(settings.spare_addr(i)).map_err(Error::SparePort)?;
+            Ok((spare.addr().map_err(Error::SparePort)?, spare))
+        })
+        .collect()
 }
 
 async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
@@ -532,8 +546,9 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     };
     check_worker_ports(&settings)?;
     let spawned = settings.spawned_workers();
+    let (spare_addrs, spares): (Vec<_>, Vec<_>) = hold_spares(&settings)?.into_iter().unzip();
     let workers = Arc::new(WorkerSet::new(
-        (0..spawned).map(|i| (settings.worker_addr(i), settings.spare_addr(i))),
+        (0..spawned).map(|i| (settings.worker_addr(i), spare_addrs[i])),
         settings.upstreams.iter().copied(),
     ));
     let affinity = match (&settings.affinity_cookie, settings.sticky()) {
@@ -601,7 +616,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let supervisor = Supervisor::start(
         config,
         workers.clone(),
-        spawned,
+        spares,
         stop_workers.clone(),
         first_tx,
     );

@@ -202,7 +202,7 @@ pub enum SettingsError {
     #[error("--workers must be at least 1 (got 0)")]
     NoWorkers,
     /// Worker ports that would run past 65535.
-    #[error("--worker-port {first} with {workers} workers needs ports up to {last} (a port and a spare per worker), past 65535: lower --worker-port or --workers")]
+    #[error("--worker-port {first} with {workers} workers needs ports up to {last} (one per worker), past 65535: lower --worker-port or --workers")]
     WorkerPortsOutOfRange {
         /// First worker port.
         first: u16,
@@ -498,15 +498,19 @@ impl Settings {
 
     /// Address of spawned worker `index` (workers listen on loopback).
     pub fn worker_addr(&self, index: usize) -> SocketAddr {
-        // validate() guarantees worker_port + 2 * workers fits in u16.
+        // validate() guarantees worker_port + workers - 1 fits in u16.
         let port = u16::try_from(usize::from(self.worker_port) + index).unwrap_or(u16::MAX);
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
 
-    /// The spare address of spawned worker `index`: its replacement listens there during a
-    /// rolling restart, and the two alternate from one restart to the next.
-    pub fn spare_addr(&self, index: usize) -> SocketAddr {
-        self.worker_addr(self.spawned_workers() + index)
+    /// The preferred spare address of spawned worker `index` (`W+N+index`), where its
+    /// replacement listens during a rolling restart if that port is free (else on any free
+    /// loopback port); `None` past 65535. Not required at start.
+    pub fn spare_addr(&self, index: usize) -> Option<SocketAddr> {
+        let port = usize::from(self.worker_port) + self.spawned_workers() + index;
+        u16::try_from(port)
+            .ok()
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }
 
     /// Address the proxy listens on.
@@ -544,10 +548,11 @@ impl Settings {
             return Err(SettingsError::BadHealthCounts);
         }
         let first = self.worker_port;
-        // Each spawned worker has a port and a spare for rolling restarts.
+        // Only the spawned workers' own ports are required; their spares are taken where
+        // free at each rolling restart.
         let spawned = self.spawned_workers().max(1);
-        let last = u32::from(first) + 2 * spawned as u32 - 1;
-        if last > u32::from(u16::MAX) || self.workers > usize::from(u16::MAX) / 2 {
+        let last = u32::from(first) + spawned.min(usize::from(u16::MAX) + 1) as u32 - 1;
+        if last > u32::from(u16::MAX) {
             return Err(SettingsError::WorkerPortsOutOfRange {
                 first,
                 workers: self.workers,
@@ -901,13 +906,16 @@ mod tests {
     fn validation_catches_port_ranges() {
         let mut s = Settings {
             workers: 4,
-            worker_port: 65534,
+            worker_port: 65533,
             ..Settings::default()
         };
         assert!(matches!(
             s.validate(),
-            Err(SettingsError::WorkerPortsOutOfRange { .. })
+            Err(SettingsError::WorkerPortsOutOfRange { last: 65536, .. })
         ));
+        s.worker_port = 65532;
+        assert!(s.validate().is_ok(), "the spares are not required");
+        assert_eq!(s.spare_addr(0), None, "no preferred spare past 65535");
         s.worker_port = 8000;
         s.proxy_port = Some(8002);
         assert!(matches!(

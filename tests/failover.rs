@@ -207,6 +207,50 @@ fn rolling_restart_under_load_fails_no_request_and_keeps_every_session_on_its_wo
 }
 
 #[test]
+fn a_taken_spare_port_neither_stops_the_start_nor_a_rolling_restart() {
+    // The test holds W+N, worker 0's preferred spare, for the whole run.
+    let c = TestCluster::start(Options {
+        workers: 2,
+        args: vec!["--drain-timeout".into(), "5s".into()],
+        occupy_spare: true,
+        ..Default::default()
+    });
+    let taken = c.occupied[0].local_addr().unwrap().port();
+    assert_eq!(taken, c.worker_port + 2);
+    let before: Vec<u32> = (0..2).map(|w| pid_of(&c, w)).collect();
+    let load = Load::start(c.proxy, 10);
+    std::thread::sleep(Duration::from_millis(300)); // load before the restart
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300)); // and after it
+    let (pinned, seen) = load.finish(&c);
+    for (i, s) in seen.iter().enumerate() {
+        assert!(
+            s.workers.iter().all(|&w| w == pinned[&i]),
+            "client {i} left worker {}: {:?}",
+            pinned[&i],
+            s.workers
+        );
+    }
+    assert!(
+        seen.iter().map(|s| s.ok).sum::<usize>() > 100,
+        "the load ran"
+    );
+    for (w, &old) in before.iter().enumerate() {
+        assert_ne!(old, pid_of(&c, w as u64), "worker {w} was replaced");
+    }
+    // Worker 0's replacement runs on a port the master found free, not on the taken one.
+    let port0 = c
+        .stderr()
+        .lines()
+        .find(|l| l.contains("replacement ready") && l.contains("worker=0"))
+        .map(str::to_string);
+    let port0 = port0.unwrap_or_else(|| panic!("no replacement of worker 0\n{}", c.logs()));
+    assert!(!port0.contains(&format!("port={taken}")), "{port0}");
+    assert_eq!(c.get("/whoami", &[]).status, 200);
+}
+
+#[test]
 fn a_replacement_that_fails_to_start_stops_the_reload_and_keeps_the_old_worker() {
     // Workers listen on PORT; the replacement for worker 0 crashes at once (CRASH_WORKER is
     // read at start), and only the replacement sees the marker file.

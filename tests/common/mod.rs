@@ -66,6 +66,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     pub secret_dir: Option<PathBuf>,
     pub wait_ready: bool,
+    /// Keep the preferred spare port of worker 0 (`W+N`) taken by a listener of the test.
+    pub occupy_spare: bool,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             env: Vec::new(),
             secret_dir: None,
             wait_ready: true,
+            occupy_spare: false,
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct TestCluster {
     pub workers: usize,
     pub dir: PathBuf,
     pub cmdline: String,
+    /// Listeners the test holds while the cluster runs (see [`Options::occupy_spare`]).
+    pub occupied: Vec<TcpListener>,
 }
 
 impl TestCluster {
@@ -153,6 +158,12 @@ impl TestCluster {
             cmd.env(k, v);
         }
         ports.release();
+        let occupied = if opts.occupy_spare {
+            let spare = worker_port + opts.workers as u16;
+            vec![TcpListener::bind(("127.0.0.1", spare)).unwrap()]
+        } else {
+            Vec::new()
+        };
         let cmdline = format!("{} {}", opts.program.display(), args.join(" "));
         let child = cmd
             .spawn()
@@ -164,6 +175,7 @@ impl TestCluster {
             workers: opts.workers,
             dir,
             cmdline,
+            occupied,
         }
     }
 
