@@ -319,7 +319,11 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// The validated settings of one cluster: proxy, router and supervisor read only this.
+///
+/// More fields may come in any release, so outside this crate a `Settings` is made with
+/// [`Settings::default`] and then changed field by field (or through the `Cluster` setters).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Settings {
     /// Number of worker processes.
     pub workers: usize,

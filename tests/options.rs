@@ -215,7 +215,7 @@ fn help_defaults() -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn help_shows_the_defaults_of_the_code() {
-    use sticky_cluster::settings::*;
+    use sticky_cluster::internal::settings::*;
     let shown = help_defaults();
     let duration = |flag: &str| {
         parse_duration("--help", &shown[flag])
