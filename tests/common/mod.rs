@@ -718,3 +718,103 @@ pub fn strings(v: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A worker written in the test: it answers every request with the request head it got, as
+/// text, so a test sees byte for byte what reached a worker; it keeps every head it got. A
+/// request whose path starts with `/die` is read whole and then its connection is dropped
+/// without an answer, as a worker killed in the middle of it would.
+pub struct EchoWorker {
+    pub addr: SocketAddr,
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoWorker {
+    pub fn start() -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, st) = (heads.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let h = h.clone();
+                        std::thread::spawn(move || echo_connection(s, &h));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, heads, stop }
+    }
+
+    /// The heads received so far whose request line contains `needle`.
+    pub fn received(&self, needle: &str) -> Vec<String> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.lines().next().is_some_and(|l| l.contains(needle)))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for EchoWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn echo_connection(s: TcpStream, heads: &std::sync::Mutex<Vec<String>>) {
+    use std::io::Read;
+    s.set_nonblocking(false).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut out = s;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        heads.lock().unwrap().push(head.clone());
+        if head
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|p| p.starts_with("/die"))
+        {
+            return;
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{head}",
+            head.len()
+        );
+        if out.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
