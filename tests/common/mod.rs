@@ -818,3 +818,23 @@ fn echo_connection(s: TcpStream, heads: &std::sync::Mutex<Vec<String>>) {
         }
     }
 }
+
+/// How many established TCP connections have `port` as their local port on loopback (from
+/// /proc/net/tcp): e.g. 0 once a worker has closed every connection it accepted.
+pub fn established_on(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() > 3 && cols[1].ends_with(&local) && cols[3] == "01"
+                })
+                .count()
+        })
+        .sum()
+}
