@@ -600,3 +600,92 @@ fn a_flood_of_random_sessions_stays_within_session_max() {
         "evicted once 50 newer keys came: the table holds no more than 50"
     );
 }
+
+#[test]
+fn a_rolling_restart_lets_a_long_request_and_an_open_websocket_finish_on_the_old_worker() {
+    use std::io::Read;
+    let c = TestCluster::demo(1, &["--drain-timeout", "3s"]);
+    let old = pid_of(&c, 0);
+    // An open WebSocket, and a request whose body is only half sent.
+    let ws_stream = TcpStream::connect(c.proxy).unwrap();
+    ws_stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{}/ws", c.proxy), ws_stream).unwrap();
+    ws.send(tungstenite::Message::Text("before".into()))
+        .unwrap();
+    assert_eq!(ws.read().unwrap().to_text().unwrap(), "worker 0: before");
+    // Half of a 4 MiB body: more than any buffer on the way, so the worker is reading it.
+    const BODY: usize = 4 << 20;
+    let mut long = TcpStream::connect(c.proxy).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        long,
+        "POST /whoami HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n"
+    )
+    .unwrap();
+    long.write_all(&vec![b'x'; BODY / 2]).unwrap();
+    c.wait_log("worker 0 ready", Duration::from_secs(10));
+    c.signal("HUP");
+    c.wait_log("replacement ready", Duration::from_secs(20));
+    // New requests go to the new process; the old one still has both in flight.
+    assert_ne!(c.whoami(&[]).1["pid"].as_u64(), Some(u64::from(old)));
+    ws.send(tungstenite::Message::Text("during".into()))
+        .unwrap();
+    assert_eq!(ws.read().unwrap().to_text().unwrap(), "worker 0: during");
+    long.write_all(&vec![b'y'; BODY / 2]).unwrap();
+    let r = common::read_response(&mut BufReader::new(long.try_clone().unwrap())).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["pid"].as_u64(),
+        Some(u64::from(old)),
+        "the old worker answered"
+    );
+    assert_eq!(r.json()["body_bytes"], BODY, "the whole body reached it");
+    // The drain time over, the WebSocket still open is closed and the old process stops.
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    let mut rest = Vec::new();
+    let closed = loop {
+        match ws.read() {
+            Ok(m) if m.is_close() => break true,
+            Ok(_) => continue,
+            // A read timeout is not a close.
+            Err(tungstenite::Error::Io(e)) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the old worker's WebSocket was closed");
+    let _ = long.read_to_end(&mut rest);
+    assert!(!common::alive(old));
+}
+
+#[test]
+fn a_request_with_a_body_is_not_sent_again_after_its_worker_died() {
+    // Two workers that drop the connection of a /die request once they read it whole, as a
+    // worker killed in the middle of it would: the request must reach one of them only.
+    let (a, b) = (common::EchoWorker::start(), common::EchoWorker::start());
+    let c = TestCluster::start(Options {
+        workers: 1,
+        args: vec![
+            "--upstream".into(),
+            a.addr.to_string(),
+            "--upstream".into(),
+            b.addr.to_string(),
+        ],
+        ..Default::default()
+    });
+    for (method, path) in [("POST", "/die/post"), ("PUT", "/die/put")] {
+        let r = c.request(method, path, &[], b"charge the card once");
+        assert_eq!(r.status, 502, "{method}: {}", r.text());
+        let seen = a.received(path).len() + b.received(path).len();
+        assert_eq!(seen, 1, "{method} {path} reached the workers {seen} times");
+    }
+    // Both workers still serve.
+    assert_eq!(c.get("/alive", &[]).status, 200);
+}
