@@ -44,11 +44,11 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 
-use sticky_cluster::routing::affinity::Affinity;
-use sticky_cluster::routing::key;
-use sticky_cluster::routing::table::{KeyHash, StickyTable};
-use sticky_cluster::routing::Router;
-use sticky_cluster::workers::WorkerSet;
+use sticky_cluster::internal::routing::affinity::Affinity;
+use sticky_cluster::internal::routing::key;
+use sticky_cluster::internal::routing::table::{KeyHash, StickyTable};
+use sticky_cluster::internal::routing::Router;
+use sticky_cluster::internal::workers::WorkerSet;
 use sticky_cluster::{KeySource, Settings};
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
@@ -119,10 +119,9 @@ fn cookie_line(sid: &str, affinity: Option<&str>) -> String {
 }
 
 fn settings(keys: Vec<KeySource>) -> Settings {
-    Settings {
-        session_keys: keys,
-        ..Settings::default()
-    }
+    let mut s = Settings::default();
+    s.session_keys = keys;
+    s
 }
 
 fn upstreams(n: u16) -> WorkerSet {

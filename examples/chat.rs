@@ -71,7 +71,13 @@ fn main() -> ExitCode {
         .proxy_port(DEFAULT_PROXY_PORT)
         .with_args()
         .map(|c| {
-            c.on_ready(|addr| {
+            // Runs in the master for every message a worker sends it (here: each login).
+            c.on_message(|worker, msg| {
+                if let Some(user) = msg.get("login").and_then(|u| u.as_str()) {
+                    tracing::info!("chat: {user:?} logged in on worker {worker}");
+                }
+            })
+            .on_ready(|addr| {
                 let host = match addr.ip() {
                     ip if ip.is_unspecified() => "localhost".to_string(),
                     std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -258,7 +264,7 @@ struct LoginForm {
     password: String,
 }
 
-async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
+async fn login(State(app): State<App>, session: Session, Form(form): Form<LoginForm>) -> Response {
     let name = form.username.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME {
         let msg = format!("the user name must have 1 to {MAX_NAME} characters");
@@ -270,7 +276,13 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
         Err(e) => Err(e),
     };
     match saved {
-        Ok(()) => Redirect::to("/chat").into_response(),
+        Ok(()) => {
+            // Tells the master (its `on_message` hook logs it).
+            if let Some(bus) = &app.bus {
+                bus.send(json!({ "login": name }));
+            }
+            Redirect::to("/chat").into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -6,7 +6,21 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::settings::{FileSettings, KeySource, Settings, SettingsError};
+use crate::settings::{
+    format_duration, FileSettings, KeySource, Settings, SettingsError, DEFAULT_AFFINITY_COOKIE,
+    DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_GRACE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT, DEFAULT_KILL_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT,
+    DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX,
+    DEFAULT_SESSION_TTL, DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
+};
+
+/// A flag's help line ending in `[default: VALUE]`, the value taken from the code's
+/// `DEFAULT_*` constants so that `--help` cannot drift from them.
+fn with_default(text: &str, value: impl std::fmt::Display) -> String {
+    format!("{text} [default: {value}]")
+}
 
 /// Runs N copies of a web app and a sticky-session reverse proxy in front of them.
 #[derive(Debug, Parser)]
@@ -22,14 +36,11 @@ struct Args {
     /// Number of worker processes [default: CPU count]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
-    /// First worker port; worker i listens on W+i (W+N+i after a rolling restart) [default: 8000]
-    #[arg(long, value_name = "W")]
+    #[arg(long, value_name = "W", help = with_default("First worker port; worker i listens on W+i (its rolling-restart replacement on W+N+i if free, else any free port)", DEFAULT_WORKER_PORT))]
     worker_port: Option<u16>,
-    /// Port the proxy listens on [default: 80, or 443 with --tls-cert]
-    #[arg(short = 'p', long, value_name = "P")]
+    #[arg(short = 'p', long, value_name = "P", help = with_default("Port the proxy listens on", format!("{DEFAULT_PROXY_PORT}, or {DEFAULT_TLS_PROXY_PORT} with --tls-cert")))]
     proxy_port: Option<u16>,
-    /// Address the proxy binds, IPv4 or IPv6 [default: 0.0.0.0]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", help = with_default("Address the proxy binds, IPv4 or IPv6", DEFAULT_BIND))]
     bind: Option<IpAddr>,
     /// Do not restart workers that exit
     #[arg(long)]
@@ -37,27 +48,22 @@ struct Args {
     /// Refuse WebSocket (and other HTTP/1.1 upgrade) requests
     #[arg(long)]
     no_websocket: bool,
-    /// Least time before the proxy accepts connections [default: 1s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Least time before the proxy accepts connections", format_duration(DEFAULT_DELAY)))]
     delay: Option<String>,
     /// Log routing decisions and other debug detail
     #[arg(long)]
     debug: bool,
-    /// The application's session cookie [default: connect.sid]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = with_default("The application's session cookie", DEFAULT_SESSION_COOKIE))]
     session_cookie: Option<String>,
     /// Where the session key is read, in order: cookie:NAME, header:NAME, query:NAME, ip, none
     /// [default: cookie:<session cookie>]
     #[arg(long = "session-key", value_name = "SOURCE")]
     session_keys: Vec<String>,
-    /// Remembered keys expire this long after their last use [default: 1h]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Remembered keys expire this long after their last use", format_duration(DEFAULT_SESSION_TTL)))]
     session_ttl: Option<String>,
-    /// Cap on remembered keys; the least recently used go first [default: 1000000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Cap on remembered keys; the least recently used go first", DEFAULT_SESSION_MAX))]
     session_max: Option<usize>,
-    /// Name of the proxy's affinity cookie [default: sticky.worker]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = with_default("Name of the proxy's affinity cookie", DEFAULT_AFFINITY_COOKIE))]
     affinity_cookie: Option<String>,
     /// Do not set or read the affinity cookie
     #[arg(long)]
@@ -74,14 +80,11 @@ struct Args {
     /// [default: $XDG_STATE_HOME/sticky-cluster/affinity.key]
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
-    /// How long a worker may take to accept connections [default: 30s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("How long a worker may take to accept connections", format_duration(DEFAULT_READY_TIMEOUT)))]
     ready_timeout: Option<String>,
-    /// How long in-flight requests may finish after SIGTERM [default: 10s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("How long in-flight requests may finish after SIGTERM", format_duration(DEFAULT_GRACE_TIMEOUT)))]
     grace_timeout: Option<String>,
-    /// Time a worker gets between SIGTERM and SIGKILL [default: 5s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Time a worker gets between SIGTERM and SIGKILL", format_duration(DEFAULT_KILL_TIMEOUT)))]
     kill_timeout: Option<String>,
     /// Proxy runtime threads [default: CPU count]
     #[arg(long, value_name = "N")]
@@ -95,47 +98,33 @@ struct Args {
     /// HTTP path for active health checks (2xx/3xx passes) [default: a TCP connect]
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
-    /// Interval between health checks [default: 2s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Interval between health checks", format_duration(DEFAULT_HEALTH_INTERVAL)))]
     health_interval: Option<String>,
-    /// Timeout of one health check [default: 1s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Timeout of one health check", format_duration(DEFAULT_HEALTH_TIMEOUT)))]
     health_timeout: Option<String>,
-    /// Consecutive passed checks that bring a worker back [default: 2]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Consecutive passed checks that bring a worker back", DEFAULT_HEALTH_RISE))]
     health_rise: Option<u32>,
-    /// Consecutive failed checks that take a worker out [default: 3]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Consecutive failed checks that take a worker out", DEFAULT_HEALTH_FALL))]
     health_fall: Option<u32>,
-    /// Requests pinned to a down worker: redispatch, or hold until it is back [default: redispatch]
-    #[arg(long, value_name = "POLICY")]
+    #[arg(long, value_name = "POLICY", help = with_default("Requests pinned to a down worker: redispatch, or hold until it is back", DEFAULT_ON_WORKER_DOWN))]
     on_worker_down: Option<String>,
-    /// Longest wait of a held request before it is redispatched [default: 2s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Longest wait of a held request before it is redispatched", format_duration(DEFAULT_HOLD_TIMEOUT)))]
     hold_timeout: Option<String>,
-    /// How long a replaced worker may finish requests and WebSockets in a reload [default: 30s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("How long a replaced worker may finish requests and WebSockets in a reload", format_duration(DEFAULT_DRAIN_TIMEOUT)))]
     drain_timeout: Option<String>,
-    /// Upstream connect timeout [default: 5s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("Upstream connect timeout", format_duration(DEFAULT_CONNECT_TIMEOUT)))]
     connect_timeout: Option<String>,
-    /// How long a worker may take to send response headers [default: 60s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("How long a worker may take to send response headers", format_duration(DEFAULT_RESPONSE_TIMEOUT)))]
     response_timeout: Option<String>,
-    /// How long a client may take to send a request head, and the longest keep-alive idle wait [default: 10s]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("How long a client may take to send a request head, and the longest keep-alive idle wait", format_duration(DEFAULT_HEADER_TIMEOUT)))]
     header_timeout: Option<String>,
-    /// Largest request head in bytes [default: 65536]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Largest request head in bytes", DEFAULT_MAX_HEADER_SIZE))]
     max_header_size: Option<usize>,
-    /// Most client connections at once; more wait to be accepted [default: 16384]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Most client connections at once; more wait to be accepted", DEFAULT_MAX_CONNECTIONS))]
     max_connections: Option<usize>,
-    /// A WebSocket idle both ways for this long is closed [default: 1h]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = with_default("A WebSocket idle both ways for this long is closed", format_duration(DEFAULT_WS_IDLE_TIMEOUT)))]
     ws_idle_timeout: Option<String>,
-    /// PEM certificate (chain) file: the proxy speaks HTTPS, h2 and http/1.1 [default port: 443]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = format!("PEM certificate (chain) file: the proxy speaks HTTPS, h2 and http/1.1 [default port: {DEFAULT_TLS_PROXY_PORT}]"))]
     tls_cert: Option<PathBuf>,
     /// PEM private key file (PKCS#8, PKCS#1 RSA or SEC1 EC)
     #[arg(long, value_name = "FILE")]

@@ -8,6 +8,7 @@
 //! ```no_run
 //! use sticky_cluster::{Cluster, Worker};
 //!
+//! // A plain `fn main`, not `#[tokio::main]`: `run` starts its own runtime (see its docs).
 //! fn main() -> Result<(), sticky_cluster::Error> {
 //!     Cluster::from_args()?.run(|worker: Worker, port: u16| async move {
 //!         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -18,30 +19,38 @@
 //! }
 //! ```
 //!
+//! # The API
+//! [`Cluster`] (settings, hooks, [`Cluster::run`]), [`Worker`] (what a worker is handed),
+//! [`WorkerBus`] (messages between workers and the master), [`Settings`] and [`KeySource`],
+//! and [`Error`] with the error types it wraps. Everything else is internal; tests,
+//! benches and the fuzz crate reach it through a hidden `internal` module that is not part
+//! of the API and may change in any release.
+//!
 //! # Layout
-//! - [`settings`]: the one settings type (defaults, TOML, validation).
-//! - [`workers`]: the worker slots both halves share (state, address).
-//! - [`routing`]: the pure stickiness rules: key extraction, the sticky table, the affinity
+//! - `settings`: the one settings type (defaults, TOML, validation); `cli`: the flags.
+//! - `workers`: the worker slots both halves share (state, addresses).
+//! - `routing`: the pure stickiness rules: key extraction, the sticky table, the affinity
 //!   cookie.
-//! - `supervisor`: worker processes (spawn, readiness, respawn, stop).
+//! - `supervisor`: worker processes (spawn, readiness, respawn, rolling restart, stop).
 //! - `proxy`: the HTTP/1.1 + HTTP/2 + WebSocket reverse proxy.
+//! - `ipc`: the message bus; `health`: active health checks; `tls`, `ipfilter`.
 //! - `demo`: the built-in demo worker.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod cli;
+mod cli;
 mod demo;
-pub mod health;
-pub mod ipc;
-pub mod ipfilter;
+mod health;
+mod ipc;
+mod ipfilter;
 mod proxy;
-pub mod routing;
-pub mod settings;
+mod routing;
+mod settings;
 mod shutdown;
 mod supervisor;
-pub mod tls;
+mod tls;
 mod worker_tls;
-pub mod workers;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,23 +62,63 @@ use tokio_util::sync::CancellationToken;
 
 pub use demo::serve as demo_worker;
 pub use ipc::{Incoming as BusMessage, IpcError, MessageHandler, WorkerBus};
-pub use proxy::handshake_sid;
+pub use ipfilter::IpFilterError;
 pub use routing::affinity::SecretError;
 pub use routing::SessionHash;
-pub use settings::{KeySource, Settings, SettingsError};
+pub use settings::{KeySource, Settings, SettingsError, WorkerDownPolicy};
 pub use supervisor::{StartError, WorkerError};
+pub use tls::TlsError;
 pub use workers::WorkerId;
 
 use routing::affinity::{load_secret, Affinity};
 use routing::table::StickyTable;
 use routing::Router;
-use settings::WorkerDownPolicy;
 use supervisor::worker::{ROLE_ENV, ROLE_WORKER};
-use supervisor::{FirstStart, Launch, Supervisor, SupervisorConfig};
+use supervisor::{FirstStart, Launch, Spare, Supervisor, SupervisorConfig};
 use workers::WorkerSet;
 
-/// Everything that can stop a cluster from running.
+/// Not part of the API: what the crate's own tests, benches, fuzz targets and binary use.
+/// It may change in any release.
+#[doc(hidden)]
+pub mod internal {
+    /// The flags.
+    pub mod cli {
+        pub use crate::cli::*;
+    }
+    /// Health checks.
+    pub mod health {
+        pub use crate::health::*;
+    }
+    /// The message bus.
+    pub mod ipc {
+        pub use crate::ipc::*;
+    }
+    /// Client IP rules.
+    pub mod ipfilter {
+        pub use crate::ipfilter::*;
+    }
+    /// Stickiness rules.
+    pub mod routing {
+        pub use crate::routing::*;
+    }
+    /// Settings, defaults and their parsers.
+    pub mod settings {
+        pub use crate::settings::*;
+    }
+    /// Certificates.
+    pub mod tls {
+        pub use crate::tls::*;
+    }
+    /// Worker slots.
+    pub mod workers {
+        pub use crate::workers::*;
+    }
+    pub use crate::proxy::handshake_sid;
+}
+
+/// Everything that can stop a cluster from running. More variants may come in any release.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The settings are invalid.
     #[error(transparent)]
@@ -106,9 +155,15 @@ pub enum Error {
         /// The port.
         port: u16,
     },
+    /// Not even a free loopback port could be held as a worker's spare.
+    #[error("cannot hold a spare loopback port for rolling restarts: {0}")]
+    SparePort(std::io::Error),
     /// No worker came up at start.
     #[error("no worker started: {0}")]
     NoWorker(#[source] StartError),
+    /// [`Cluster::run`] was called where a tokio runtime already runs.
+    #[error("Cluster::run was called inside a tokio runtime (under #[tokio::main]?): it starts its own runtime and must be called from a plain fn main, before any runtime or thread is started")]
+    InsideRuntime,
     /// The async runtime or signal handlers could not be set up.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -117,10 +172,10 @@ pub enum Error {
     WorkerEnv(String),
     /// A TLS certificate or key file is unusable.
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] TlsError),
     /// An `--allow`, `--deny` or `--trust-proxy` rule is invalid.
     #[error(transparent)]
-    IpFilter(#[from] ipfilter::IpFilterError),
+    IpFilter(#[from] IpFilterError),
     /// The HTTP redirect port cannot be bound.
     #[error("cannot listen on {addr} for --http-redirect-port: {source}")]
     RedirectBind {
@@ -353,6 +408,11 @@ impl Cluster {
 
     /// A custom session-key function (seed: `session.hash` as a function), consulted before
     /// the configured key sources; `None` from it falls through to them.
+    ///
+    /// It is handed the whole parsed request head, which the proxy's fast paths (the direct
+    /// HTTP/1.1 path and the HTTP/2 direct exchange) never build: **with a session hash,
+    /// every request takes hyper's general path**, which costs more per request. Prefer
+    /// [`KeySource`]s (`cookie:`, `header:`, `query:`, `ip`) where they can say the same.
     pub fn session_hash<F>(mut self, f: F) -> Self
     where
         F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
@@ -390,19 +450,44 @@ impl Cluster {
     /// proxy, and returns when a stop signal has been handled. In a worker: calls `worker`
     /// with its identity and port and returns what it returns.
     ///
+    /// # How it runs
+    /// - It **starts its own tokio runtime** (with [`Settings::threads`] threads in the
+    ///   master, one in a worker) and blocks on it. Call it from a plain `fn main`, not under
+    ///   `#[tokio::main]` or from async code: inside a runtime it returns
+    ///   [`Error::InsideRuntime`].
+    /// - Without a command ([`Settings::command`] empty) the master **re-executes the
+    ///   current program** (`std::env::current_exe()`, same arguments) once per worker, with
+    ///   an environment variable that makes `run` take the worker branch there. So
+    ///   everything `main` does before `run` happens again in every worker.
+    /// - Before calling `run`, `main` must therefore not: start a tokio runtime; start
+    ///   threads that must survive (the master's work happens inside `run`, and workers are
+    ///   new processes); bind ports (each worker would bind them again, and the proxy and
+    ///   worker ports must be free); or do slow or one-off work that workers must not
+    ///   repeat. Parsing arguments and building the [`Cluster`] is fine.
+    ///
     /// # Errors
-    /// See [`Error`]: bad settings, a taken port, no worker starting, or the worker's error.
+    /// See [`Error`]: bad settings, a taken port, no worker starting, a call inside a
+    /// runtime, or the worker's error.
     pub fn run<F, Fut, E>(self, worker: F) -> Result<(), Error>
     where
         F: FnOnce(Worker, u16) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::InsideRuntime);
+        }
         if Self::is_worker() {
             return run_worker(worker);
         }
         self.settings.validate()?;
-        let launch = match self.settings.command.split_first() {
+        let launch = self.launch()?;
+        master_runtime(self.settings.threads)?.block_on(master(self, launch))
+    }
+
+    /// How the workers are started: the configured command, or this program again.
+    fn launch(&self) -> Result<Launch, Error> {
+        Ok(match self.settings.command.split_first() {
             Some((program, args)) => Launch::Command {
                 program: program.into(),
                 args: args.iter().map(Into::into).collect(),
@@ -412,22 +497,24 @@ impl Cluster {
                     .map_err(|e| Error::NoWorker(StartError::Spawn(WorkerError::CurrentExe(e))))?,
                 args: std::env::args_os().skip(1).collect(),
             },
-        };
-        // One thread: a current-thread runtime runs every task where the IO is polled,
-        // with no cross-thread wake-ups.
-        let runtime = if self.settings.threads == 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.settings.threads)
-                .enable_all()
-                .build()
-        }
-        .map_err(Error::Runtime)?;
-        runtime.block_on(master(self, launch))
+        })
     }
+}
+
+/// The master's runtime. One thread: a current-thread runtime runs every task where the IO
+/// is polled, with no cross-thread wake-ups.
+fn master_runtime(threads: usize) -> Result<tokio::runtime::Runtime, Error> {
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(Error::Runtime)
 }
 
 fn run_worker<F, Fut, E>(worker: F) -> Result<(), Error>
@@ -490,19 +577,32 @@ fn bind_proxy(addr: SocketAddr) -> Result<TcpSocket, Error> {
     Ok(socket)
 }
 
+/// Checks that the worker ports `W..W+N-1` are free (the only ports required at start).
 fn check_worker_ports(settings: &Settings) -> Result<(), Error> {
     for i in 0..settings.spawned_workers() {
-        for addr in [settings.worker_addr(i), settings.spare_addr(i)] {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    return Err(Error::WorkerPortInUse { port: addr.port() });
-                }
+        let addr = settings.worker_addr(i);
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(Error::WorkerPortInUse { port: addr.port() });
             }
         }
     }
     Ok(())
 }
 
+/// Holds a spare address per spawned worker for its first rolling restart: `W+N+i` where
+/// free, else any free loopback port.
+fn hold_spares(settings: &Settings) -> Result<Vec<(SocketAddr, Spare)>, Error> {
+    (0..settings.spawned_workers())
+        .map(|i| {
+            let spare = Spare::hold(settings.spare_addr(i)).map_err(Error::SparePort)?;
+            Ok((spare.addr().map_err(Error::SparePort)?, spare))
+        })
+        .collect()
+}
+
+/// The master: binds what it must before any worker starts, builds the shared parts, starts
+/// the workers, serves once they are up, and stops the workers after the proxy closed.
 async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let Cluster {
         settings,
@@ -510,69 +610,148 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         on_message,
         on_ready,
     } = cluster;
-    let filter = ipfilter::IpFilter::new(&settings.allow, &settings.deny)?;
-    let trusted = ipfilter::TrustedProxies::new(&settings.trust_proxy)?;
-    let tls = match (&settings.tls_cert, &settings.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(Arc::new(tls::TlsReloader::new(cert.clone(), key.clone())?))
-        }
-        _ => None,
-    };
-    let worker_tls = match settings.worker_tls_mode() {
-        Some(mode) => Some(worker_tls::client_config(&mode)?),
-        None => None,
-    };
-    let proxy_addr = settings.proxy_addr();
-    let socket = bind_proxy(proxy_addr)?;
-    let redirect = match settings.http_redirect_port {
-        Some(port) => {
-            let addr = SocketAddr::new(settings.bind, port);
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .and_then(tokio::net::TcpListener::from_std)
-                .map_err(|source| Error::RedirectBind { addr, source })?;
-            Some(listener)
-        }
-        None => None,
-    };
+    let tls = load_tls(&settings)?;
+    let socket = bind_proxy(settings.proxy_addr())?;
+    let redirect = bind_redirect(&settings)?;
     check_worker_ports(&settings)?;
-    let spawned = settings.spawned_workers();
-    let workers = Arc::new(WorkerSet::new(
-        (0..spawned).map(|i| (settings.worker_addr(i), settings.spare_addr(i))),
+    let (workers, spares) = worker_set(&settings)?;
+    let (router, table) = router(&settings, &workers, tls.is_some(), session_hash)?;
+    let stop = CancellationToken::new();
+    let stop_workers = CancellationToken::new();
+    let reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
+    let bus = start_bus(&settings, router.clone(), on_message, &stop_workers)?;
+    let config = proxy_config(&settings, tls.clone())?;
+    let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), config));
+    let (first_tx, first_rx) = mpsc::unbounded_channel();
+    let supervisor = Supervisor::start(
+        supervisor_config(&settings, launch, &bus),
+        workers.clone(),
+        spares,
+        stop_workers.clone(),
+        first_tx,
+    );
+    log_start(&settings);
+    let started = tokio::select! {
+        outcome = first_starts(first_rx, settings.spawned_workers(), settings.delay) => Some(outcome),
+        _ = stop.cancelled() => None,
+    };
+    if let Err(e) = check_started(&settings, started) {
+        stop_workers.cancel();
+        supervisor.join().await;
+        return e.map_or(Ok(()), Err);
+    }
+    let listener = listen(socket, settings.proxy_addr())?;
+    tracing::info!(
+        "proxy listening on {}://{} for {} workers",
+        if tls.is_some() { "https" } else { "http" },
+        settings.proxy_addr(),
+        workers.len()
+    );
+    if let Some(f) = on_ready {
+        f(settings.proxy_addr());
+    }
+    let supervisor = Arc::new(supervisor);
+    let background = Background {
+        settings: &settings,
+        workers,
+        table,
+        tls,
+        stop: &stop,
+        stop_workers: &stop_workers,
+    };
+    background.spawn(redirect, reloads, supervisor.clone());
+    proxy::serve(proxy, listener, stop.clone(), settings.grace_timeout).await;
+    tracing::info!("proxy closed; stopping workers");
+    stop_workers.cancel();
+    supervisor.join().await;
+    tracing::info!("all workers stopped");
+    drop(bus);
+    Ok(())
+}
+
+/// The certificate and key, when TLS is configured.
+fn load_tls(settings: &Settings) -> Result<Option<Arc<tls::TlsReloader>>, Error> {
+    match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(Arc::new(tls::TlsReloader::new(
+            cert.clone(),
+            key.clone(),
+        )?))),
+        _ => Ok(None),
+    }
+}
+
+/// The `--http-redirect-port` listener, bound before any worker starts.
+fn bind_redirect(settings: &Settings) -> Result<Option<tokio::net::TcpListener>, Error> {
+    let Some(port) = settings.http_redirect_port else {
+        return Ok(None);
+    };
+    let addr = SocketAddr::new(settings.bind, port);
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map(Some)
+        .map_err(|source| Error::RedirectBind { addr, source })
+}
+
+/// The worker slots (spawned workers with their spares held, then upstreams).
+fn worker_set(settings: &Settings) -> Result<(Arc<WorkerSet>, Vec<Spare>), Error> {
+    let (spare_addrs, spares): (Vec<_>, Vec<_>) = hold_spares(settings)?.into_iter().unzip();
+    let workers = WorkerSet::new(
+        (0..spare_addrs.len()).map(|i| (settings.worker_addr(i), spare_addrs[i])),
         settings.upstreams.iter().copied(),
-    ));
+    );
+    Ok((Arc::new(workers), spares))
+}
+
+/// The router over a fresh sticky table, with the affinity cookie unless turned off.
+fn router(
+    settings: &Settings,
+    workers: &WorkerSet,
+    https: bool,
+    session_hash: Option<SessionHash>,
+) -> Result<(Arc<Router>, Arc<StickyTable>), Error> {
     let affinity = match (&settings.affinity_cookie, settings.sticky()) {
         (Some(name), true) => {
             let secret = load_secret(settings.affinity_secret.as_deref(), &settings.secret_file)?;
-            Some(Affinity::new(name, &secret, workers.len(), tls.is_some()))
+            Some(Affinity::new(name, &secret, workers.len(), https))
         }
         _ => None,
     };
     let table = Arc::new(StickyTable::new(settings.session_max, settings.session_ttl));
-    let mut router = Router::new(&settings, table.clone(), affinity);
+    let mut router = Router::new(settings, table.clone(), affinity);
     if let Some(f) = session_hash {
         router = router.with_session_hash(f);
     }
-    let router = Arc::new(router);
+    Ok((Arc::new(router), table))
+}
 
-    let stop = CancellationToken::new();
-    let stop_workers = CancellationToken::new();
-    let reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
-
+/// The message bus, and the task that hands worker messages to `--on-message` and the hook.
+fn start_bus(
+    settings: &Settings,
+    router: Arc<Router>,
+    on_message: Option<MessageHandler>,
+    stop_workers: &CancellationToken,
+) -> Result<Arc<ipc::Bus>, Error> {
     let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
-    let bus = ipc::Bus::start(spawned, router.clone(), inbox_tx, stop_workers.clone())?;
+    let bus = ipc::Bus::start(
+        settings.spawned_workers(),
+        router,
+        inbox_tx,
+        stop_workers.clone(),
+    )?;
     tokio::spawn(ipc::pipe_to_command(
         settings.on_message.clone().unwrap_or_default(),
         inbox_rx,
         on_message,
     ));
-    let worker_env = (0..spawned)
-        .map(|id| {
-            let path = bus.socket_path(id as WorkerId).into_os_string();
-            vec![(ipc::IPC_ENV.to_string(), path)]
-        })
-        .collect();
-    let proxy_config = proxy::ProxyConfig {
+    Ok(bus)
+}
+
+fn proxy_config(
+    settings: &Settings,
+    tls: Option<Arc<tls::TlsReloader>>,
+) -> Result<proxy::ProxyConfig, Error> {
+    Ok(proxy::ProxyConfig {
         websocket: settings.websocket,
         debug: settings.debug,
         scheme: if tls.is_some() { "https" } else { "http" },
@@ -585,14 +764,24 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         max_connections: settings.max_connections,
         ws_idle_timeout: settings.ws_idle_timeout,
         drain_timeout: settings.drain_timeout,
-        tls: tls.clone(),
-        worker_tls,
-        filter: Some(filter),
-        trusted: Some(trusted),
-    };
-    let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), proxy_config));
+        tls,
+        worker_tls: match settings.worker_tls_mode() {
+            Some(mode) => Some(worker_tls::client_config(&mode)?),
+            None => None,
+        },
+        filter: Some(ipfilter::IpFilter::new(&settings.allow, &settings.deny)?),
+        trusted: Some(ipfilter::TrustedProxies::new(&settings.trust_proxy)?),
+    })
+}
 
-    let config = Arc::new(SupervisorConfig {
+fn supervisor_config(settings: &Settings, launch: Launch, bus: &ipc::Bus) -> Arc<SupervisorConfig> {
+    let worker_env = (0..settings.spawned_workers())
+        .map(|id| {
+            let path = bus.socket_path(id as WorkerId).into_os_string();
+            vec![(ipc::IPC_ENV.to_string(), path)]
+        })
+        .collect();
+    Arc::new(SupervisorConfig {
         launch,
         respawn: settings.respawn,
         ready_timeout: settings.ready_timeout,
@@ -602,15 +791,11 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
             .drain_timeout
             .min(std::time::Duration::from_secs(10)),
         worker_env,
-    });
-    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
-    let supervisor = Supervisor::start(
-        config,
-        workers.clone(),
-        spawned,
-        stop_workers.clone(),
-        first_tx,
-    );
+    })
+}
+
+fn log_start(settings: &Settings) {
+    let spawned = settings.spawned_workers();
     if spawned > 0 {
         tracing::info!(
             workers = spawned,
@@ -621,12 +806,20 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     if !settings.upstreams.is_empty() {
         tracing::info!(upstreams = ?settings.upstreams, "routing to upstream workers too");
     }
+}
 
-    let startup = async {
+/// How many of the `spawned` workers came up, and the first error, once every one reported
+/// and at least `delay` passed.
+async fn first_starts(
+    mut first: mpsc::UnboundedReceiver<FirstStart>,
+    spawned: usize,
+    delay: std::time::Duration,
+) -> (usize, Option<StartError>) {
+    let reports = async {
         let mut ready = 0usize;
         let mut first_error = None;
         for _ in 0..spawned {
-            match first_rx.recv().await {
+            match first.recv().await {
                 Some(FirstStart::Ready) => ready += 1,
                 Some(FirstStart::Failed(e)) => {
                     first_error.get_or_insert(e);
@@ -636,76 +829,88 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         }
         (ready, first_error)
     };
-    let started = tokio::select! {
-        (outcome, _) = async { tokio::join!(startup, tokio::time::sleep(settings.delay)) } => Some(outcome),
-        _ = stop.cancelled() => None,
-    };
+    let (outcome, ()) = tokio::join!(reports, tokio::time::sleep(delay));
+    outcome
+}
+
+/// `Ok` when the proxy may serve; `Err(None)` when a stop signal came first, `Err(Some(e))`
+/// when no worker came up.
+fn check_started(
+    settings: &Settings,
+    started: Option<(usize, Option<StartError>)>,
+) -> Result<(), Option<Error>> {
     let Some((ready, first_error)) = started else {
-        stop_workers.cancel();
-        supervisor.join().await;
-        return Ok(());
+        return Err(None);
     };
+    let spawned = settings.spawned_workers();
     if spawned > 0 && ready == 0 {
-        stop_workers.cancel();
-        supervisor.join().await;
-        return Err(Error::NoWorker(first_error.unwrap_or(StartError::Stopping)));
+        return Err(Some(Error::NoWorker(
+            first_error.unwrap_or(StartError::Stopping),
+        )));
     }
     if let Some(e) = first_error {
         tracing::warn!(ready, workers = spawned, error = %e, "not every worker started; the others serve meanwhile");
     }
-    let listener = socket.listen(1024).map_err(|source| Error::ProxyBind {
-        addr: proxy_addr,
-        source,
-    })?;
-    tracing::info!(
-        "proxy listening on {}://{proxy_addr} for {} workers",
-        if tls.is_some() { "https" } else { "http" },
-        workers.len()
-    );
-    if let Some(f) = on_ready {
-        f(proxy_addr);
-    }
-    if let Some(listener) = redirect {
-        tokio::spawn(proxy::serve_redirect(
-            listener,
-            proxy_addr.port(),
-            settings.header_timeout,
-            stop.clone(),
-        ));
-    }
-    if let Some(tls) = &tls {
-        tokio::spawn(tls::watch_files(
-            tls.clone(),
-            TLS_WATCH_INTERVAL,
-            stop_workers.clone().cancelled_owned(),
-        ));
-    }
-
-    health::start(
-        workers.clone(),
-        Arc::new(health::HealthConfig {
-            path: settings.health_path.clone(),
-            interval: settings.health_interval,
-            timeout: settings.health_timeout,
-            rise: settings.health_rise,
-            fall: settings.health_fall,
-        }),
-        stop_workers.clone(),
-    );
-    tokio::spawn(routing::table::sweep_forever(
-        table,
-        stop_workers.clone().cancelled_owned(),
-    ));
-    let supervisor = Arc::new(supervisor);
-    tokio::spawn(handle_reloads(reloads, supervisor.clone(), tls.clone()));
-
-    proxy::serve(proxy, listener, stop.clone(), settings.grace_timeout).await;
-    tracing::info!("proxy closed; stopping workers");
-    stop_workers.cancel();
-    supervisor.join().await;
-    tracing::info!("all workers stopped");
-    drop(bus);
     Ok(())
+}
+
+fn listen(socket: TcpSocket, addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    socket
+        .listen(1024)
+        .map_err(|source| Error::ProxyBind { addr, source })
+}
+
+/// What runs beside the proxy once it serves: the redirect listener, the TLS file watch,
+/// health checks, the sticky table's sweep and the SIGHUP handler.
+struct Background<'a> {
+    settings: &'a Settings,
+    workers: Arc<WorkerSet>,
+    table: Arc<StickyTable>,
+    tls: Option<Arc<tls::TlsReloader>>,
+    stop: &'a CancellationToken,
+    stop_workers: &'a CancellationToken,
+}
+
+impl Background<'_> {
+    fn spawn(
+        self,
+        redirect: Option<tokio::net::TcpListener>,
+        reloads: mpsc::UnboundedReceiver<()>,
+        supervisor: Arc<Supervisor>,
+    ) {
+        let settings = self.settings;
+        if let Some(listener) = redirect {
+            tokio::spawn(proxy::serve_redirect(
+                listener,
+                settings.proxy_port(),
+                settings.header_timeout,
+                self.stop.clone(),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls::watch_files(
+                tls.clone(),
+                TLS_WATCH_INTERVAL,
+                self.stop_workers.clone().cancelled_owned(),
+            ));
+        }
+        health::start(
+            self.workers,
+            Arc::new(health::HealthConfig {
+                path: settings.health_path.clone(),
+                interval: settings.health_interval,
+                timeout: settings.health_timeout,
+                rise: settings.health_rise,
+                fall: settings.health_fall,
+            }),
+            self.stop_workers.clone(),
+        );
+        tokio::spawn(routing::table::sweep_forever(
+            self.table,
+            self.stop_workers.clone().cancelled_owned(),
+        ));
+        tokio::spawn(handle_reloads(reloads, supervisor, self.tls));
+    }
 }
 
 /// How often the TLS files are checked for a change.
@@ -738,5 +943,20 @@ async fn handle_reloads(
         }
         // SIGHUPs that arrived during the restart are folded into the one just done.
         while reloads.try_recv().is_ok() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn run_inside_a_runtime_is_an_error_not_a_panic() {
+        let outcome = Cluster::builder()
+            .workers(1)
+            .run(|_, _| async { Ok::<(), std::io::Error>(()) });
+        assert!(matches!(outcome, Err(Error::InsideRuntime)), "{outcome:?}");
+        let message = Error::InsideRuntime.to_string();
+        assert!(message.contains("#[tokio::main]") && message.contains("fn main"));
     }
 }

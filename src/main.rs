@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use sticky_cluster::cli::{self, Parsed};
 use sticky_cluster::{Cluster, Error};
 use tracing_subscriber::EnvFilter;
 
@@ -22,20 +21,20 @@ fn try_main() -> Result<ExitCode, Error> {
     if Cluster::is_worker() {
         // A re-executed demo worker: no flags to read, only PORT and WORKER_ID.
         init_logging(false);
-        Cluster::new(Default::default()).run(sticky_cluster::demo_worker)?;
+        Cluster::builder().run(sticky_cluster::demo_worker)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let settings = match cli::parse(std::env::args_os())? {
-        Parsed::Run(settings) => settings,
+    let cluster = match Cluster::from_args() {
+        Ok(cluster) => cluster,
         // --help and --version print to stdout and succeed; usage errors are one line, exit 2.
-        Parsed::Clap(e) if e.use_stderr() => return Err(Error::Usage(e)),
-        Parsed::Clap(e) => {
+        Err(Error::Usage(e)) if !e.use_stderr() => {
             let _ = e.print();
             return Ok(ExitCode::SUCCESS);
         }
+        Err(e) => return Err(e),
     };
-    init_logging(settings.debug);
-    Cluster::new(*settings).run(sticky_cluster::demo_worker)?;
+    init_logging(cluster.settings().debug);
+    cluster.run(sticky_cluster::demo_worker)?;
     Ok(ExitCode::SUCCESS)
 }
 

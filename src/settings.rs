@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub const DEFAULT_WORKER_PORT: u16 = 8000;
 /// Proxy port for plain HTTP.
 pub const DEFAULT_PROXY_PORT: u16 = 80;
+/// Address the proxy binds: every IPv4 interface.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// Proxy port for HTTPS (`--tls-cert` given).
 pub const DEFAULT_TLS_PROXY_PORT: u16 = 443;
 /// Least time between start and the proxy accepting connections (seed: `delay: 1000`).
@@ -44,6 +46,8 @@ pub const DEFAULT_HEALTH_RISE: u32 = 2;
 pub const DEFAULT_HEALTH_FALL: u32 = 3;
 /// How long a request bound to a restarting worker may wait for it (`--on-worker-down hold`).
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+/// What happens to a request whose pinned worker is down.
+pub const DEFAULT_ON_WORKER_DOWN: WorkerDownPolicy = WorkerDownPolicy::Redispatch;
 /// How many requests may wait for restarting workers at once.
 pub const DEFAULT_HOLD_QUEUE: usize = 1024;
 /// How long a replaced worker may finish its requests and WebSockets during a reload.
@@ -119,14 +123,28 @@ fn valid_token(name: &str) -> bool {
 }
 
 /// What happens to a request whose pinned worker is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerDownPolicy {
     /// Send it to a live worker at once and re-pin the key there.
-    #[default]
     Redispatch,
     /// Wait (bounded) for the worker to come back, then redispatch.
     Hold,
+}
+
+impl Default for WorkerDownPolicy {
+    fn default() -> Self {
+        DEFAULT_ON_WORKER_DOWN
+    }
+}
+
+impl fmt::Display for WorkerDownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Redispatch => "redispatch",
+            Self::Hold => "hold",
+        })
+    }
 }
 
 impl FromStr for WorkerDownPolicy {
@@ -184,7 +202,7 @@ pub enum SettingsError {
     #[error("--workers must be at least 1 (got 0)")]
     NoWorkers,
     /// Worker ports that would run past 65535.
-    #[error("--worker-port {first} with {workers} workers needs ports up to {last} (a port and a spare per worker), past 65535: lower --worker-port or --workers")]
+    #[error("--worker-port {first} with {workers} workers needs ports up to {last} (one per worker), past 65535: lower --worker-port or --workers")]
     WorkerPortsOutOfRange {
         /// First worker port.
         first: u16,
@@ -293,8 +311,28 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, Sett
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, in the largest unit that divides it
+/// (`0s`, `1500ms`, `30s`, `5m`, `1h`): how `--help` shows the defaults.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let secs = d.as_secs();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if secs != 0 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs != 0 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// The validated settings of one cluster: proxy, router and supervisor read only this.
+///
+/// More fields may come in any release, so outside this crate a `Settings` is made with
+/// [`Settings::default`] and then changed field by field (or through the `Cluster` setters).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Settings {
     /// Number of worker processes.
     pub workers: usize,
@@ -395,7 +433,7 @@ impl Default for Settings {
             workers: cores,
             worker_port: DEFAULT_WORKER_PORT,
             proxy_port: None,
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: DEFAULT_BIND,
             respawn: true,
             websocket: true,
             delay: DEFAULT_DELAY,
@@ -418,7 +456,7 @@ impl Default for Settings {
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
             health_rise: DEFAULT_HEALTH_RISE,
             health_fall: DEFAULT_HEALTH_FALL,
-            on_worker_down: WorkerDownPolicy::Redispatch,
+            on_worker_down: DEFAULT_ON_WORKER_DOWN,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -482,15 +520,19 @@ impl Settings {
 
     /// Address of spawned worker `index` (workers listen on loopback).
     pub fn worker_addr(&self, index: usize) -> SocketAddr {
-        // validate() guarantees worker_port + 2 * workers fits in u16.
+        // validate() guarantees worker_port + workers - 1 fits in u16.
         let port = u16::try_from(usize::from(self.worker_port) + index).unwrap_or(u16::MAX);
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
 
-    /// The spare address of spawned worker `index`: its replacement listens there during a
-    /// rolling restart, and the two alternate from one restart to the next.
-    pub fn spare_addr(&self, index: usize) -> SocketAddr {
-        self.worker_addr(self.spawned_workers() + index)
+    /// The preferred spare address of spawned worker `index` (`W+N+index`), where its
+    /// replacement listens during a rolling restart if that port is free (else on any free
+    /// loopback port); `None` past 65535. Not required at start.
+    pub fn spare_addr(&self, index: usize) -> Option<SocketAddr> {
+        let port = usize::from(self.worker_port) + self.spawned_workers() + index;
+        u16::try_from(port)
+            .ok()
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }
 
     /// Address the proxy listens on.
@@ -553,10 +595,11 @@ impl Settings {
             return Err(SettingsError::BadHealthCounts);
         }
         let first = self.worker_port;
-        // Each spawned worker has a port and a spare for rolling restarts.
+        // Only the spawned workers' own ports are required; their spares are taken where
+        // free at each rolling restart.
         let spawned = self.spawned_workers().max(1);
-        let last = u32::from(first) + 2 * spawned as u32 - 1;
-        if last > u32::from(u16::MAX) || self.workers > usize::from(u16::MAX) / 2 {
+        let last = u32::from(first) + spawned.min(usize::from(u16::MAX) + 1) as u32 - 1;
+        if last > u32::from(u16::MAX) {
             return Err(SettingsError::WorkerPortsOutOfRange {
                 first,
                 workers: self.workers,
@@ -865,6 +908,21 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_written_as_they_are_read() {
+        for (ms, text) in [
+            (0, "0s"),
+            (1500, "1500ms"),
+            (30_000, "30s"),
+            (300_000, "5m"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration("x", text).ok(), Some(d));
+        }
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
     fn key_sources_parse() {
         assert_eq!(
             "cookie:connect.sid".parse::<KeySource>().ok(),
@@ -906,13 +964,16 @@ mod tests {
     fn validation_catches_port_ranges() {
         let mut s = Settings {
             workers: 4,
-            worker_port: 65534,
+            worker_port: 65533,
             ..Settings::default()
         };
         assert!(matches!(
             s.validate(),
-            Err(SettingsError::WorkerPortsOutOfRange { .. })
+            Err(SettingsError::WorkerPortsOutOfRange { last: 65536, .. })
         ));
+        s.worker_port = 65532;
+        assert!(s.validate().is_ok(), "the spares are not required");
+        assert_eq!(s.spare_addr(0), None, "no preferred spare past 65535");
         s.worker_port = 8000;
         s.proxy_port = Some(8002);
         assert!(matches!(

@@ -4,9 +4,11 @@
 //! A slot is a fixed index (the worker's `WORKER_ID`). A spawned worker's slot has two
 //! addresses, its port and a spare: a rolling restart starts the replacement on the other
 //! one and flips `active`, so the old process can drain while the new one already serves.
+//! The port of each address is an atomic: the supervisor may move an address that is not
+//! active to another free port (when its own was taken), and readers need no lock.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -53,7 +55,11 @@ pub enum SlotKind {
 #[derive(Debug)]
 pub struct Slot {
     kind: SlotKind,
-    addrs: [SocketAddr; 2],
+    /// The IP of both addresses (loopback for spawned workers).
+    ip: IpAddr,
+    /// The port of each address; only the supervisor changes one, and only while it is not
+    /// active.
+    ports: [AtomicU16; 2],
     active: AtomicU8,
     state: AtomicU8,
     healthy: AtomicBool,
@@ -75,14 +81,16 @@ pub struct WorkerSet {
 }
 
 impl WorkerSet {
-    /// Slots for spawned workers (each with its address and spare), then upstreams.
+    /// Slots for spawned workers (each with its address and spare, on one IP: the spare's
+    /// IP is not used), then upstreams.
     pub fn new(
         spawned: impl IntoIterator<Item = (SocketAddr, SocketAddr)>,
         upstreams: impl IntoIterator<Item = SocketAddr>,
     ) -> Self {
-        let slot = |kind, addrs, state: WorkerState| Slot {
+        let slot = |kind, [a, b]: [SocketAddr; 2], state: WorkerState| Slot {
             kind,
-            addrs,
+            ip: a.ip(),
+            ports: [AtomicU16::new(a.port()), AtomicU16::new(b.port())],
             active: AtomicU8::new(0),
             state: AtomicU8::new(state as u8),
             healthy: AtomicBool::new(true),
@@ -131,7 +139,7 @@ impl WorkerSet {
     pub fn active(&self, id: WorkerId) -> Option<(usize, SocketAddr)> {
         self.slot(id).map(|s| {
             let i = usize::from(s.active.load(Ordering::Acquire) & 1);
-            (i, s.addrs[i])
+            (i, s.addr(i))
         })
     }
 
@@ -140,9 +148,18 @@ impl WorkerSet {
         self.active(id).map(|(_, a)| a)
     }
 
-    /// Both addresses of a slot (equal for upstreams).
+    /// Both addresses of a slot as they are now (equal for upstreams).
     pub fn addrs(&self, id: WorkerId) -> Option<[SocketAddr; 2]> {
-        self.slot(id).map(|s| s.addrs)
+        self.slot(id).map(|s| [s.addr(0), s.addr(1)])
+    }
+
+    /// Moves address `index` of `id` to `port` (the supervisor does, before it starts a
+    /// process there). Never the active address: requests in flight keep their target.
+    pub fn set_port(&self, id: WorkerId, index: usize, port: u16) {
+        if let Some(s) = self.slot(id) {
+            debug_assert_ne!(usize::from(s.active.load(Ordering::Acquire) & 1), index & 1);
+            s.ports[index & 1].store(port, Ordering::Release);
+        }
     }
 
     /// Points new requests for `id` at its address `index`.
@@ -270,6 +287,12 @@ impl WorkerSet {
     }
 }
 
+impl Slot {
+    fn addr(&self, index: usize) -> SocketAddr {
+        SocketAddr::new(self.ip, self.ports[index & 1].load(Ordering::Acquire))
+    }
+}
+
 /// Counts one request (or tunnel) in flight on a worker address until dropped.
 #[derive(Debug)]
 pub struct InFlight {
@@ -345,6 +368,15 @@ mod tests {
             !w.tunnel_token(0, 1).is_cancelled(),
             "fresh token for the next process"
         );
+    }
+
+    #[test]
+    fn a_spare_moves_to_another_port() {
+        let w = set(1);
+        w.set_port(0, 1, 41000);
+        assert_eq!(w.addrs(0).map(|a| a.map(|a| a.port())), Some([9000, 41000]));
+        w.set_active(0, 1);
+        assert_eq!(w.addr(0).map(|a| a.port()), Some(41000));
     }
 
     #[test]

@@ -122,6 +122,11 @@ fn login(c: &TestCluster, name: &str) -> User {
     let jar = r.cookie_header();
     let (user, worker) = me(c, &jar);
     assert_eq!(user, name);
+    // The worker told the master through the bus; the library's `on_message` logged it.
+    c.wait_log(
+        &format!("chat: {name:?} logged in on worker {worker}"),
+        Duration::from_secs(10),
+    );
     User {
         name: name.to_string(),
         session,

@@ -191,9 +191,10 @@ fn worker_connections_closed_while_pooled_are_not_errors() {
     let mut client = Client::connect(&c);
     for round in 0..3 {
         assert_eq!(client.get("/then-close").text(), "closing soon");
-        // Time for the worker's close to arrive (no readiness to wait for: it is the
-        // absence of traffic being tested).
-        std::thread::sleep(Duration::from_millis(300));
+        // Until the worker has closed its side (nothing established on its port).
+        common::wait_until("the worker's close", Duration::from_secs(10), || {
+            common::established_on(c.worker_port) == 0
+        });
         client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
         let r = client.response();
         assert_eq!(r.status, 200, "round {round}: {}", r.text());

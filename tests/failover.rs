@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,28 +29,41 @@ struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Seen>>,
     pinned: Arc<Mutex<HashMap<usize, u64>>>,
+    /// Answers received so far, by all clients.
+    answered: Arc<AtomicUsize>,
 }
 
 impl Load {
     fn start(proxy: SocketAddr, clients: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let pinned = Arc::new(Mutex::new(HashMap::new()));
+        let answered = Arc::new(AtomicUsize::new(0));
         let threads = (0..clients)
             .map(|i| {
                 let stop = stop.clone();
                 let pinned = pinned.clone();
-                std::thread::spawn(move || client(proxy, i, &stop, &pinned))
+                let answered = answered.clone();
+                std::thread::spawn(move || client(proxy, i, &stop, &pinned, &answered))
             })
             .collect();
         let load = Self {
             stop,
             threads,
             pinned,
+            answered,
         };
         wait_until("every client pinned", Duration::from_secs(20), || {
             load.pinned.lock().unwrap().len() == clients
         });
         load
+    }
+
+    /// Waits until the clients got `n` more answers (the load runs, before or after a fault).
+    fn wait_answers(&self, n: usize) {
+        let target = self.answered.load(Ordering::Relaxed) + n;
+        wait_until("the load to run", Duration::from_secs(30), || {
+            self.answered.load(Ordering::Relaxed) >= target
+        });
     }
 
     /// Stops the load: every client's pinned worker and what it saw; no request may have failed.
@@ -77,6 +90,7 @@ fn client(
     i: usize,
     stop: &AtomicBool,
     pinned: &Mutex<HashMap<usize, u64>>,
+    answered: &AtomicUsize,
 ) -> Seen {
     let mut seen = Seen::default();
     let first = common::request(proxy, "GET", "/whoami", &[], b"").unwrap();
@@ -104,6 +118,7 @@ fn client(
         let answer = sent
             .map_err(|e| e.to_string())
             .and_then(|_| common::read_response(reader).map_err(|e| e.to_string()));
+        answered.fetch_add(1, Ordering::Relaxed);
         match answer {
             Ok(r) if r.status == 200 => {
                 seen.ok += 1;
@@ -145,11 +160,11 @@ fn pid_of(c: &TestCluster, worker: u64) -> u32 {
 fn kill_9_under_load_fails_no_request_and_moves_only_the_victims_sessions() {
     let c = TestCluster::demo(4, &[]);
     let load = Load::start(c.proxy, 20);
-    std::thread::sleep(Duration::from_millis(300)); // let load run before the fault
+    load.wait_answers(200); // the load runs before the fault
     let victim = 2;
     kill("KILL", pid_of(&c, victim));
     c.wait_log("worker back up", Duration::from_secs(20));
-    std::thread::sleep(Duration::from_millis(300)); // and after it
+    load.wait_answers(200); // and after it
     let (pinned, seen) = load.finish(&c);
     for (i, s) in seen.iter().enumerate() {
         let home = pinned[&i];
@@ -181,10 +196,10 @@ fn rolling_restart_under_load_fails_no_request_and_keeps_every_session_on_its_wo
     let c = TestCluster::demo(3, &["--drain-timeout", "5s"]);
     let before: Vec<u32> = (0..3).map(|w| pid_of(&c, w)).collect();
     let load = Load::start(c.proxy, 20);
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_answers(200);
     c.signal("HUP");
     c.wait_log("rolling restart done", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_answers(200);
     let (pinned, seen) = load.finish(&c);
     for (i, s) in seen.iter().enumerate() {
         assert!(
@@ -204,6 +219,50 @@ fn rolling_restart_under_load_fails_no_request_and_keeps_every_session_on_its_wo
         );
     }
     assert_eq!(c.count_log("old worker stopped"), 3);
+}
+
+#[test]
+fn a_taken_spare_port_neither_stops_the_start_nor_a_rolling_restart() {
+    // The test holds W+N, worker 0's preferred spare, for the whole run.
+    let c = TestCluster::start(Options {
+        workers: 2,
+        args: vec!["--drain-timeout".into(), "5s".into()],
+        occupy_spare: true,
+        ..Default::default()
+    });
+    let taken = c.occupied[0].local_addr().unwrap().port();
+    assert_eq!(taken, c.worker_port + 2);
+    let before: Vec<u32> = (0..2).map(|w| pid_of(&c, w)).collect();
+    let load = Load::start(c.proxy, 10);
+    load.wait_answers(100); // the load runs before the restart
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(60));
+    load.wait_answers(100); // and after it
+    let (pinned, seen) = load.finish(&c);
+    for (i, s) in seen.iter().enumerate() {
+        assert!(
+            s.workers.iter().all(|&w| w == pinned[&i]),
+            "client {i} left worker {}: {:?}",
+            pinned[&i],
+            s.workers
+        );
+    }
+    assert!(
+        seen.iter().map(|s| s.ok).sum::<usize>() > 100,
+        "the load ran"
+    );
+    for (w, &old) in before.iter().enumerate() {
+        assert_ne!(old, pid_of(&c, w as u64), "worker {w} was replaced");
+    }
+    // Worker 0's replacement runs on a port the master found free, not on the taken one.
+    let port0 = c
+        .stderr()
+        .lines()
+        .find(|l| l.contains("replacement ready") && l.contains("worker=0"))
+        .map(str::to_string);
+    let port0 = port0.unwrap_or_else(|| panic!("no replacement of worker 0\n{}", c.logs()));
+    assert!(!port0.contains(&format!("port={taken}")), "{port0}");
+    assert_eq!(c.get("/whoami", &[]).status, 200);
 }
 
 #[test]
@@ -234,10 +293,10 @@ fn a_replacement_that_fails_to_start_stops_the_reload_and_keeps_the_old_worker()
 
 #[test]
 fn sigterm_lets_in_flight_requests_complete() {
-    let mut c = node_workers(2, &[], &[]);
+    let mut c = node_workers(2, &["--debug"], &[]);
     let proxy = c.proxy;
     let slow = std::thread::spawn(move || common::request(proxy, "GET", "/slow?ms=1500", &[], b""));
-    std::thread::sleep(Duration::from_millis(300));
+    c.wait_log("uri=/slow", Duration::from_secs(10)); // routed: in flight
     c.signal("TERM");
     let r = slow.join().unwrap().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -247,13 +306,37 @@ fn sigterm_lets_in_flight_requests_complete() {
 
 #[test]
 fn hold_waits_for_the_restarting_worker_instead_of_moving() {
-    let c = TestCluster::demo(2, &["--on-worker-down", "hold", "--hold-timeout", "10s"]);
-    let (first, json) = c.whoami(&[]);
+    // Once the marker exists, a (re)started worker takes 1.5 s before it listens: the
+    // request below is sent while its worker is surely down, whoever wins any race.
+    let dir = common::scratch("hold");
+    let marker = dir.join("slow-start");
+    let script = format!(
+        "if [ -e {} ]; then sleep 1.5; fi; exec node {}",
+        marker.display(),
+        common::tests_dir().join("node/worker.js").display()
+    );
+    let c = TestCluster::start(Options {
+        workers: 2,
+        command: vec!["sh".into(), "-c".into(), script],
+        args: ["--on-worker-down", "hold", "--hold-timeout", "10s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    });
+    c.wait_log("2/2 up", Duration::from_secs(30));
+    let (first, json) = c.whoami(&[("Cookie", "connect.sid=held")]);
     let home = json["worker"].as_u64().unwrap();
-    let cookie = first.cookie_header();
+    std::fs::write(&marker, "").unwrap();
     kill("KILL", json["pid"].as_u64().unwrap() as u32);
     c.wait_log("worker died", Duration::from_secs(10));
-    let (_, again) = c.whoami(&[("Cookie", &cookie)]);
+    let started = Instant::now();
+    let (_, again) = c.whoami(&[("Cookie", &first.cookie_header())]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "the request waited for the slow respawn: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         again["worker"].as_u64(),
         Some(home),
@@ -406,10 +489,9 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
 fn oversized_heads_get_431() {
     let c = TestCluster::demo(1, &["--max-header-size", "8192"]);
     let big = "a".repeat(16 * 1024);
-    let r = common::request(c.proxy, "GET", "/whoami", &[("X-Big", &big)], b"");
-    if let Ok(r) = r {
-        assert_eq!(r.status, 431);
-    }
+    let r = common::request(c.proxy, "GET", "/whoami", &[("X-Big", &big)], b"")
+        .unwrap_or_else(|e| panic!("no answer to an oversized head: {e}\n{}", c.logs()));
+    assert_eq!(r.status, 431, "{}", r.text());
     assert_eq!(c.get("/whoami", &[]).status, 200);
 }
 
@@ -431,7 +513,8 @@ fn connections_past_the_limit_wait_for_a_free_slot() {
         let r = common::request(proxy, "GET", "/whoami", &[], b"").unwrap();
         (r.status, started.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500)); // the time it must wait, not a sync
+    assert!(!third.is_finished(), "the third connection waits");
     drop(held);
     let (status, waited) = third.join().unwrap();
     assert_eq!(status, 200);
@@ -456,14 +539,27 @@ fn idle_websockets_are_closed() {
     ws.send(tungstenite::Message::Text("hi".into())).unwrap();
     assert!(ws.read().unwrap().is_text());
     let started = Instant::now();
-    let closed = loop {
+    let end = loop {
         match ws.read() {
-            Ok(m) if m.is_close() => break true,
+            Ok(m) if m.is_close() => break Ok(()),
             Ok(_) => continue,
-            Err(_) => break true,
+            Err(e) => break Err(e),
         }
     };
-    assert!(closed && started.elapsed() < Duration::from_secs(5));
+    // Closed: a close frame or the end of the connection; not the 10 s read timeout.
+    match end {
+        Ok(()) | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
+        Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => {}
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(e) => panic!("not closed by the proxy: {e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -475,13 +571,121 @@ fn a_flood_of_random_sessions_stays_within_session_max() {
         c.whoami(&[("Cookie", "connect.sid=the-first")]).1["sticky"],
         "kept"
     );
-    for i in 0..400 {
-        let cookie = format!("connect.sid=flood-{i}; sticky.worker=garbage{i}");
-        assert_eq!(c.get("/whoami", &[("Cookie", &cookie)]).status, 200);
-    }
-    // Evicted (least recently used) by the flood: the table never held more than 50 keys.
+    let flood = |range: std::ops::Range<usize>| {
+        for i in range {
+            let cookie = format!("connect.sid=flood-{i}; sticky.worker=garbage{i}");
+            let (_, json) = c.whoami(&[("Cookie", &cookie)]);
+            assert_eq!(json["sticky"], "new", "flood-{i}");
+        }
+    };
+    // 49 more keys: the table holds 50, the first among them (and looking it up makes it
+    // the most recently used).
+    flood(0..49);
     assert_eq!(
         c.whoami(&[("Cookie", "connect.sid=the-first")]).1["sticky"],
-        "new"
+        "kept",
+        "a table of 50 keeps 50 keys"
     );
+    // 49 more: it is still among the 50 most recent; 50 more after that evict it.
+    flood(49..98);
+    assert_eq!(
+        c.whoami(&[("Cookie", "connect.sid=the-first")]).1["sticky"],
+        "kept",
+        "still one of the 50 most recent"
+    );
+    flood(98..148);
+    assert_eq!(
+        c.whoami(&[("Cookie", "connect.sid=the-first")]).1["sticky"],
+        "new",
+        "evicted once 50 newer keys came: the table holds no more than 50"
+    );
+}
+
+#[test]
+fn a_rolling_restart_lets_a_long_request_and_an_open_websocket_finish_on_the_old_worker() {
+    use std::io::Read;
+    let c = TestCluster::demo(1, &["--drain-timeout", "3s"]);
+    let old = pid_of(&c, 0);
+    // An open WebSocket, and a request whose body is only half sent.
+    let ws_stream = TcpStream::connect(c.proxy).unwrap();
+    ws_stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{}/ws", c.proxy), ws_stream).unwrap();
+    ws.send(tungstenite::Message::Text("before".into()))
+        .unwrap();
+    assert_eq!(ws.read().unwrap().to_text().unwrap(), "worker 0: before");
+    // Half of a 4 MiB body: more than any buffer on the way, so the worker is reading it.
+    const BODY: usize = 4 << 20;
+    let mut long = TcpStream::connect(c.proxy).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        long,
+        "POST /whoami HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n"
+    )
+    .unwrap();
+    long.write_all(&vec![b'x'; BODY / 2]).unwrap();
+    c.wait_log("worker 0 ready", Duration::from_secs(10));
+    c.signal("HUP");
+    c.wait_log("replacement ready", Duration::from_secs(20));
+    // New requests go to the new process; the old one still has both in flight.
+    assert_ne!(c.whoami(&[]).1["pid"].as_u64(), Some(u64::from(old)));
+    ws.send(tungstenite::Message::Text("during".into()))
+        .unwrap();
+    assert_eq!(ws.read().unwrap().to_text().unwrap(), "worker 0: during");
+    long.write_all(&vec![b'y'; BODY / 2]).unwrap();
+    let r = common::read_response(&mut BufReader::new(long.try_clone().unwrap())).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["pid"].as_u64(),
+        Some(u64::from(old)),
+        "the old worker answered"
+    );
+    assert_eq!(r.json()["body_bytes"], BODY, "the whole body reached it");
+    // The drain time over, the WebSocket still open is closed and the old process stops.
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    let mut rest = Vec::new();
+    let closed = loop {
+        match ws.read() {
+            Ok(m) if m.is_close() => break true,
+            Ok(_) => continue,
+            // A read timeout is not a close.
+            Err(tungstenite::Error::Io(e)) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the old worker's WebSocket was closed");
+    let _ = long.read_to_end(&mut rest);
+    assert!(!common::alive(old));
+}
+
+#[test]
+fn a_request_with_a_body_is_not_sent_again_after_its_worker_died() {
+    // Two workers that drop the connection of a /die request once they read it whole, as a
+    // worker killed in the middle of it would: the request must reach one of them only.
+    let (a, b) = (common::EchoWorker::start(), common::EchoWorker::start());
+    let c = TestCluster::start(Options {
+        workers: 1,
+        args: vec![
+            "--upstream".into(),
+            a.addr.to_string(),
+            "--upstream".into(),
+            b.addr.to_string(),
+        ],
+        ..Default::default()
+    });
+    for (method, path) in [("POST", "/die/post"), ("PUT", "/die/put")] {
+        let r = c.request(method, path, &[], b"charge the card once");
+        assert_eq!(r.status, 502, "{method}: {}", r.text());
+        let seen = a.received(path).len() + b.received(path).len();
+        assert_eq!(seen, 1, "{method} {path} reached the workers {seen} times");
+    }
+    // Both workers still serve.
+    assert_eq!(c.get("/alive", &[]).status, 200);
 }

@@ -238,7 +238,7 @@ fn a_pooled_connection_the_worker_closed_is_not_an_error() {
     // The worker closes its idle keep-alive connection after answering: the next request
     // must not fail on it (checked before reuse, or sent again when it broke unanswered).
     let c = framing_workers(1, &[]);
-    let addr = c.proxy;
+    let (addr, worker_port) = (c.proxy, c.worker_port);
     runtime().block_on(async move {
         let mut send = connect(addr, 65_535, 65_535).await;
         for _ in 0..5 {
@@ -251,7 +251,15 @@ fn a_pooled_connection_the_worker_closed_is_not_an_error() {
                 (head.status.as_u16(), &body[..]),
                 (200, &b"closing soon"[..])
             );
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Until the worker has closed its side (nothing established on its port).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while common::established_on(worker_port) != 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the worker never closed"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let (head, _) =
                 call(&mut send, get(addr, "/echo").body(Full::default()).unwrap()).await;
             assert_eq!(head.status, 200);
@@ -586,14 +594,14 @@ fn shutdown_answers_the_streams_in_flight_then_goes_away() {
     // SIGTERM while a slow request is in flight on an HTTP/2 connection: GOAWAY tells the
     // client no new stream will be taken, the slow one is still answered, and the process
     // then exits cleanly.
-    let mut c = node_workers(1, &[], &[]);
+    let mut c = node_workers(1, &["--debug"], &[]);
     let mut raw = Raw::connect(c.proxy);
     let mut block = request_block(&[]);
     // :path /slow?ms=1500 instead of / (a literal with the static name index 4).
     block[2] = 0x04;
     block.splice(3..3, [13u8].iter().copied().chain(*b"/slow?ms=1500"));
     raw.frame(HEADERS, END_STREAM_HEADERS, 1, &block);
-    std::thread::sleep(Duration::from_millis(300));
+    c.wait_log("/slow?ms=1500", Duration::from_secs(10)); // routed: in flight
     c.signal("TERM");
     let (mut goaway, mut status, mut body) = (None, None, Vec::new());
     while let Some(f) = raw.read() {

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use sticky_cluster::routing::affinity::Affinity;
-use sticky_cluster::routing::table::{KeyHash, StickyTable, Tick};
-use sticky_cluster::routing::{Outcome, Router};
-use sticky_cluster::workers::{WorkerId, WorkerSet, WorkerState};
+use sticky_cluster::internal::routing::affinity::Affinity;
+use sticky_cluster::internal::routing::table::{KeyHash, StickyTable, Tick};
+use sticky_cluster::internal::routing::{Outcome, Router};
+use sticky_cluster::internal::workers::{WorkerId, WorkerSet, WorkerState};
 use sticky_cluster::Settings;
 
 const TICK_MS: u64 = 100;
@@ -382,11 +382,9 @@ proptest! {
         ttl in 5u32..40,
         reqs in prop::collection::vec(req_strategy(6, 12), 1..200),
     ) {
-        let s = Settings {
-            session_ttl: Duration::from_millis(TICK_MS * u64::from(ttl)),
-            session_max: 10_000, // never evicts: 12 keys
-            ..Settings::default()
-        };
+        let mut s = Settings::default();
+        s.session_ttl = Duration::from_millis(TICK_MS * u64::from(ttl));
+        s.session_max = 10_000; // never evicts: 12 keys
         let table = Arc::new(StickyTable::new(s.session_max, s.session_ttl));
         let affinity = Affinity::new("sticky.worker", b"property-secret-0123456789", usize::from(n), false);
         let tokens: Vec<String> = (0..n)

@@ -201,14 +201,39 @@ fn session_key_none_is_plain_round_robin() {
 #[test]
 fn rule6_forwarding_headers() {
     let c = TestCluster::demo(1, &[]);
-    let (_, json) = c.whoami(&[
-        ("X-Forwarded-For", "203.0.113.7"),
-        ("Connection", "keep-alive, x-drop"),
-    ]);
+    let (_, json) = c.whoami(&[("X-Forwarded-For", "203.0.113.7")]);
     assert_eq!(json["forwarded_for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(json["forwarded_proto"], "http");
     assert_eq!(json["host"], c.proxy.to_string(), "Host kept");
     assert_eq!(json["forwarded_host"], c.proxy.to_string());
+}
+
+#[test]
+fn rule6_headers_named_in_connection_do_not_reach_the_worker() {
+    let echo = common::EchoWorker::start();
+    let c = TestCluster::start(Options {
+        workers: 1,
+        args: vec!["--upstream".into(), echo.addr.to_string()],
+        ..Default::default()
+    });
+    let r = c.get(
+        "/drop",
+        &[
+            ("Connection", "keep-alive, x-drop"),
+            ("X-Drop", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Keep", "kept"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The worker's answer is the head it received.
+    let head = r.text().to_ascii_lowercase();
+    assert!(head.starts_with("get /drop "), "{head}");
+    assert!(head.contains("\r\nx-keep: kept\r\n"), "{head}");
+    for gone in ["x-drop", "secret", "keep-alive"] {
+        assert!(!head.contains(gone), "{gone:?} reached the worker:\n{head}");
+    }
+    assert_eq!(echo.received("/drop").len(), 1);
 }
 
 #[test]

@@ -379,3 +379,72 @@ fn bad_tls_files_are_one_line_errors_naming_the_file() {
     );
     assert!(err.contains("--tls-key"), "{err}");
 }
+
+#[test]
+fn wss_websockets_stay_on_the_session_worker() {
+    use tungstenite::client::IntoClientRequest;
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("leaf", "first-cert");
+    let c = tls_cluster(&pki, &cert, &key, 3, &["--no-affinity-cookie"]);
+    let mut workers = std::collections::HashSet::new();
+    for session in 0..6 {
+        let cookie = format!("connect.sid=wss-{session}");
+        let home = https_whoami(&pki, c.proxy, &cookie).json()["worker"].clone();
+        workers.insert(home.to_string());
+        for round in 0..2 {
+            let mut req = "wss://localhost/ws".into_client_request().unwrap();
+            req.headers_mut().insert("cookie", cookie.parse().unwrap());
+            let stream = connect(&pki, c.proxy, &[b"http/1.1"]);
+            let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+            ws.send(tungstenite::Message::Text("hi".into())).unwrap();
+            let reply = ws.read().unwrap();
+            assert_eq!(
+                reply.to_text().unwrap(),
+                format!("worker {home}: hi"),
+                "session {session}, WebSocket {round}"
+            );
+        }
+    }
+    assert!(workers.len() > 1, "the sessions were spread: {workers:?}");
+}
+
+#[test]
+fn a_reload_with_a_key_that_does_not_match_keeps_the_old_pair() {
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("live", "first-cert");
+    let c = tls_cluster(&pki, &cert, &key, 1, &[]);
+    assert_eq!(peer_cn(&pki, c.proxy), "first-cert");
+    // A new certificate beside the old key: a pair that does not match.
+    let (new_cert, _) = pki.leaf("renewed", "second-cert");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    c.signal("HUP");
+    c.wait_log("TLS files not reloaded", Duration::from_secs(10));
+    assert!(
+        !c.stderr().contains("TLS certificate reloaded"),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(peer_cn(&pki, c.proxy), "first-cert");
+    assert_eq!(https_whoami(&pki, c.proxy, "").status, 200);
+}
+
+#[test]
+fn the_default_proxy_port_is_443_with_tls_and_80_without() {
+    // Seen without binding either port: a worker range over the default proxy port is
+    // refused, naming the port in force.
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("leaf", "first-cert");
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let (err, _) = exit_code_2(
+        &[&tls[..], &["--worker-port", "443", "-w", "1"]].concat(),
+        Duration::from_secs(20),
+    );
+    assert!(err.contains("--proxy-port 443 collides"), "{err}");
+    let (err, _) = exit_code_2(&["--worker-port", "80", "-w", "1"], Duration::from_secs(20));
+    assert!(err.contains("--proxy-port 80 collides"), "{err}");
+}

@@ -4,41 +4,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Options, TestCluster};
-
-/// A Node worker started by the test itself, on `port`; killed on drop.
-struct Upstream {
-    child: Child,
-    port: u16,
-}
-
-impl Upstream {
-    fn start(id: u16, port: u16) -> Self {
-        let child = Command::new("node")
-            .arg(common::tests_dir().join("node/worker.js"))
-            .env("PORT", port.to_string())
-            .env("WORKER_ID", id.to_string())
-            .env_remove("STICKY_CLUSTER_IPC")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("the upstream to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Self { child, port }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{wait_until, Options, TestCluster, Upstream};
 
 #[test]
 fn upstreams_are_routed_sticky_health_checked_and_failed_over() {
@@ -96,7 +64,14 @@ fn upstreams_are_routed_sticky_health_checked_and_failed_over() {
         Duration::from_secs(10),
         || c.whoami(&[]).1["worker"] == 0,
     );
-    assert_eq!(b.port, pb);
+    // Upstream 1 (named by host name) kept its own clients through all of it.
+    for (cookie, worker) in clients.iter().filter(|(_, w)| *w == 1) {
+        assert_eq!(
+            c.whoami(&[("Cookie", cookie)]).1["worker"].as_u64(),
+            Some(*worker)
+        );
+    }
+    drop(b);
 }
 
 #[test]

@@ -17,12 +17,12 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Method, Uri};
 
-use sticky_cluster::ipfilter::{IpFilter, TrustedProxies};
-use sticky_cluster::routing::affinity::Affinity;
-use sticky_cluster::routing::key::{self, Key};
-use sticky_cluster::routing::table::StickyTable;
-use sticky_cluster::routing::Router;
-use sticky_cluster::workers::{WorkerSet, WorkerState};
+use sticky_cluster::internal::ipfilter::{IpFilter, TrustedProxies};
+use sticky_cluster::internal::routing::affinity::Affinity;
+use sticky_cluster::internal::routing::key::{self, Key};
+use sticky_cluster::internal::routing::table::StickyTable;
+use sticky_cluster::internal::routing::Router;
+use sticky_cluster::internal::workers::{WorkerSet, WorkerState};
 use sticky_cluster::{KeySource, Settings};
 
 /// The names of the targets, for the replay runner.
@@ -246,7 +246,7 @@ pub fn key_extraction(data: &[u8]) {
         }
     }
     for chunk in bodies.iter().copied().chain([data, uri_bytes]) {
-        if let Some(s) = sticky_cluster::handshake_sid(chunk) {
+        if let Some(s) = sticky_cluster::internal::handshake_sid(chunk) {
             assert!(!s.is_empty() && !s.contains(&b'"'));
             assert!(is_subslice(chunk, s));
         }
@@ -414,7 +414,8 @@ pub fn ip_filter(data: &[u8]) {
             Some(b'T') => trusted.push(text(&line[1..])),
             Some(b'?') => queries.push(ip_from(&line[1..])),
             Some(b'@') => {
-                let _ = sticky_cluster::settings::parse_duration("fuzz", &text(&line[1..]));
+                let _ =
+                    sticky_cluster::internal::settings::parse_duration("fuzz", &text(&line[1..]));
             }
             _ => xff.push(line),
         }
@@ -525,7 +526,7 @@ pub fn engineio_handshake(data: &[u8]) {
         p
     };
     assert_eq!(
-        sticky_cluster::handshake_sid(payload.as_bytes()),
+        sticky_cluster::internal::handshake_sid(payload.as_bytes()),
         Some(sid.as_bytes()),
         "handshake_sid missed the sid of {payload:?}"
     );

@@ -4,10 +4,12 @@
 //! restart). It owns processes and nothing about HTTP.
 //!
 //! Rolling restart of one slot: start the replacement on the slot's other address (each
-//! slot has a port and a spare), wait until it accepts connections, point new requests at
-//! it, let the old process finish its requests and WebSockets (bounded by the drain time;
-//! tunnels still open then are closed with jittered delays), then stop the old process.
+//! slot has a port and a spare, held free by a [`Spare`] until then), wait until it accepts
+//! connections, point new requests at it, let the old process finish its requests and
+//! WebSockets (bounded by the drain time; tunnels still open then are closed with jittered
+//! delays), then stop the old process and hold its address as the next spare.
 
+pub mod spare;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::workers::{WorkerId, WorkerSet, WorkerState};
+pub use spare::Spare;
 pub use worker::{Launch, WorkerError};
 
 /// A worker that ran at least this long is healthy again: its back-off starts over.
@@ -105,18 +108,19 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts every spawned slot (`0..count`) until `stop` fires; each reports its first
-    /// start on `first`.
+    /// Starts every spawned slot (one per held spare, whose address is the slot's spare in
+    /// `workers`) until `stop` fires; each reports its first start on `first`.
     pub fn start(
         config: Arc<SupervisorConfig>,
         workers: Arc<WorkerSet>,
-        count: usize,
+        spares: Vec<Spare>,
         stop: CancellationToken,
         first: mpsc::UnboundedSender<FirstStart>,
     ) -> Self {
         let mut tasks = JoinSet::new();
-        let mut replace = Vec::with_capacity(count);
-        for id in (0..count).map(|i| i as WorkerId) {
+        let mut replace = Vec::with_capacity(spares.len());
+        for (id, spare) in spares.into_iter().enumerate() {
+            let id = id as WorkerId;
             let (tx, rx) = mpsc::channel(1);
             replace.push(tx);
             let slot = SlotTask {
@@ -127,6 +131,7 @@ impl Supervisor {
                 first: first.clone(),
                 replace: rx,
                 reported: false,
+                spare: Some(spare),
             };
             tasks.spawn(slot.run());
         }
@@ -171,6 +176,9 @@ struct SlotTask {
     first: mpsc::UnboundedSender<FirstStart>,
     replace: mpsc::Receiver<Replace>,
     reported: bool,
+    /// Holds the address that is not active free for the next replacement; `None` while a
+    /// process runs there, or when it could not be held.
+    spare: Option<Spare>,
 }
 
 enum Exit {
@@ -337,10 +345,12 @@ impl SlotTask {
             return Err("no such worker".into());
         };
         let new_index = 1 - old_index;
+        self.free_spare(new_index);
         let mut replacement = match self.start_process(new_index).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(worker = id, error = %e, "replacement did not start; the old worker keeps serving");
+                self.hold_spare(new_index);
                 return Err(e.to_string());
             }
         };
@@ -365,7 +375,45 @@ impl SlotTask {
             "old worker stopped"
         );
         std::mem::swap(child, &mut replacement);
+        self.hold_spare(old_index);
         Ok(new_pid)
+    }
+
+    /// Frees spare address `index` for the replacement about to start there. When it was
+    /// not held (taken after the last restart), it moves to any free loopback port first.
+    fn free_spare(&mut self, index: usize) {
+        if self.spare.take().is_none() {
+            self.hold_spare(index);
+            self.spare = None;
+        }
+    }
+
+    /// Holds address `index` (no process runs there) until the next replacement; if its port
+    /// is taken, the address moves to a free one.
+    fn hold_spare(&mut self, index: usize) {
+        let id = self.id;
+        let Some(addr) = self.workers.addrs(id).map(|a| a[index]) else {
+            return;
+        };
+        let spare = Spare::hold(Some(addr)).and_then(|s| Ok((s.addr()?, s)));
+        match spare {
+            Ok((held, spare)) => {
+                if held != addr {
+                    tracing::info!(
+                        worker = id,
+                        taken = addr.port(),
+                        spare = held.port(),
+                        "spare port taken; using another free port"
+                    );
+                    self.workers.set_port(id, index, held.port());
+                }
+                self.spare = Some(spare);
+            }
+            Err(e) => {
+                tracing::warn!(worker = id, port = addr.port(), error = %e, "cannot hold a spare port");
+                self.spare = None;
+            }
+        }
     }
 
     /// Waits until address `index` has nothing in flight, at most the drain time; then

@@ -66,6 +66,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     pub secret_dir: Option<PathBuf>,
     pub wait_ready: bool,
+    /// Keep the preferred spare port of worker 0 (`W+N`) taken by a listener of the test.
+    pub occupy_spare: bool,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             env: Vec::new(),
             secret_dir: None,
             wait_ready: true,
+            occupy_spare: false,
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct TestCluster {
     pub workers: usize,
     pub dir: PathBuf,
     pub cmdline: String,
+    /// Listeners the test holds while the cluster runs (see [`Options::occupy_spare`]).
+    pub occupied: Vec<TcpListener>,
 }
 
 impl TestCluster {
@@ -153,6 +158,12 @@ impl TestCluster {
             cmd.env(k, v);
         }
         ports.release();
+        let occupied = if opts.occupy_spare {
+            let spare = worker_port + opts.workers as u16;
+            vec![TcpListener::bind(("127.0.0.1", spare)).unwrap()]
+        } else {
+            Vec::new()
+        };
         let cmdline = format!("{} {}", opts.program.display(), args.join(" "));
         let child = cmd
             .spawn()
@@ -164,6 +175,7 @@ impl TestCluster {
             workers: opts.workers,
             dir,
             cmdline,
+            occupied,
         }
     }
 
@@ -792,4 +804,124 @@ pub fn h2_request(
         let body = body.collect().await.expect("h2 body").to_bytes();
         (head.status.as_u16(), head.headers, body)
     })
+}
+
+/// A worker written in the test: it answers every request with the request head it got, as
+/// text, so a test sees byte for byte what reached a worker; it keeps every head it got. A
+/// request whose path starts with `/die` is read whole and then its connection is dropped
+/// without an answer, as a worker killed in the middle of it would.
+pub struct EchoWorker {
+    pub addr: SocketAddr,
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoWorker {
+    pub fn start() -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, st) = (heads.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let h = h.clone();
+                        std::thread::spawn(move || echo_connection(s, &h));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, heads, stop }
+    }
+
+    /// The heads received so far whose request line contains `needle`.
+    pub fn received(&self, needle: &str) -> Vec<String> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.lines().next().is_some_and(|l| l.contains(needle)))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for EchoWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn echo_connection(s: TcpStream, heads: &std::sync::Mutex<Vec<String>>) {
+    use std::io::Read;
+    s.set_nonblocking(false).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut out = s;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        heads.lock().unwrap().push(head.clone());
+        if head
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|p| p.starts_with("/die"))
+        {
+            return;
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{head}",
+            head.len()
+        );
+        if out.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// How many established TCP connections have `port` as their local port on loopback (from
+/// /proc/net/tcp): e.g. 0 once a worker has closed every connection it accepted.
+pub fn established_on(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() > 3 && cols[1].ends_with(&local) && cols[3] == "01"
+                })
+                .count()
+        })
+        .sum()
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ipfilter::{IpFilter, TrustedProxies};
-use crate::proxy::upstream::pool::Pool;
+use crate::proxy::upstream::pool::{Address, Pool};
 use crate::proxy::upstream::stream::Connector;
 use crate::routing::Router;
 use crate::tls::TlsReloader;
@@ -92,12 +92,15 @@ impl Proxy {
             timeout: config.connect_timeout,
             tls: config.worker_tls.clone(),
         };
-        let pool = |addr| Arc::new(Pool::new(addr, connector.clone()));
-        let pools = workers
-            .ids()
-            .filter_map(|id| workers.addrs(id))
-            .map(|[a, b]| [pool(a), pool(b)])
-            .collect();
+        let pool = |id, index| {
+            let addr = Address {
+                workers: workers.clone(),
+                id,
+                index,
+            };
+            Arc::new(Pool::new(addr, connector.clone()))
+        };
+        let pools = workers.ids().map(|id| [pool(id, 0), pool(id, 1)]).collect();
         Self {
             direct: !router.has_custom_hash(),
             router,

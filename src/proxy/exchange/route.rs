@@ -55,7 +55,7 @@ impl Proxy {
         {
             Some(d) if d.wait => Routing::Wait(d),
             Some(d) => self
-                .located(d, client)
+                .located(view, d, client)
                 .map_or(Routing::NoWorker, Routing::Go),
             None => Routing::NoWorker,
         }
@@ -84,7 +84,7 @@ impl Proxy {
             to = d.worker,
             "sending to another worker"
         );
-        self.located(d, failed.client)
+        self.located(view, d, failed.client)
     }
 
     /// The pool of the route's address, and the in-flight count the exchange holds.
@@ -99,10 +99,10 @@ impl Proxy {
     }
 
     #[inline]
-    fn located(&self, decision: Decision, client: IpAddr) -> Option<Route> {
+    fn located(&self, view: &Parts, decision: Decision, client: IpAddr) -> Option<Route> {
         let (index, _) = self.workers.active(decision.worker)?;
         if self.debug {
-            tracing::debug!(worker = decision.worker, outcome = ?decision.outcome, "route");
+            tracing::debug!(worker = decision.worker, outcome = ?decision.outcome, uri = %view.uri, "route");
         }
         Some(Route {
             decision,
@@ -122,11 +122,11 @@ impl Proxy {
                 wait: false,
                 ..decision
             };
-            return self.located(decision, client);
+            return self.located(view, decision, client);
         }
         let now = self.router.table().now();
         let d = self.router.route(view, client, &self.workers, now, false)?;
-        self.located(d, client)
+        self.located(view, d, client)
     }
 
     /// Takes a worker out of rotation when its address refuses connections; true when it

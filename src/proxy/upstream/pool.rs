@@ -11,7 +11,7 @@
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 use super::stream::{Connector, WorkerStream};
+use crate::workers::{WorkerId, WorkerSet};
 
 /// Idle connections kept per worker address; more are closed when they come back.
 const MAX_IDLE: usize = 256;
@@ -119,10 +120,30 @@ pub fn until<'a, F: Future>(
     })
 }
 
+/// Where a pool's connections go: one of a worker slot's two addresses, read at each
+/// connect (a rolling restart may move a replacement to another port).
+#[derive(Debug, Clone)]
+pub struct Address {
+    /// The slots.
+    pub workers: Arc<WorkerSet>,
+    /// The slot.
+    pub id: WorkerId,
+    /// Which of its two addresses.
+    pub index: usize,
+}
+
+impl Address {
+    fn get(&self) -> SocketAddr {
+        self.workers
+            .addrs(self.id)
+            .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |a| a[self.index & 1])
+    }
+}
+
 /// The pool of one worker address.
 #[derive(Debug)]
 pub struct Pool {
-    addr: SocketAddr,
+    addr: Address,
     connector: Connector,
     idle: Mutex<Vec<Conn>>,
     raw_idle: Mutex<Vec<RawConn>>,
@@ -159,7 +180,7 @@ pub struct Lease(Conn);
 
 impl Pool {
     /// An empty pool for `addr`, opening connections with `connector`.
-    pub fn new(addr: SocketAddr, connector: Connector) -> Self {
+    pub fn new(addr: Address, connector: Connector) -> Self {
         Self {
             addr,
             connector,
@@ -264,7 +285,7 @@ impl Pool {
     }
 
     async fn open(&self) -> std::io::Result<WorkerStream> {
-        self.connector.open(self.addr).await
+        self.connector.open(self.addr.get()).await
     }
 
     async fn connect(&self) -> std::io::Result<Sender> {
@@ -276,7 +297,7 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
-        let addr = self.addr;
+        let addr = self.addr.get();
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "worker connection ended with an error");
@@ -299,7 +320,13 @@ mod tests {
             timeout: Duration::from_secs(1),
             tls: None,
         };
-        let pool = Pool::new(addr, connector);
+        let workers = Arc::new(WorkerSet::new([], [addr]));
+        let slot = Address {
+            workers,
+            id: 0,
+            index: 0,
+        };
+        let pool = Pool::new(slot, connector);
         let req = Request::get("/x")
             .body(UpstreamBody::Empty)
             .expect("request");
