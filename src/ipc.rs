@@ -9,7 +9,10 @@
 //! - `{"type":"bind","key":"..."}` / `{"type":"unbind","key":"..."}`: pin a session key to
 //!   this worker (after login rotated the session id) or forget it (logout).
 //!
-//! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`.
+//! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`, and
+//! `{"type":"worker","id":N,"state":"down"|"up"}` when another worker's process exits or
+//! comes (back) up, so a worker-side cluster layer (the npm package's socket.io adapter)
+//! forgets a dead peer at once.
 //!
 //! A worker is identified by the socket it connected to (the directory is 0700), never by
 //! what it claims. Lines over [`MAX_LINE`] or a run of garbage disconnect it; a flood is
@@ -26,7 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::routing::Router;
-use crate::workers::WorkerId;
+use crate::workers::{WorkerId, WorkerSet, WorkerState};
 
 /// Environment variable naming the worker's socket.
 pub const IPC_ENV: &str = "STICKY_CLUSTER_IPC";
@@ -122,6 +125,50 @@ impl Bus {
             if from != Some(id as WorkerId) {
                 let _ = outbox.send(line.clone());
             }
+        }
+    }
+}
+
+impl Bus {
+    /// Tells every worker except `id` that worker `id` went down or came up.
+    pub fn announce(&self, id: WorkerId, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let line: Arc<str> =
+            Arc::from(json!({"type": "worker", "id": id, "state": state}).to_string());
+        for (other, outbox) in self.outboxes.iter().enumerate() {
+            if other != usize::from(id) {
+                let _ = outbox.send(line.clone());
+            }
+        }
+    }
+}
+
+/// Announces on the bus every change of a spawned worker between up and down (exited) until
+/// `stop`; a worker that is only draining or failing health checks still runs and is not
+/// announced.
+pub async fn announce_workers(bus: Arc<Bus>, workers: Arc<WorkerSet>, stop: CancellationToken) {
+    let spawned = bus.outboxes.len();
+    let state = |id: usize| workers.state(id as WorkerId);
+    let mut up: Vec<bool> = (0..spawned)
+        .map(|id| state(id) == WorkerState::Up)
+        .collect();
+    loop {
+        let changed = workers.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        for (id, was_up) in up.iter_mut().enumerate() {
+            let now = state(id);
+            if !*was_up && now == WorkerState::Up {
+                *was_up = true;
+                bus.announce(id as WorkerId, true);
+            } else if *was_up && now == WorkerState::Down {
+                *was_up = false;
+                bus.announce(id as WorkerId, false);
+            }
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -433,6 +480,9 @@ impl WorkerBus {
                 let Ok(msg) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
+                if msg.get("type").and_then(Value::as_str) != Some("message") {
+                    continue;
+                }
                 let from = msg
                     .get("from")
                     .and_then(Value::as_u64)

@@ -556,6 +556,11 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
 
     let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
     let bus = ipc::Bus::start(spawned, router.clone(), inbox_tx, stop_workers.clone())?;
+    tokio::spawn(ipc::announce_workers(
+        bus.clone(),
+        workers.clone(),
+        stop_workers.clone(),
+    ));
     tokio::spawn(ipc::pipe_to_command(
         settings.on_message.clone().unwrap_or_default(),
         inbox_rx,
