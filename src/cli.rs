@@ -143,6 +143,15 @@ struct Args {
     /// Also listen on this port for plain HTTP and redirect it to HTTPS
     #[arg(long, value_name = "PORT")]
     http_redirect_port: Option<u16>,
+    /// The workers serve HTTPS themselves: connect to them with TLS (slower than plain workers)
+    #[arg(long)]
+    worker_tls: bool,
+    /// With --worker-tls: PEM file of the certificate the workers serve (the leaf must match)
+    #[arg(long, value_name = "FILE")]
+    worker_cert: Option<PathBuf>,
+    /// With --worker-tls: accept any certificate from the workers
+    #[arg(long)]
+    worker_tls_no_verify: bool,
     /// Only these clients may enter (repeatable): 10.0.0.1, 10.0.0.0/8, 10.0.0.1-10.0.0.9, IPv6 too
     #[arg(long, value_name = "RULE")]
     allow: Vec<String>,
@@ -257,6 +266,9 @@ impl Args {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             http_redirect_port: self.http_redirect_port,
+            worker_tls: self.worker_tls.then_some(true),
+            worker_cert: self.worker_cert,
+            worker_tls_no_verify: self.worker_tls_no_verify.then_some(true),
             allow: (!self.allow.is_empty()).then_some(self.allow),
             deny: (!self.deny.is_empty()).then_some(self.deny),
             trust_proxy: (!self.trust_proxy.is_empty()).then_some(self.trust_proxy),

@@ -40,6 +40,7 @@ pub mod settings;
 mod shutdown;
 mod supervisor;
 pub mod tls;
+mod worker_tls;
 pub mod workers;
 
 use std::future::Future;
@@ -517,6 +518,10 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         }
         _ => None,
     };
+    let worker_tls = match settings.worker_tls_mode() {
+        Some(mode) => Some(worker_tls::client_config(&mode)?),
+        None => None,
+    };
     let proxy_addr = settings.proxy_addr();
     let socket = bind_proxy(proxy_addr)?;
     let redirect = match settings.http_redirect_port {
@@ -586,6 +591,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         ws_idle_timeout: settings.ws_idle_timeout,
         drain_timeout: settings.drain_timeout,
         tls: tls.clone(),
+        worker_tls,
         filter: Some(filter),
         trusted: Some(trusted),
     };

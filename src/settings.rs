@@ -234,6 +234,15 @@ pub enum SettingsError {
     /// Only one of `--tls-cert` and `--tls-key`.
     #[error("--tls-cert and --tls-key go together: give both (PEM files) or neither")]
     TlsHalf,
+    /// `--worker-tls` without a way to check the workers' certificate, or both ways.
+    #[error("--worker-tls needs exactly one of --worker-cert FILE (the certificate the workers serve) and --worker-tls-no-verify")]
+    WorkerTlsCheck,
+    /// `--worker-cert` or `--worker-tls-no-verify` without `--worker-tls`.
+    #[error("--worker-cert and --worker-tls-no-verify only apply with --worker-tls: add --worker-tls if the workers serve HTTPS")]
+    WorkerTlsOff,
+    /// `--worker-tls` with an HTTP health check, which speaks plain HTTP.
+    #[error("--health-path checks speak plain HTTP and cannot reach --worker-tls workers: leave --health-path out (TCP checks)")]
+    WorkerTlsHealthPath,
     /// Health rise/fall counts of 0.
     #[error("--health-rise and --health-fall must be at least 1")]
     BadHealthCounts,
@@ -363,6 +372,12 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// A plain-HTTP port that redirects to HTTPS.
     pub http_redirect_port: Option<u16>,
+    /// The workers serve HTTPS: the proxy connects to them with TLS.
+    pub worker_tls: bool,
+    /// With `worker_tls`: the workers' leaf certificate must be one in this PEM file.
+    pub worker_cert: Option<PathBuf>,
+    /// With `worker_tls`: accept any worker certificate.
+    pub worker_tls_no_verify: bool,
     /// Only these clients may enter (addresses, CIDR blocks, ranges); empty: everyone.
     pub allow: Vec<String>,
     /// These clients are refused.
@@ -415,6 +430,9 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             http_redirect_port: None,
+            worker_tls: false,
+            worker_cert: None,
+            worker_tls_no_verify: false,
             allow: Vec::new(),
             deny: Vec::new(),
             trust_proxy: Vec::new(),
@@ -489,6 +507,30 @@ impl Settings {
         })
     }
 
+    /// How workers are reached over TLS, when they are (`--worker-tls`).
+    pub fn worker_tls_mode(&self) -> Option<crate::worker_tls::WorkerTls> {
+        use crate::worker_tls::WorkerTls;
+        if !self.worker_tls {
+            return None;
+        }
+        Some(match &self.worker_cert {
+            Some(path) => WorkerTls::Pinned(path.clone()),
+            None => WorkerTls::NoVerify,
+        })
+    }
+
+    fn validate_worker_tls(&self) -> Result<(), SettingsError> {
+        let checks =
+            usize::from(self.worker_cert.is_some()) + usize::from(self.worker_tls_no_verify);
+        match (self.worker_tls, checks) {
+            (false, 0) => Ok(()),
+            (false, _) => Err(SettingsError::WorkerTlsOff),
+            (true, 1) if self.health_path.is_some() => Err(SettingsError::WorkerTlsHealthPath),
+            (true, 1) => Ok(()),
+            (true, _) => Err(SettingsError::WorkerTlsCheck),
+        }
+    }
+
     /// Checks every cross-field rule once.
     ///
     /// # Errors
@@ -506,6 +548,7 @@ impl Settings {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(SettingsError::TlsHalf);
         }
+        self.validate_worker_tls()?;
         if self.health_rise == 0 || self.health_fall == 0 {
             return Err(SettingsError::BadHealthCounts);
         }
@@ -628,6 +671,12 @@ pub struct FileSettings {
     pub tls_key: Option<PathBuf>,
     /// `--http-redirect-port`.
     pub http_redirect_port: Option<u16>,
+    /// `--worker-tls`.
+    pub worker_tls: Option<bool>,
+    /// `--worker-cert`.
+    pub worker_cert: Option<PathBuf>,
+    /// `--worker-tls-no-verify`.
+    pub worker_tls_no_verify: Option<bool>,
     /// `--allow`, a list.
     pub allow: Option<Vec<String>>,
     /// `--deny`, a list.
@@ -742,6 +791,11 @@ impl FileSettings {
         if self.http_redirect_port.is_some() {
             s.http_redirect_port = self.http_redirect_port;
         }
+        set(&mut s.worker_tls, self.worker_tls);
+        if self.worker_cert.is_some() {
+            s.worker_cert = self.worker_cert;
+        }
+        set(&mut s.worker_tls_no_verify, self.worker_tls_no_verify);
         set(&mut s.allow, self.allow);
         set(&mut s.deny, self.deny);
         set(&mut s.trust_proxy, self.trust_proxy);

@@ -217,7 +217,7 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
 }
 
 /// The certificate chain in `path`, leaf first; never empty.
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read_file(path, "certificate")?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()

@@ -10,7 +10,10 @@
 // GET /bus/broadcast?msg=X, /bus/bind?key=K, /bus/unbind?key=K, /bus/garbage?n=N&big=1
 // GET /bus/inbox        -> JSON array of bus messages received so far
 // anything else        -> "worker N"
+// env TLS_CERT + TLS_KEY -> the worker serves HTTPS with that certificate (--worker-tls tests)
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const net = require('net');
 const { cookieValue } = require('./lib');
 const id = process.env.WORKER_ID;
@@ -32,7 +35,11 @@ if (process.env.STICKY_CLUSTER_IPC) {
   bus.on('error', () => {});
 }
 const post = (msg) => bus && bus.write(JSON.stringify(msg) + '\n');
-const server = http.createServer((req, res) => {
+const serve = process.env.TLS_CERT
+  ? (handler) => https.createServer(
+    { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }, handler)
+  : (handler) => http.createServer(handler);
+const server = serve((req, res) => {
   const url = new URL(req.url, 'http://x');
   const session = cookieValue(req.headers.cookie, 'connect.sid');
   if (url.pathname === '/whoami') {
@@ -41,6 +48,7 @@ const server = http.createServer((req, res) => {
       worker: Number(id), pid: process.pid,
       session,
       sticky: req.headers['x-sticky'] || '',
+      tls: !!req.socket.encrypted,
     }));
   } else if (url.pathname === '/login') {
     res.setHeader('set-cookie', `connect.sid=${url.searchParams.get('id')}; Path=/; HttpOnly`);

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::h1::client::{BoxError, RawBody};
-use super::pool::{Lease, Pool};
+use crate::proxy::io::BoxError;
+use crate::proxy::upstream::client::RawBody;
+use crate::proxy::upstream::pool::{Lease, Pool};
 use crate::routing::Router;
 use crate::workers::{InFlight, WorkerId};
 
@@ -195,53 +196,6 @@ impl Body for ProxyBody {
             Kind::Upstream(b) | Kind::Sniffing(b, _) => b.size_hint(),
             Kind::Plain(b) => b.size_hint(),
             Kind::Own(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-/// What the proxy sends a worker: the client's body (from hyper's HTTP/1 server or our
-/// HTTP/2 front), or nothing (a retried bodyless request). An enum, so the pooled client has
-/// one concrete body type.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    /// An HTTP/1 client's body, streamed.
-    Client(Incoming),
-    /// An HTTP/2 stream's body, streamed.
-    H2(super::h2::RequestBody),
-    /// No body.
-    Empty,
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Client(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BoxError::from))),
-            Self::H2(b) => Pin::new(b).poll_frame(cx),
-            Self::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Client(b) => b.is_end_stream(),
-            Self::H2(b) => b.is_end_stream(),
-            Self::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Client(b) => b.size_hint(),
-            Self::H2(b) => b.size_hint(),
-            Self::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -14,12 +14,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::{hpack, Fields, RequestHead};
-use crate::proxy::body::{ProxyBody, UpstreamBody};
-use crate::proxy::h1::client::{self, RawBody};
-use crate::proxy::h1::head::Role;
-use crate::proxy::h1::{push_header, NoResponse};
-use crate::proxy::pool::{Pool, RawConn};
-use crate::proxy::{forward, Proxy};
+use crate::proxy::exchange::body::ProxyBody;
+use crate::proxy::exchange::{general as forward, Proxy};
+use crate::proxy::http1::head::{upstream_role, ResponseHead, Role};
+use crate::proxy::http1::push_header;
+use crate::proxy::upstream::body::UpstreamBody;
+use crate::proxy::upstream::client::{self, NoResponse, RawBody};
+use crate::proxy::upstream::pool::{Pool, RawConn};
 use crate::routing::{key, Decision};
 use crate::workers::InFlight;
 
@@ -163,7 +164,7 @@ fn write_request(
     let mut prior_forwarded_for = None;
     let mut has_length = false;
     for (name, value) in &fields.headers {
-        match crate::proxy::h1::head::upstream_role(name.as_str().as_bytes()) {
+        match upstream_role(name.as_str().as_bytes()) {
             Role::Keep => {
                 has_length |= name == header::CONTENT_LENGTH;
                 push_header(w, name.as_str().as_bytes(), value.as_bytes());
@@ -316,12 +317,7 @@ async fn general(
 
 /// The worker's response head as an HPACK block: its status and the fields it keeps,
 /// then the affinity cookie and the debug header when due.
-fn encode_response(
-    proxy: &Proxy,
-    resp: &crate::proxy::h1::head::ResponseHead,
-    raw: &[u8],
-    decision: &Decision,
-) -> Vec<u8> {
+fn encode_response(proxy: &Proxy, resp: &ResponseHead, raw: &[u8], decision: &Decision) -> Vec<u8> {
     let mut block = Vec::with_capacity(raw.len());
     hpack::encode_status(resp.status, &mut block);
     for f in resp.fields.iter().filter(|f| f.role == Role::Keep) {

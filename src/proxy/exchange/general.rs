@@ -10,11 +10,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use super::body::{ProxyBody, SidSniffer, UpstreamBody};
-use super::framing::Verdict;
-use super::pool::SendError;
-use super::upgrade::{self, TunnelLimits};
-use super::{h1, Proxy};
+use super::body::{ProxyBody, SidSniffer};
+use super::Proxy;
+use crate::proxy::http1::head::is_hop_by_hop;
+use crate::proxy::io::framing::Verdict;
+use crate::proxy::io::upgrade::{self, TunnelLimits};
+use crate::proxy::upstream::body::UpstreamBody;
+use crate::proxy::upstream::client::{self as raw_client, RawBody};
+use crate::proxy::upstream::pool::{Lease, SendError};
 use crate::routing::{key, Decision};
 use crate::workers::{InFlight, WorkerId};
 
@@ -221,7 +224,7 @@ async fn forward_once(
     // upgrades, uploads and handshakes whose reply is sniffed keep hyper's client.
     let plain = client_upgrade.is_none() && !sniff && req.body().is_end_stream();
     let sent = if plain {
-        h1::client::send(pool, req, proxy.response_timeout)
+        raw_client::send(pool, req, proxy.response_timeout)
             .await
             .map(Sent::Plain)
     } else {
@@ -301,8 +304,8 @@ async fn forward_once(
 
 /// How a worker's response came.
 enum Sent {
-    Hyper((Response<Incoming>, super::pool::Lease)),
-    Plain((http::response::Parts, h1::client::RawBody)),
+    Hyper((Response<Incoming>, Lease)),
+    Plain((http::response::Parts, RawBody)),
 }
 
 /// Learns from a worker's response head and adds the proxy's own headers to it.
@@ -486,7 +489,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// `close`, or a hop-by-hop header name (removed whether named or not).
 fn is_known_connection_token(token: &[u8]) -> bool {
-    token.is_empty() || token.eq_ignore_ascii_case(b"close") || h1::head::is_hop_by_hop(token)
+    token.is_empty() || token.eq_ignore_ascii_case(b"close") || is_hop_by_hop(token)
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
@@ -565,9 +568,9 @@ mod tests {
     #[test]
     fn both_paths_know_the_same_hop_by_hop_headers() {
         for name in HOP_BY_HOP {
-            assert!(h1::head::is_hop_by_hop(name.as_str().as_bytes()), "{name}");
+            assert!(is_hop_by_hop(name.as_str().as_bytes()), "{name}");
             let upper = name.as_str().to_ascii_uppercase();
-            assert!(h1::head::is_hop_by_hop(upper.as_bytes()), "{upper}");
+            assert!(is_hop_by_hop(upper.as_bytes()), "{upper}");
         }
         for name in [
             "host",
@@ -576,7 +579,7 @@ mod tests {
             "x-forwarded-for",
             "trailers",
         ] {
-            assert!(!h1::head::is_hop_by_hop(name.as_bytes()), "{name}");
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
         }
     }
 

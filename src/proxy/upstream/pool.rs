@@ -12,7 +12,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,10 +20,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
+use super::stream::{Connector, WorkerStream};
 
 /// Idle connections kept per worker address; more are closed when they come back.
 const MAX_IDLE: usize = 256;
@@ -114,7 +114,7 @@ fn before<'a, F: Future>(
 }
 
 /// `work`'s output, or `None` when `timer` fires first (where it is set now).
-pub(super) fn until<'a, F: Future>(
+pub fn until<'a, F: Future>(
     timer: &'a mut Pin<Box<Sleep>>,
     mut work: Pin<&'a mut F>,
 ) -> impl Future<Output = Option<F::Output>> + 'a {
@@ -128,7 +128,7 @@ pub(super) fn until<'a, F: Future>(
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
-    connect_timeout: Duration,
+    connector: Connector,
     idle: Mutex<Vec<Conn>>,
     raw_idle: Mutex<Vec<RawConn>>,
 }
@@ -138,7 +138,7 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct RawConn {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: WorkerStream,
     /// Bytes read from the worker and not yet passed on.
     pub rbuf: BytesMut,
     /// The request head being written.
@@ -152,19 +152,8 @@ pub struct RawConn {
 const RAW_READ_BUFFER: usize = 16 * 1024;
 
 impl RawConn {
-    /// False when the worker closed (or wrote to) the connection while it sat idle. Costs no
-    /// system call unless the socket was reported readable: tokio remembers readiness.
     fn still_idle(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
+        self.stream.still_idle()
     }
 }
 
@@ -174,11 +163,11 @@ impl RawConn {
 pub struct Lease(Conn);
 
 impl Pool {
-    /// An empty pool for `addr`.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+    /// An empty pool for `addr`, opening connections with `connector`.
+    pub fn new(addr: SocketAddr, connector: Connector) -> Self {
         Self {
             addr,
-            connect_timeout,
+            connector,
             idle: Mutex::new(Vec::new()),
             raw_idle: Mutex::new(Vec::new()),
         }
@@ -231,7 +220,7 @@ impl Pool {
     /// finishing its previous exchange, so wait for it (closed ones are dropped).
     async fn take_idle(&self) -> Option<Conn> {
         while let Some(mut conn) = self.pop_idle() {
-            if conn.ready(self.connect_timeout).await {
+            if conn.ready(self.connector.timeout).await {
                 return Some(conn);
             }
         }
@@ -279,17 +268,8 @@ impl Pool {
             .map(|resp| (resp, Lease(conn)))
     }
 
-    async fn open(&self) -> std::io::Result<TcpStream> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connect timed out after {:?}", self.connect_timeout),
-                )
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    async fn open(&self) -> std::io::Result<WorkerStream> {
+        self.connector.open(self.addr).await
     }
 
     async fn connect(&self) -> std::io::Result<Sender> {
@@ -320,7 +300,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        let pool = Pool::new(addr, Duration::from_secs(1));
+        let connector = Connector {
+            timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        let pool = Pool::new(addr, connector);
         let req = Request::get("/x")
             .body(UpstreamBody::Empty)
             .expect("request");

@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::proxy::h1::client::BoxError;
+use super::BoxError;
 
 /// Bytes a stream's reader consumed: (stream, bytes), for WINDOW_UPDATE.
 pub type Credit = (u32, u32);

@@ -12,13 +12,6 @@
 //! that cannot be reached, an idempotent request whose reused connection broke before any
 //! answer) are handed over the same way, before anything was answered.
 
-mod chunked;
-pub mod client;
-pub(super) mod head;
-mod rewind;
-
-pub use rewind::Rewind;
-
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -31,21 +24,21 @@ use http::header::{HeaderName, HeaderValue, COOKIE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{until, RawConn};
-use super::Proxy;
+use crate::proxy::exchange::Proxy;
+use crate::proxy::http1::chunked::Chunks;
+use crate::proxy::http1::head::{Framing, Parse, RequestHead, ResponseHead, Role};
+use crate::proxy::http1::push_header;
+use crate::proxy::io::rewind::Rewind;
+use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
+use crate::proxy::upstream::pool::{until, RawConn};
 use crate::routing::{key, Decision};
 use crate::workers::InFlight;
-use chunked::Chunks;
-use head::{Framing, Parse, RequestHead, ResponseHead, Role};
 
 /// Most bytes read at once while a request head is incomplete (on the stack).
 const HEAD_READ: usize = 4 * 1024;
 
 /// Response head buffer kept between requests; a larger one (grown for a body) is let go.
 const KEPT_OUT_BUFFER: usize = 4 * 1024;
-
-/// Largest response head the direct path reads from a worker.
-const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 
 /// How long closing a client connection may take (a TLS close_notify to a client that
 /// reads nothing more).
@@ -114,15 +107,6 @@ enum Done {
     Close,
     /// Nothing was answered: hyper's path takes the request (and the connection).
     HandOver,
-}
-
-/// Why a worker gave no usable response head.
-pub enum NoResponse {
-    /// The connection broke (or closed) before a single response byte.
-    Broken(io::Error),
-    /// A response head that cannot be read, or a broken one.
-    Invalid(&'static str),
-    TimedOut,
 }
 
 struct ClientConn<'p, I> {
@@ -546,7 +530,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
     /// Answers with an error of the proxy's own; the request was read whole, so the
     /// connection stays open.
     async fn answer_error(&mut self, msg: &[u8], status: u16, code: &str, reason: &str) -> Done {
-        let body = super::forward::error_json(code, reason);
+        let body = crate::proxy::exchange::general::error_json(code, reason);
         let o = &mut self.out;
         o.clear();
         o.extend_from_slice(b"HTTP/1.1 ");
@@ -576,58 +560,4 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             Done::KeepAlive
         }
     }
-}
-
-/// Writes the request in `up.wbuf` to the worker before its deadline.
-async fn send_request(up: &mut RawConn) -> Result<(), NoResponse> {
-    let write = std::pin::pin!(up.stream.write_all(&up.wbuf));
-    match until(&mut up.deadline, write).await {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(NoResponse::Broken(e)),
-        None => Err(NoResponse::TimedOut),
-    }
-}
-
-/// Reads from the worker until `head` parses a complete response head (an interim one
-/// too: the caller decides what to do with it), before the connection's deadline; the
-/// head's length. [`NoResponse::Broken`] when the connection ended before any byte of it.
-async fn read_head(
-    up: &mut RawConn,
-    head: &mut ResponseHead,
-    is_head: bool,
-) -> Result<usize, NoResponse> {
-    loop {
-        match head.parse(&up.rbuf, is_head) {
-            Parse::Complete(n) => return Ok(n),
-            Parse::Invalid => return Err(NoResponse::Invalid("invalid response head")),
-            Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
-                return Err(NoResponse::Invalid("response head too large"))
-            }
-            Parse::Partial => {}
-        }
-        if up.rbuf.capacity() - up.rbuf.len() < 1024 {
-            up.rbuf.reserve(8 * 1024);
-        }
-        let got_nothing = up.rbuf.is_empty();
-        let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
-        match until(&mut up.deadline, read).await {
-            None => return Err(NoResponse::TimedOut),
-            Some(Ok(n)) if n > 0 => {}
-            Some(result) if got_nothing => {
-                let e = result.err().unwrap_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")
-                });
-                return Err(NoResponse::Broken(e));
-            }
-            Some(_) => return Err(NoResponse::Invalid("connection closed mid-head")),
-        }
-    }
-}
-
-/// Appends `name: value` and the line end.
-pub fn push_header(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    w.extend_from_slice(name);
-    w.extend_from_slice(b": ");
-    w.extend_from_slice(value);
-    w.extend_from_slice(b"\r\n");
 }

@@ -14,9 +14,6 @@ mod direct;
 mod frame;
 mod hpack;
 mod huffman;
-mod request_body;
-
-pub use request_body::RequestBody;
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -37,14 +34,14 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::body::{ProxyBody, UpstreamBody};
-use super::forward;
-use super::h1::client::BoxError;
-use super::Proxy;
+use crate::proxy::exchange::body::ProxyBody;
+use crate::proxy::exchange::{general as forward, Proxy};
+use crate::proxy::io::request_body::{self, Credit, Sender};
+use crate::proxy::io::BoxError;
+use crate::proxy::upstream::body::UpstreamBody;
 use direct::Answer;
 use frame::{Head, Reason, MAX_WINDOW};
 use hpack::Name;
-use request_body::{Credit, Sender};
 
 pub use frame::PREFACE;
 

@@ -5,6 +5,7 @@
 //! per-request wake-ups.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -13,16 +14,18 @@ use bytes::{Buf, Bytes};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
-use super::chunked::Chunks;
-use super::head::{Framing, ResponseHead, Role};
-use super::{push_header, read_head, send_request, NoResponse};
-use crate::proxy::body::UpstreamBody;
-use crate::proxy::pool::{Pool, RawConn, SendError};
+use super::body::UpstreamBody;
+use super::pool::{until, Pool, RawConn, SendError};
+use crate::proxy::http1::chunked::Chunks;
+use crate::proxy::http1::head::{Framing, Parse, ResponseHead, Role};
+use crate::proxy::http1::push_header;
 
 /// A boxed error, as hyper takes them from a body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::proxy::io::BoxError;
 
 /// Sends `req` (which has no body) on a pooled plain connection of `pool`, waiting at most
 /// `timeout` for the response head.
@@ -295,8 +298,11 @@ impl RawBody {
             if conn.rbuf.capacity() < 1024 {
                 conn.rbuf.reserve(16 * 1024);
             }
-            ready!(conn.stream.poll_read_ready(cx))?;
-            match conn.stream.try_read_buf(&mut conn.rbuf) {
+            match ready!(poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.rbuf
+            )) {
                 Ok(0) => {
                     self.conn = None;
                     return match self.framing {
@@ -305,7 +311,6 @@ impl RawBody {
                     };
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     self.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -335,6 +340,69 @@ impl Drop for RawBody {
         // closed, not pooled. A finished one was given back already.
         if self.is_done() {
             self.finish();
+        }
+    }
+}
+
+/// Why a worker gave no usable response head.
+pub enum NoResponse {
+    /// The connection broke (or closed) before a single response byte.
+    Broken(io::Error),
+    /// A response head that cannot be read, or a broken one.
+    Invalid(&'static str),
+    TimedOut,
+}
+
+/// Largest response head read from a worker.
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+
+/// Writes the request in `up.wbuf` to the worker before its deadline.
+pub async fn send_request(up: &mut RawConn) -> Result<(), NoResponse> {
+    let stream = &mut up.stream;
+    let write = std::pin::pin!(async {
+        stream.write_all(&up.wbuf).await?;
+        // A TLS stream may hold the last record until flushed.
+        stream.flush().await
+    });
+    match until(&mut up.deadline, write).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(NoResponse::Broken(e)),
+        None => Err(NoResponse::TimedOut),
+    }
+}
+
+/// Reads from the worker until `head` parses a complete response head (an interim one
+/// too: the caller decides what to do with it), before the connection's deadline; the
+/// head's length. [`NoResponse::Broken`] when the connection ended before any byte of it.
+pub async fn read_head(
+    up: &mut RawConn,
+    head: &mut ResponseHead,
+    is_head: bool,
+) -> Result<usize, NoResponse> {
+    loop {
+        match head.parse(&up.rbuf, is_head) {
+            Parse::Complete(n) => return Ok(n),
+            Parse::Invalid => return Err(NoResponse::Invalid("invalid response head")),
+            Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
+                return Err(NoResponse::Invalid("response head too large"))
+            }
+            Parse::Partial => {}
+        }
+        if up.rbuf.capacity() - up.rbuf.len() < 1024 {
+            up.rbuf.reserve(8 * 1024);
+        }
+        let got_nothing = up.rbuf.is_empty();
+        let read = std::pin::pin!(up.stream.read_buf(&mut up.rbuf));
+        match until(&mut up.deadline, read).await {
+            None => return Err(NoResponse::TimedOut),
+            Some(Ok(n)) if n > 0 => {}
+            Some(result) if got_nothing => {
+                let e = result.err().unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")
+                });
+                return Err(NoResponse::Broken(e));
+            }
+            Some(_) => return Err(NoResponse::Invalid("connection closed mid-head")),
         }
     }
 }

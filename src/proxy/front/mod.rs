@@ -1,0 +1,183 @@
+//! How bytes arrive: the accept loop and TLS handshake, the direct HTTP/1.1 path (`h1`),
+//! hyper's HTTP/1 server for what it hands over, and the HTTP/2 front (`h2`).
+
+pub mod h1;
+pub mod h2;
+pub mod redirect;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::exchange::{general, Proxy};
+use crate::proxy::io::framing::{FramingWatch, Verdict};
+use crate::proxy::io::rewind::Rewind;
+use crate::proxy::upstream::body::UpstreamBody;
+use crate::tls::TlsReloader;
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` fires, then lets in-flight requests finish for at
+/// most `grace`.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    // HTTP/1 only: HTTP/2 connections go to our own front (`h2`).
+    let mut builder = http1::Builder::new();
+    builder
+        // The head deadline is the framing watch's (one timer per connection, not one per
+        // request).
+        .header_read_timeout(None)
+        .max_buf_size(proxy.config.max_header_size.max(8192))
+        .keep_alive(true)
+        // One flat buffer per response instead of a queue of slices: fewer instructions
+        // per request (callgrind: 37.0k -> 36.4k), the same one write per response.
+        .writev(false);
+    let builder = Arc::new(builder);
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(proxy.config.max_connections.max(1)));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // At the connection limit, stop accepting: newcomers wait in the kernel's queue.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => { backoff = Duration::from_millis(5); pair }
+                Err(e) => {
+                    // Out of descriptors and the like: the accept loop must not die.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            match proxy.config.tls.clone() {
+                None => serve_connection(&builder, stream, proxy, peer, shutdown).await,
+                // Boxed: the TLS states are several KB, and every task is as large as its
+                // largest state; plain connections should not carry them.
+                Some(tls) => {
+                    Box::pin(serve_tls(tls, &builder, stream, proxy, peer, shutdown)).await
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    tokio::select! {
+        _ = connections.wait() => tracing::debug!("all client connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace time over; closing open connections"),
+    }
+}
+
+/// Completes the TLS handshake, then serves the connection.
+async fn serve_tls(
+    tls: Arc<TlsReloader>,
+    builder: &http1::Builder,
+    stream: tokio::net::TcpStream,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    // A failed handshake (plain HTTP on the TLS port, a scanner) ends here.
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(builder, stream, proxy, peer, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves one client connection; on shutdown, finishes the request in flight and closes.
+async fn serve_connection<I>(
+    builder: &http1::Builder,
+    io: I,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = if proxy.direct {
+        match h1::serve(io, &proxy, peer, &shutdown).await {
+            h1::Served::Closed => return,
+            h1::Served::HandOver(io) => io,
+        }
+    } else {
+        Rewind::new(io, bytes::Bytes::new())
+    };
+    let mut io = io;
+    let header_timeout = proxy.config.header_timeout;
+    match tokio::time::timeout(header_timeout, io.starts_with(h2::PREFACE)).await {
+        Ok(Ok(true)) => h2::serve(io, proxy, peer, shutdown).await,
+        Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown).await,
+        Ok(Err(_)) | Err(_) => {}
+    }
+}
+
+/// Serves a client connection with hyper's HTTP/1 server: what the direct path hands over
+/// (or all of it, with a custom hash).
+async fn serve_with_hyper<I>(
+    builder: &http1::Builder,
+    io: I,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let verdict = Arc::new(Verdict::default());
+    let io = FramingWatch::new(io, verdict.clone(), proxy.config.header_timeout);
+    let client = Arc::new(general::Client::new(peer, verdict));
+    // Boxed: the service's future is large and hyper moves it around; the allocation
+    // costs less than the copies.
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        Box::pin(general::handle(
+            proxy.clone(),
+            req.map(UpstreamBody::Client),
+            client.clone(),
+        ))
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        // The connection first: a request the direct path handed over during shutdown is
+        // read (and answered) before the graceful shutdown can cancel a connection that has
+        // not read its first bytes yet.
+        biased;
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+    }
+}
