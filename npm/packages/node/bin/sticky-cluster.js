@@ -13,4 +13,5 @@ try {
   process.stderr.write(`${e.message}\n`);
   process.exit(1);
 }
-runMirrored(bin, process.argv.slice(2));
+// followParent: a launcher whose parent died without passing on a signal stops the binary.
+runMirrored(bin, process.argv.slice(2), { followParent: true });

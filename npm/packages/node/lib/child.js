@@ -12,8 +12,9 @@ const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
  * Spawns `bin args` and mirrors its end. `cleanup()` runs once before this process exits.
  * Returns the ChildProcess.
  */
-function runMirrored(bin, args, { stdio = 'inherit', env = process.env, cleanup = () => {} } = {}) {
+function runMirrored(bin, args, { stdio = 'inherit', env = process.env, cleanup = () => {}, followParent = false } = {}) {
   const child = spawn(bin, args, { stdio, env });
+  if (followParent) watchParent(child);
   const forward = (sig) => () => {
     if (child.exitCode === null && child.signalCode === null) child.kill(sig);
   };
@@ -37,6 +38,24 @@ function runMirrored(bin, args, { stdio = 'inherit', env = process.env, cleanup 
     process.exit(code === null ? 1 : code);
   });
   return child;
+}
+
+/** How often the launcher checks that the process that started it is still there. */
+const PARENT_CHECK_MS = 250;
+
+/**
+ * When our parent exits without passing its signal on (npx does so on SIGTERM), we are
+ * re-parented: stop the binary then, as a SIGTERM would, so nothing is left orphaned.
+ */
+function watchParent(child) {
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  }, PARENT_CHECK_MS);
+  timer.unref();
+  child.on('exit', () => clearInterval(timer));
 }
 
 module.exports = { runMirrored, FORWARDED };
