@@ -601,3 +601,68 @@ fn socketio_adapter_works_across_workers() {
         report()
     );
 }
+
+/// Chromium (playwright-core) on the seed's example through the package: its socket.io client
+/// starts with long-polling, upgrades to WebSocket, and stays on the worker holding its session.
+#[test]
+fn a_browser_polls_upgrades_and_stays_on_its_worker() {
+    const DEADLINE: Duration = Duration::from_secs(45);
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        chromium.exists(),
+        "chromium is not installed ({} is missing): run `apt-get install -y chromium` (CI installs it)",
+        chromium.display()
+    );
+    let browser = common::npm_ci(&common::tests_dir().join("browser"));
+    let (seed, proxy) = start_seed();
+    let tmp = scratch("seed-browser");
+    let token = format!("browser-{}", std::process::id());
+    let run = NodeRun::run(
+        &browser,
+        "seed-browser.js",
+        &[
+            format!("https://127.0.0.1:{proxy}"),
+            token.clone(),
+            DEADLINE.as_millis().to_string(),
+        ],
+        &[
+            ("TMPDIR", &tmp),
+            ("XDG_CONFIG_HOME", &tmp),
+            ("XDG_CACHE_HOME", &tmp),
+            ("CHROMIUM", &chromium),
+        ],
+        DEADLINE + Duration::from_secs(10),
+    );
+    let report = || {
+        format!(
+            "node seed-browser.js: {}\n{}\n{}\n--- seed ---\n{}",
+            run.status,
+            run.stdout,
+            run.stderr,
+            seed.logs()
+        )
+    };
+    let s: Value = serde_json::from_str(run.stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", report()));
+    assert!(strings(&s["errors"]).is_empty(), "{}", report());
+    assert_eq!(s["login"]["status"], 200, "{}", report());
+    assert_eq!(s["first"], "polling", "{}", report());
+    assert_eq!(s["after"], "websocket", "{}", report());
+    assert!(s["polls"].as_u64().unwrap() >= 2, "{}", report());
+    assert!(
+        strings(&s["websockets"])
+            .iter()
+            .any(|u| u.contains("/socket.io/?") && u.contains("transport=websocket")),
+        "{}",
+        report()
+    );
+    assert_eq!(s["me"]["status"], 200, "{}", report());
+    assert_eq!(s["me"]["worker"], s["login"]["worker"], "{}", report());
+    assert_eq!(s["ok"], true, "{}", report());
+    // The WebSocket, after the upgrade, reached the worker that holds the session.
+    let line = format!("[worker {}] join {token}", s["login"]["worker"]);
+    wait_until(&line, Duration::from_secs(5), || {
+        seed.out("stdout").contains(&line)
+    });
+}
