@@ -666,3 +666,23 @@ fn a_browser_polls_upgrades_and_stays_on_its_worker() {
         seed.out("stdout").contains(&line)
     });
 }
+
+/// The TypeScript declarations (main package, bus, socket.io adapter) accept the README's
+/// uses and refuse what the package refuses (`tests/types/check.ts`, `tsc --noEmit`).
+#[test]
+fn typescript_declarations_check() {
+    let dir = common::npm_ci(&common::tests_dir().join("types"));
+    let tsc = dir.join("node_modules/typescript/bin/tsc");
+    let out = Command::new("node")
+        .arg(&tsc)
+        .args(["-p", "."])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tsc found errors:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,8 +1,9 @@
 /// <reference types="node" />
 import { EventEmitter } from 'events';
 
+declare namespace bus {
 /** The worker's end of the sticky-cluster message bus (newline-delimited JSON over STICKY_CLUSTER_IPC). */
-export interface Bus extends EventEmitter {
+interface Bus extends EventEmitter {
   /** True in a process started by sticky-cluster. */
   readonly available: boolean;
   /** This worker's index (WORKER_ID), or null outside a worker. */
@@ -27,6 +28,7 @@ export interface Bus extends EventEmitter {
   on(event: 'worker', listener: (change: { id: number; state: 'up' | 'down' }) => void): this;
   on(event: 'connect' | 'disconnect', listener: () => void): this;
 }
+}
 
-declare const bus: Bus;
+declare const bus: bus.Bus;
 export = bus;

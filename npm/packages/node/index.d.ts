@@ -1,6 +1,6 @@
 /// <reference types="node" />
 import type { ChildProcess } from 'child_process';
-import type { Bus } from './bus';
+import bus = require('./bus');
 
 declare namespace stickyCluster {
   /** A session key source of the proxy (see `--session-key`). */
@@ -67,7 +67,7 @@ interface StickyCluster {
   /** Master: starts the cluster, returns the binary's process. Worker: returns the callback's value. */
   <T>(options: stickyCluster.Options, callback: (worker: stickyCluster.Worker, port: number) => T): T | ChildProcess;
   /** The worker's message bus. */
-  bus: Bus;
+  bus: bus.Bus;
   /** True in a worker started by this API. */
   isWorker(): boolean;
   /** The binary this package runs. */
