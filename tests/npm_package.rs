@@ -103,7 +103,7 @@ fn installed() -> &'static Path {
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             std::fs::copy(repo().join("examples/seed").join(file), &to).unwrap();
         }
-        for file in ["sio-adapter-worker.js", "plain-app.js"] {
+        for file in ["sio-adapter-worker.js", "plain-app.js", "seed-api-app.js"] {
             std::fs::copy(common::tests_dir().join("node").join(file), dir.join(file)).unwrap();
         }
         // The example reads ./cert/def-secured.{key,crt}: a throwaway self-signed pair.
@@ -361,10 +361,33 @@ fn seed_example_runs_through_the_package() {
 
     let tree = descendants(seed.pid());
     assert!(tree.len() > cpu_count(), "binary + workers: {tree:?}");
+    // The key reached the binary as a private file, not on its command line.
+    let args: Vec<String> = std::fs::read_to_string(format!("/proc/{}/cmdline", tree[0]))
+        .unwrap()
+        .split('\0')
+        .map(str::to_string)
+        .collect();
+    let flag = |name: &str| {
+        let i = args.iter().position(|a| a == name);
+        i.map(|i| args[i + 1].clone())
+            .unwrap_or_else(|| panic!("no {name} in {args:?}"))
+    };
+    let key = PathBuf::from(flag("--tls-key"));
+    assert_eq!(flag("--worker-cert"), flag("--tls-cert"), "{args:?}");
+    assert!(args.iter().any(|a| a == "--worker-tls"), "{args:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600, "{}", key.display());
+    assert_eq!(mode(key.parent().unwrap()), 0o700, "{}", key.display());
+    assert!(!args.iter().any(|a| a.contains("PRIVATE KEY")), "{args:?}");
     common::kill("TERM", seed.pid());
     let status = seed.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", seed.logs());
     assert_all_gone(&tree, || seed.logs());
+    assert!(
+        !key.parent().unwrap().exists(),
+        "the private directory was removed"
+    );
 }
 
 /// `npx sticky-cluster --workers 2 -- node app.js` serves through the installed binary, and
@@ -452,6 +475,58 @@ fn launcher_mirrors_the_binary_exit() {
         }
         assert_all_gone(&tree, || launcher.logs());
     }
+}
+
+/// The seed API's master side: `workerListener` gets `process.send` messages from every
+/// worker (and the bus carries worker-to-worker pings), `logger` gets the binary's log lines,
+/// and the private directory (the listener socket) is gone after SIGTERM.
+#[test]
+fn seed_api_brings_messages_and_logs_to_the_master() {
+    let mut ports = free_ports(5);
+    let proxy = ports.first;
+    ports.release();
+    let mut app = Proc::spawn(
+        "node",
+        &["seed-api-app.js"],
+        &[
+            ("STICKY_CLUSTER_PROXY_PORT", proxy.to_string()),
+            ("STICKY_CLUSTER_WORKER_PORT", (proxy + 1).to_string()),
+        ],
+    );
+    let stdout_has = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !app.out("stdout").contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?}\n{}", app.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    stdout_has("LOGGER info proxy listening on http://0.0.0.0:");
+    for id in 0..2 {
+        stdout_has(&format!("LISTENER {id} {{\"hello\":{id},\"pid\":"));
+        let other = 1 - id;
+        stdout_has(&format!(
+            "LISTENER {id} {{\"heardPingFrom\":{other},\"me\":{id}}}"
+        ));
+    }
+    let binary = descendants(app.pid())[0];
+    let cmdline = std::fs::read_to_string(format!("/proc/{binary}/cmdline")).unwrap();
+    let socket = cmdline
+        .split(['\0', ' ', '\''])
+        .find(|a| a.ends_with("/messages.sock"))
+        .unwrap_or_else(|| panic!("no listener socket in {cmdline:?}"))
+        .to_string();
+    let private = Path::new(&socket).parent().unwrap().to_path_buf();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", private.display());
+    common::kill("TERM", app.pid());
+    assert_eq!(
+        app.wait_exit(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        app.logs()
+    );
+    assert!(!private.exists(), "{} left behind", private.display());
 }
 
 fn node_eval(code: &str) -> (Option<i32>, String) {
