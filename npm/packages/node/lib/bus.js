@@ -12,6 +12,7 @@ const MAX_LINE = 64 * 1024;
 const QUEUE_MAX = 1024;
 const RETRY_MIN_MS = 50;
 const RETRY_MAX_MS = 1000;
+const WATCH = `${JSON.stringify({ type: 'watch' })}\n`;
 
 class Bus extends EventEmitter {
   constructor(path) {
@@ -98,6 +99,8 @@ class Bus extends EventEmitter {
       this.retryMs = RETRY_MIN_MS;
       const queued = this.queue;
       this.queue = [];
+      // Worker notices are sent only to connections that ask (every new connection must).
+      if (this.listenerCount('worker') > 0) socket.write(WATCH);
       for (const line of queued) socket.write(line);
       this.emit('connect');
     });
@@ -138,6 +141,7 @@ class Bus extends EventEmitter {
 function autoConnect(bus) {
   bus.on('newListener', (event) => {
     if ((event === 'message' || event === 'worker') && bus.available) process.nextTick(() => bus.connect());
+    if (event === 'worker' && bus.connected) bus.socket.write(WATCH);
   });
   return bus;
 }
