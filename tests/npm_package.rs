@@ -144,10 +144,14 @@ struct Proc {
 
 impl Proc {
     fn spawn(program: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::spawn_in(installed(), program, args, env)
+    }
+
+    fn spawn_in(cwd: &Path, program: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let dir = scratch("npm-proc");
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .current_dir(installed())
+            .current_dir(cwd)
             .env("PATH", node_only_path())
             .env("XDG_STATE_HOME", &dir)
             .env("NO_COLOR", "1")
@@ -276,12 +280,13 @@ fn cpu_count() -> usize {
 
 /// The seed's example, started as its README says (`node bin/www`), with the ports moved off
 /// 443/8000 through the package's environment overrides.
-fn start_seed() -> (Proc, u16) {
+fn start_seed(cwd: &Path) -> (Proc, u16) {
     let workers = cpu_count();
     let mut ports = free_ports(1 + 2 * workers);
     let proxy = ports.first;
     ports.release();
-    let seed = Proc::spawn(
+    let seed = Proc::spawn_in(
+        cwd,
         "node",
         &["bin/www"],
         &[
@@ -298,7 +303,52 @@ fn start_seed() -> (Proc, u16) {
 /// process.
 #[test]
 fn seed_example_runs_through_the_package() {
-    let (mut seed, proxy) = start_seed();
+    let (mut seed, proxy) = start_seed(installed());
+    let s = seed_clients_keep_their_sessions(&seed, proxy);
+    let report = || format!("{s}\n--- seed ---\n{}", seed.logs());
+
+    let killed = &s["killed"];
+    assert_ne!(killed["newPid"], Value::Null, "{}", report());
+    assert_ne!(killed["newPid"], killed["pid"], "{}", report());
+    assert_eq!(killed["failedDuringRespawn"], 0, "{}", report());
+    let back = format!("worker back up worker={}", killed["worker"]);
+    seed.wait_stderr(&back, Duration::from_secs(20));
+
+    let tree = descendants(seed.pid());
+    assert!(tree.len() > cpu_count(), "binary + workers: {tree:?}");
+    // The key reached the binary as a private file, not on its command line.
+    let args: Vec<String> = std::fs::read_to_string(format!("/proc/{}/cmdline", tree[0]))
+        .unwrap()
+        .split('\0')
+        .map(str::to_string)
+        .collect();
+    let flag = |name: &str| {
+        let i = args.iter().position(|a| a == name);
+        i.map(|i| args[i + 1].clone())
+            .unwrap_or_else(|| panic!("no {name} in {args:?}"))
+    };
+    let key = PathBuf::from(flag("--tls-key"));
+    assert_eq!(flag("--worker-cert"), flag("--tls-cert"), "{args:?}");
+    assert!(args.iter().any(|a| a == "--worker-tls"), "{args:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600, "{}", key.display());
+    assert_eq!(mode(key.parent().unwrap()), 0o700, "{}", key.display());
+    assert!(!args.iter().any(|a| a.contains("PRIVATE KEY")), "{args:?}");
+    common::kill("TERM", seed.pid());
+    let status = seed.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", seed.logs());
+    assert_all_gone(&tree, || seed.logs());
+    assert!(
+        !key.parent().unwrap().exists(),
+        "the private directory was removed"
+    );
+}
+
+/// Runs `seed-clients.js` against the seed example and checks that every user stayed on the
+/// worker that logged it in: `/me`, and its socket.io connection (polling, then WebSocket)
+/// through the passport.socketio check. Returns the summary.
+fn seed_clients_keep_their_sessions(seed: &Proc, proxy: u16) -> Value {
     let users = 2 * cpu_count();
     let run = NodeRun::run(
         &common::node_modules(),
@@ -351,43 +401,7 @@ fn seed_example_runs_through_the_package() {
         });
     }
     assert_eq!(workers.len(), cpu_count().min(users), "{}", report());
-
-    let killed = &s["killed"];
-    assert_ne!(killed["newPid"], Value::Null, "{}", report());
-    assert_ne!(killed["newPid"], killed["pid"], "{}", report());
-    assert_eq!(killed["failedDuringRespawn"], 0, "{}", report());
-    let back = format!("worker back up worker={}", killed["worker"]);
-    seed.wait_stderr(&back, Duration::from_secs(20));
-
-    let tree = descendants(seed.pid());
-    assert!(tree.len() > cpu_count(), "binary + workers: {tree:?}");
-    // The key reached the binary as a private file, not on its command line.
-    let args: Vec<String> = std::fs::read_to_string(format!("/proc/{}/cmdline", tree[0]))
-        .unwrap()
-        .split('\0')
-        .map(str::to_string)
-        .collect();
-    let flag = |name: &str| {
-        let i = args.iter().position(|a| a == name);
-        i.map(|i| args[i + 1].clone())
-            .unwrap_or_else(|| panic!("no {name} in {args:?}"))
-    };
-    let key = PathBuf::from(flag("--tls-key"));
-    assert_eq!(flag("--worker-cert"), flag("--tls-cert"), "{args:?}");
-    assert!(args.iter().any(|a| a == "--worker-tls"), "{args:?}");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&key), 0o600, "{}", key.display());
-    assert_eq!(mode(key.parent().unwrap()), 0o700, "{}", key.display());
-    assert!(!args.iter().any(|a| a.contains("PRIVATE KEY")), "{args:?}");
-    common::kill("TERM", seed.pid());
-    let status = seed.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "{}", seed.logs());
-    assert_all_gone(&tree, || seed.logs());
-    assert!(
-        !key.parent().unwrap().exists(),
-        "the private directory was removed"
-    );
+    s
 }
 
 /// `npx sticky-cluster --workers 2 -- node app.js` serves through the installed binary, and
@@ -478,7 +492,7 @@ fn launcher_mirrors_the_binary_exit() {
 }
 
 /// The seed API's master side: `workerListener` gets `process.send` messages from every
-/// worker (and the bus carries worker-to-worker pings), `logger` gets the binary's log lines,
+/// worker (and the bus carries worker-to-worker pings, and reconnects after a cut), `logger` gets the binary's log lines,
 /// and the private directory (the listener socket) is gone after SIGTERM.
 #[test]
 fn seed_api_brings_messages_and_logs_to_the_master() {
@@ -503,6 +517,7 @@ fn seed_api_brings_messages_and_logs_to_the_master() {
     stdout_has("LOGGER info proxy listening on http://0.0.0.0:");
     for id in 0..2 {
         stdout_has(&format!("LISTENER {id} {{\"hello\":{id},\"pid\":"));
+        stdout_has(&format!("LISTENER {id} {{\"reconnected\":{id}}}"));
         let other = 1 - id;
         stdout_has(&format!(
             "LISTENER {id} {{\"heardPingFrom\":{other},\"me\":{id}}}"
@@ -690,7 +705,7 @@ fn a_browser_polls_upgrades_and_stays_on_its_worker() {
         chromium.display()
     );
     let browser = common::npm_ci(&common::tests_dir().join("browser"));
-    let (seed, proxy) = start_seed();
+    let (seed, proxy) = start_seed(installed());
     let tmp = scratch("seed-browser");
     let token = format!("browser-{}", std::process::id());
     let run = NodeRun::run(
@@ -760,4 +775,51 @@ fn typescript_declarations_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The README's faster setup: the seed example with TLS at the proxy only (`http.createServer`,
+/// `ssl.workers: 'plain'`, express trusting the loopback proxy for its secure cookie) keeps
+/// every session and socket on its worker, and the proxy no longer speaks TLS to the workers.
+#[test]
+fn seed_example_with_tls_at_the_proxy_only() {
+    let dir = installed().join("plain");
+    let files = [
+        "bin/www",
+        "worker.js",
+        "socket.io.js",
+        "passport.js",
+        "cert/def-secured.key",
+        "cert/def-secured.crt",
+    ];
+    for file in files {
+        std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+        std::fs::copy(installed().join(file), dir.join(file)).unwrap();
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{file}: {from:?}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    edit(
+        "bin/www",
+        "https.createServer(optionsHTTPs, app)",
+        "require('http').createServer(app)",
+    );
+    edit(
+        "bin/www",
+        "certs: optionsHTTPs\n",
+        "certs: optionsHTTPs, workers: 'plain'\n",
+    );
+    edit(
+        "worker.js",
+        "var app = express();\n",
+        "var app = express();\napp.set('trust proxy', 'loopback');\n",
+    );
+    let (seed, proxy) = start_seed(&dir);
+    let binary = descendants(seed.pid())[0];
+    let cmdline = std::fs::read_to_string(format!("/proc/{binary}/cmdline")).unwrap();
+    assert!(cmdline.contains("--tls-cert"), "{cmdline:?}");
+    assert!(!cmdline.contains("--worker-tls"), "{cmdline:?}");
+    seed_clients_keep_their_sessions(&seed, proxy);
 }

@@ -1,7 +1,8 @@
 // The seed API's master-side hooks through @sticky-cluster/node, for tests/npm_package.rs
 // (copied next to the installed package). Two workers; each says hello with process.send
 // (as under `cluster`), and broadcasts a ping on the bus until it hears the other's, then
-// reports it with process.send. The master prints every workerListener call as
+// reports it with process.send; its bus connection is cut once and comes back by itself.
+// The master prints every workerListener call as
 // `LISTENER <id> <json>` and every logger call as `LOGGER <level> <line>`.
 'use strict';
 
@@ -21,6 +22,11 @@ esc(
   },
   (worker, port) => {
     process.send({ hello: worker.id, pid: worker.process.pid });
+    // The bus reconnects when its connection drops: this message goes out on a new one.
+    esc.bus.once('connect', () => {
+      esc.bus.socket.end();
+      esc.bus.once('connect', () => process.send({ reconnected: worker.id }));
+    });
     let heard = false;
     esc.bus.on('message', (data, from) => {
       if (data && data.ping !== undefined && !heard) {
