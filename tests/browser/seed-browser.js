@@ -53,17 +53,24 @@ async function main() {
       new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('no connect and upgrade in time')), stepMs);
         const socket = window.io({ transports: ['polling', 'websocket'], reconnection: false });
+        let first = null;
+        let upgraded = false;
+        // The manager opens once the engine's handshake is done, before any upgrade probe.
+        socket.io.on('open', () => {
+          first = socket.io.engine.transport.name;
+          socket.io.engine.once('upgrade', () => {
+            upgraded = true;
+            if (socket.connected) finish();
+          });
+        });
+        const finish = () => {
+          socket.emit('join', joinToken);
+          clearTimeout(timer);
+          resolve({ first, after: socket.io.engine.transport.name });
+        };
         socket.on('connect_error', (e) => reject(new Error(`socket.io refused: ${e.message}`)));
         socket.on('connect', () => {
-          const engine = socket.io.engine;
-          const first = engine.transport.name;
-          const finish = () => {
-            socket.emit('join', joinToken);
-            clearTimeout(timer);
-            resolve({ first, after: engine.transport.name });
-          };
-          if (first === 'websocket') finish();
-          else engine.once('upgrade', finish);
+          if (upgraded || first === 'websocket') finish();
         });
       }),
     [token, STEP_MS],
