@@ -232,6 +232,35 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `start(proxy_port)` on `n` free ports and waits for "proxy listening" in its
+/// `stream`; when another process took one of the ports meanwhile, starts again on others.
+fn on_free_ports(n: usize, stream: &str, start: impl Fn(u16) -> Proc) -> (Proc, u16) {
+    for _ in 0..3 {
+        let mut ports = free_ports(n);
+        let proxy = ports.first;
+        ports.release();
+        let mut p = start(proxy);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if p.out(stream).contains("proxy listening") {
+                return (p, proxy);
+            }
+            let exited = p.child.as_mut().unwrap().try_wait().unwrap().is_some();
+            if exited || Instant::now() > deadline {
+                assert!(
+                    p.logs().contains("already in use"),
+                    "no \"proxy listening\"\n{}",
+                    p.logs()
+                );
+                eprintln!("a port was taken; starting again on others");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("three runs of free ports were taken before the proxy bound them");
+}
+
 /// Every process below `root` now (children, grandchildren, ...).
 fn descendants(root: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
@@ -281,21 +310,17 @@ fn cpu_count() -> usize {
 /// The seed's example, started as its README says (`node bin/www`), with the ports moved off
 /// 443/8000 through the package's environment overrides.
 fn start_seed(cwd: &Path) -> (Proc, u16) {
-    let workers = cpu_count();
-    let mut ports = free_ports(1 + 2 * workers);
-    let proxy = ports.first;
-    ports.release();
-    let seed = Proc::spawn_in(
-        cwd,
-        "node",
-        &["bin/www"],
-        &[
-            ("STICKY_CLUSTER_PROXY_PORT", proxy.to_string()),
-            ("STICKY_CLUSTER_WORKER_PORT", (proxy + 1).to_string()),
-        ],
-    );
-    seed.wait_stderr("proxy listening", Duration::from_secs(60));
-    (seed, proxy)
+    on_free_ports(1 + 2 * cpu_count(), "stderr", |proxy| {
+        Proc::spawn_in(
+            cwd,
+            "node",
+            &["bin/www"],
+            &[
+                ("STICKY_CLUSTER_PROXY_PORT", proxy.to_string()),
+                ("STICKY_CLUSTER_WORKER_PORT", (proxy + 1).to_string()),
+            ],
+        )
+    })
 }
 
 /// Login, `/me` sticky, socket.io behind the seed's passport.socketio check (polling, then
@@ -409,29 +434,26 @@ fn seed_clients_keep_their_sessions(seed: &Proc, proxy: u16) -> Value {
 /// signal on: the launcher sees that its parent is gone).
 #[test]
 fn npx_sticky_cluster_serves_and_sigterm_leaves_nothing() {
-    let mut ports = free_ports(5);
-    let proxy = ports.first;
-    ports.release();
-    let args = [
-        "sticky-cluster",
-        "--workers",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--proxy-port",
-        &proxy.to_string(),
-        "--worker-port",
-        &(proxy + 1).to_string(),
-        "--delay",
-        "0s",
-        "--",
-        "node",
-        "plain-app.js",
-    ]
-    .map(str::to_string);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut npx = Proc::spawn("npx", &refs, &[]);
-    npx.wait_stderr("proxy listening", Duration::from_secs(60));
+    let (mut npx, proxy) = on_free_ports(5, "stderr", |proxy| {
+        let (p, w) = (proxy.to_string(), (proxy + 1).to_string());
+        let args = [
+            "sticky-cluster",
+            "--workers",
+            "2",
+            "--bind",
+            "127.0.0.1",
+            "--proxy-port",
+            &p,
+            "--worker-port",
+            &w,
+            "--delay",
+            "0s",
+            "--",
+            "node",
+            "plain-app.js",
+        ];
+        Proc::spawn("npx", &args, &[])
+    });
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy));
     let mut seen = HashSet::new();
     for _ in 0..4 {
@@ -454,28 +476,26 @@ fn npx_sticky_cluster_serves_and_sigterm_leaves_nothing() {
 fn launcher_mirrors_the_binary_exit() {
     use std::os::unix::process::ExitStatusExt;
     for (signal_to, expect_signal) in [("launcher", None), ("binary", Some(9))] {
-        let mut ports = free_ports(3);
-        let proxy = ports.first;
-        ports.release();
-        let (p, w) = (proxy.to_string(), (proxy + 1).to_string());
-        let mut launcher = Proc::spawn(
-            "node",
-            &[
-                "node_modules/.bin/sticky-cluster",
-                "--workers",
-                "1",
-                "--bind",
-                "127.0.0.1",
-                "--proxy-port",
-                &p,
-                "--worker-port",
-                &w,
-                "--delay",
-                "0s",
-            ],
-            &[],
-        );
-        launcher.wait_stderr("proxy listening", Duration::from_secs(30));
+        let (mut launcher, _) = on_free_ports(3, "stderr", |proxy| {
+            let (p, w) = (proxy.to_string(), (proxy + 1).to_string());
+            Proc::spawn(
+                "node",
+                &[
+                    "node_modules/.bin/sticky-cluster",
+                    "--workers",
+                    "1",
+                    "--bind",
+                    "127.0.0.1",
+                    "--proxy-port",
+                    &p,
+                    "--worker-port",
+                    &w,
+                    "--delay",
+                    "0s",
+                ],
+                &[],
+            )
+        });
         let tree = descendants(launcher.pid());
         if signal_to == "launcher" {
             common::kill("TERM", launcher.pid());
@@ -496,17 +516,16 @@ fn launcher_mirrors_the_binary_exit() {
 /// and the private directory (the listener socket) is gone after SIGTERM.
 #[test]
 fn seed_api_brings_messages_and_logs_to_the_master() {
-    let mut ports = free_ports(5);
-    let proxy = ports.first;
-    ports.release();
-    let mut app = Proc::spawn(
-        "node",
-        &["seed-api-app.js"],
-        &[
-            ("STICKY_CLUSTER_PROXY_PORT", proxy.to_string()),
-            ("STICKY_CLUSTER_WORKER_PORT", (proxy + 1).to_string()),
-        ],
-    );
+    let (mut app, _) = on_free_ports(5, "stdout", |proxy| {
+        Proc::spawn(
+            "node",
+            &["seed-api-app.js"],
+            &[
+                ("STICKY_CLUSTER_PROXY_PORT", proxy.to_string()),
+                ("STICKY_CLUSTER_WORKER_PORT", (proxy + 1).to_string()),
+            ],
+        )
+    });
     let stdout_has = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !app.out("stdout").contains(needle) {
