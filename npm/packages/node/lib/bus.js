@@ -77,7 +77,9 @@ class Bus extends EventEmitter {
     if (Buffer.byteLength(line) > MAX_LINE) {
       throw new RangeError(`sticky-cluster bus: message of ${Buffer.byteLength(line)} bytes is over the bus's ${MAX_LINE}-byte line limit; send a reference instead`);
     }
-    if (this.connected) {
+    // A socket that is closing (ended by either side) takes no more lines: they wait for
+    // the next connection.
+    if (this.connected && this.socket.writable) {
       this.socket.write(line);
       return;
     }
@@ -94,7 +96,9 @@ class Bus extends EventEmitter {
     socket.setEncoding('utf8');
     // A bus alone never keeps a worker alive.
     socket.unref();
+    let opened = false;
     socket.on('connect', () => {
+      opened = true;
       this.connected = true;
       this.retryMs = RETRY_MIN_MS;
       const queued = this.queue;
@@ -105,13 +109,15 @@ class Bus extends EventEmitter {
       this.emit('connect');
     });
     socket.on('data', (chunk) => this.onData(chunk));
+    socket.on('end', () => {
+      this.connected = false;
+    });
     socket.on('error', () => {});
     socket.on('close', () => {
-      const was = this.connected;
       this.connected = false;
       this.socket = null;
       this.buffer = '';
-      if (was) this.emit('disconnect');
+      if (opened) this.emit('disconnect');
       if (this.closed) return;
       const timer = setTimeout(() => this.connect(), this.retryMs);
       timer.unref();
@@ -141,7 +147,7 @@ class Bus extends EventEmitter {
 function autoConnect(bus) {
   bus.on('newListener', (event) => {
     if ((event === 'message' || event === 'worker') && bus.available) process.nextTick(() => bus.connect());
-    if (event === 'worker' && bus.connected) bus.socket.write(WATCH);
+    if (event === 'worker' && bus.connected && bus.socket.writable) bus.socket.write(WATCH);
   });
   return bus;
 }
