@@ -842,3 +842,70 @@ fn seed_example_with_tls_at_the_proxy_only() {
     assert!(!cmdline.contains("--worker-tls"), "{cmdline:?}");
     seed_clients_keep_their_sessions(&seed, proxy);
 }
+
+/// The packed manifests: the main package pins every platform package to its own version
+/// (Cargo's), has no install script, and the installed platform package says where it runs.
+#[test]
+fn packed_manifests_pin_the_platforms_and_run_nothing_at_install() {
+    let read = |pkg: &str| -> Value {
+        let path = installed()
+            .join("node_modules/@sticky-cluster")
+            .join(pkg)
+            .join("package.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let main = read("node");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(main["version"], version);
+    let pins = main["optionalDependencies"].as_object().unwrap();
+    let names: Vec<&str> = pins.keys().map(String::as_str).collect();
+    assert_eq!(names.len(), 6, "six platform packages: {names:?}");
+    for platform in [
+        "linux-x64-gnu",
+        "linux-arm64-gnu",
+        "linux-x64-musl",
+        "darwin-arm64",
+        "darwin-x64",
+        "win32-x64",
+    ] {
+        assert_eq!(
+            pins[&format!("@sticky-cluster/{platform}")],
+            version,
+            "{platform}"
+        );
+    }
+    for hook in ["preinstall", "install", "postinstall", "prepare"] {
+        assert!(main["scripts"][hook].is_null(), "an install script: {hook}");
+    }
+    assert_eq!(main["bin"]["sticky-cluster"], "bin/sticky-cluster.js");
+    let platform = pins
+        .keys()
+        .map(|k| k.trim_start_matches("@sticky-cluster/"))
+        .find(|p| {
+            installed()
+                .join("node_modules/@sticky-cluster")
+                .join(p)
+                .exists()
+        })
+        .expect("this machine's platform package is installed");
+    let manifest = read(platform);
+    assert_eq!(manifest["version"], version);
+    // npm's names: darwin for macOS, win32 for Windows, linux.
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        "windows" => "win32",
+        other => other,
+    };
+    assert_eq!(manifest["os"], serde_json::json!([os]));
+    assert!(
+        manifest["cpu"].as_array().is_some_and(|c| c.len() == 1),
+        "{manifest}"
+    );
+    if os == "linux" {
+        assert!(
+            manifest["libc"].as_array().is_some_and(|c| c.len() == 1),
+            "{manifest}"
+        );
+    }
+    assert!(manifest["scripts"].is_null(), "{manifest}");
+}
