@@ -28,7 +28,7 @@ function loadBase() {
       // next
     }
   }
-  throw new Error('@sticky-cluster/node/socket.io: needs socket.io-adapter >= 2.5.4 (installed with socket.io >= 4.7.5); run `npm install socket.io`');
+  throw new Error('@sticky-cluster/node/socket.io: needs socket.io-adapter 2.5.4 or later, with ClusterAdapterWithHeartbeat (socket.io 4.8 installs one); run `npm install socket.io@4`');
 }
 
 /** Buffers and typed arrays become { __sc_bin: base64 } so they survive the JSON bus. */
