@@ -208,6 +208,28 @@ impl Router {
         Some(self.decided(worker, outcome, cookie_worker))
     }
 
+    /// Routes a request again after the worker of `failed` could not serve it (and was
+    /// taken out of rotation): the same rules, and the outcome says the client moved, so the
+    /// app knows to rebuild its session; a client that was never served stays new. The
+    /// decision made here is the one the request carries from now on. `None` when no worker
+    /// is up.
+    pub fn reroute(
+        &self,
+        head: &Parts,
+        peer: IpAddr,
+        workers: &WorkerSet,
+        now: Tick,
+        failed: Decision,
+    ) -> Option<Decision> {
+        let d = self.route(head, peer, workers, now, false)?;
+        let outcome = match failed.outcome {
+            _ if d.worker == failed.worker => d.outcome,
+            Outcome::New => Outcome::New,
+            Outcome::Kept | Outcome::Moved => Outcome::Moved,
+        };
+        Some(Decision { outcome, ..d })
+    }
+
     fn decided(&self, worker: WorkerId, outcome: Outcome, cookie: Option<WorkerId>) -> Decision {
         Decision {
             worker,
@@ -311,6 +333,29 @@ mod tests {
             assert_eq!(d.worker, first.worker);
             assert_eq!(d.outcome, Outcome::Kept);
         }
+    }
+
+    #[test]
+    fn a_reroute_after_a_failure_is_a_move_and_the_next_request_is_kept() {
+        let (r, w) = setup(3, |s| s.affinity_cookie = None);
+        let h = req(Some("connect.sid=abc"));
+        let first = r.route(&h, PEER, &w, 0, false).expect("a worker");
+        let kept = r.route(&h, PEER, &w, 1, false).expect("a worker");
+        assert_eq!(kept.outcome, Outcome::Kept);
+        w.set_healthy(kept.worker, false);
+        let moved = r.reroute(&h, PEER, &w, 2, kept).expect("a worker");
+        assert_ne!(moved.worker, first.worker);
+        assert_eq!(moved.outcome, Outcome::Moved);
+        let after = r.route(&h, PEER, &w, 3, false).expect("a worker");
+        assert_eq!((after.worker, after.outcome), (moved.worker, Outcome::Kept));
+        // A client never served before stays new on its second worker.
+        let fresh = req(Some("connect.sid=fresh"));
+        let new = r.route(&fresh, PEER, &w, 4, false).expect("a worker");
+        assert_eq!(new.outcome, Outcome::New);
+        w.set_healthy(new.worker, false);
+        let again = r.reroute(&fresh, PEER, &w, 5, new).expect("a worker");
+        assert_ne!(again.worker, new.worker);
+        assert_eq!(again.outcome, Outcome::New);
     }
 
     #[test]

@@ -706,3 +706,90 @@ pub fn strings(v: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A Node worker (`tests/node/worker.js`) started by a test itself, as an `--upstream`; killed
+/// on drop.
+pub struct Upstream {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Worker `id` on `port`, listening when this returns.
+    pub fn start(id: u16, port: u16) -> Self {
+        let child = Command::new("node")
+            .arg(tests_dir().join("node/worker.js"))
+            .env("PORT", port.to_string())
+            .env("WORKER_ID", id.to_string())
+            .env_remove("STICKY_CLUSTER_IPC")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node starts");
+        wait_until("the upstream to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+
+    /// `--upstream 127.0.0.1:PORT`.
+    pub fn arg(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the worker and waits until its port refuses connections.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        wait_until(
+            "the upstream's port to close",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+        );
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/2 request with prior knowledge on a connection of its own: status, headers,
+/// body.
+pub fn h2_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::{BodyExt, Full};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
+            .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 response");
+        let (head, body) = resp.into_parts();
+        let body = body.collect().await.expect("h2 body").to_bytes();
+        (head.status.as_u16(), head.headers, body)
+    })
+}

@@ -73,8 +73,8 @@ enum Kind {
     Upstream(Incoming),
     /// A worker's handshake body, watched until its first data frame.
     Sniffing(Incoming, Option<SidSniffer>),
-    /// A worker's body read from a plain pooled socket.
-    Plain(RawBody),
+    /// A worker's body read from a pooled raw connection.
+    Raw(RawBody),
     /// A small body of the proxy's own (errors).
     Own(Option<Bytes>),
 }
@@ -89,11 +89,11 @@ impl ProxyBody {
         }
     }
 
-    /// A worker's body read from a plain pooled socket (it gives its socket back itself),
+    /// A worker's body read from a pooled raw connection (it gives its connection back itself),
     /// counted in flight.
-    pub fn plain(body: RawBody, in_flight: InFlight) -> Self {
+    pub fn raw(body: RawBody, in_flight: InFlight) -> Self {
         Self {
-            kind: Kind::Plain(body),
+            kind: Kind::Raw(body),
             _in_flight: Some(in_flight),
             giveback: None,
         }
@@ -172,7 +172,7 @@ impl Body for ProxyBody {
                 }
                 polled
             }
-            Kind::Plain(body) => return body.poll_frame(cx),
+            Kind::Raw(body) => return body.poll_frame(cx),
             Kind::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         let polled = polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)));
@@ -186,7 +186,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(b) | Kind::Sniffing(b, _) => b.is_end_stream(),
-            Kind::Plain(b) => b.is_end_stream(),
+            Kind::Raw(b) => b.is_end_stream(),
             Kind::Own(b) => b.is_none(),
         }
     }
@@ -194,7 +194,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(b) | Kind::Sniffing(b, _) => b.size_hint(),
-            Kind::Plain(b) => b.size_hint(),
+            Kind::Raw(b) => b.size_hint(),
             Kind::Own(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

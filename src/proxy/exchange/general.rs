@@ -1,33 +1,35 @@
-//! One request: route it, rewrite its head, send it over the pooled client, and map the
-//! answer (or the failure) back to the client.
+//! The general path: a request as an `http::Request` (hyper's HTTP/1 server, and the HTTP/2
+//! streams the direct exchange does not take). Admitted and routed as every request is;
+//! bodyless requests then take the raw exchange, the rest (uploads, upgrades, engine.io
+//! handshakes whose reply is sniffed) hyper's client, under the same failure rules.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use super::answer::Answer;
 use super::body::{ProxyBody, SidSniffer};
+use super::failure::{self, Failure};
+use super::raw::{self, Outbound, Reply};
+use super::route::Route;
 use super::Proxy;
-use crate::proxy::http1::head::is_hop_by_hop;
+use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::io::framing::Verdict;
 use crate::proxy::io::upgrade::{self, TunnelLimits};
 use crate::proxy::upstream::body::UpstreamBody;
-use crate::proxy::upstream::client::{self as raw_client, RawBody};
-use crate::proxy::upstream::pool::{Lease, SendError};
-use crate::routing::{key, Decision};
-use crate::workers::{InFlight, WorkerId};
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_STICKY: HeaderName = HeaderName::from_static("x-sticky");
-static X_STICKY_WORKER: HeaderName = HeaderName::from_static("x-sticky-worker");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use crate::proxy::upstream::client::{response_parts, RawBody};
+use crate::proxy::upstream::pool::{Lease, Pool, SendError};
+use crate::proxy::upstream::write::{
+    rewrite_map, set_sticky, strip_hop_by_hop, Forwarded, RequestWriter,
+};
+use crate::routing::key;
+use crate::workers::InFlight;
 
 /// What the requests of one client connection share.
 #[derive(Debug)]
@@ -56,6 +58,14 @@ impl Client {
             framing,
         }
     }
+
+    fn forwarded(&self, proxy: &Proxy, route: &Route) -> Forwarded<'_> {
+        Forwarded {
+            client: self.forwarded_for.as_bytes(),
+            scheme: proxy.scheme,
+            sticky: route.decision.outcome,
+        }
+    }
 }
 
 /// Handles one client request end to end; never fails (errors become responses).
@@ -64,263 +74,248 @@ pub async fn handle(
     mut req: Request<UpstreamBody>,
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let peer = conn.peer;
-    let framing = &conn.framing;
-    if framing.next_request_conflicts() {
-        return Ok(smuggling_refused());
-    }
-    if let Some(refusal) = refuse(&req) {
-        return Ok(refusal);
+    if conn.framing.next_request_conflicts() {
+        return Ok(Answer::smuggling().response());
     }
     let wants_upgrade = is_upgrade(&req);
-    let client = proxy.client_ip(peer.ip(), req.headers());
-    if !proxy.admits(client) {
-        if proxy.debug {
-            tracing::debug!(client = %client, peer = %peer, uri = %req.uri(), "refused by the IP filter");
-        }
-        let mut resp = error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "your address may not enter",
-        );
-        if wants_upgrade {
-            // No upgrade for a refused client: the connection ends with this answer.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return Ok(resp);
-    }
-    if wants_upgrade && !proxy.websocket {
-        return Ok(error(
-            StatusCode::FORBIDDEN,
-            "websocket_disabled",
-            "WebSocket proxying is off (--no-websocket)",
-        ));
-    }
+    let connect = req.method() == Method::CONNECT;
+    let client = match proxy.admit(conn.peer.ip(), req.headers(), connect, wants_upgrade) {
+        Ok(client) => client,
+        Err(refused) => return Ok(refused.response()),
+    };
     let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
-    let mut client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (head, body) = req.into_parts();
-    let Some(decision) = proxy.choose(&head, client).await else {
-        return Ok(no_worker());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut head, body) = req.into_parts();
+    to_origin_form(&mut head);
+    let Some(route) = proxy.route(&head, client).await else {
+        return Ok(Answer::no_worker().response());
     };
-    // An idempotent request without a body can be sent again when its connection breaks
-    // before the response: the copy of its head is made before the head is rewritten.
-    // (A request that was not sent at all, or one sent on a plain socket, which is every
-    // bodyless one that is not sniffed, comes back from the pool: no copy needed.)
-    let idempotent = head.method.is_idempotent();
-    let resend =
-        (idempotent && !wants_upgrade && sniff && body.is_end_stream()).then(|| copy_head(&head));
-    let mut req = Request::from_parts(head, body);
-    prepare_request(&mut req, &conn, proxy.scheme, wants_upgrade);
-    let first = forward_once(&proxy, req, decision, &mut client_upgrade, sniff).await;
-    let failure = match first {
-        Ok(resp) => return Ok(upgraded(resp, framing)),
-        Err(f) => f,
-    };
-    let retry = match (failure.unsent, resend) {
-        (Some(req), _) if !failure.broken => *req,
-        (Some(req), _) if idempotent => {
-            proxy.check_reachable(decision.worker).await;
-            *req
-        }
-        (None, Some(head)) if failure.broken => {
-            // If the worker is gone, take it out now so the retry goes elsewhere (the
-            // supervisor may not have noticed yet).
-            proxy.check_reachable(decision.worker).await;
-            let mut req = Request::from_parts(head, UpstreamBody::Empty);
-            prepare_request(&mut req, &conn, proxy.scheme, false);
-            req
-        }
-        _ => return Ok(failure.response),
-    };
-    let (head, body) = retry.into_parts();
-    // No other worker to try: the client learns why the first one failed.
-    let Some(decision) = proxy.choose(&head, client).await else {
-        return Ok(failure.response);
-    };
-    tracing::debug!(worker = decision.worker, "retrying on another worker");
-    let req = Request::from_parts(head, body);
-    // Boxed: the retry is rare, and inlining a second exchange would double the size of
-    // every request's future.
-    Ok(Box::pin(forward_once(
-        &proxy,
-        req,
-        decision,
-        &mut client_upgrade,
+    if client_upgrade.is_none() && !sniff && body.is_end_stream() {
+        return Ok(raw_exchange(&proxy, head, route, &conn).await);
+    }
+    let exchange = HyperExchange {
+        proxy: &proxy,
+        conn: &conn,
+        client_upgrade,
         sniff,
-    ))
-    .await
-    .map_or_else(|f| f.response, |resp| upgraded(resp, framing)))
+    };
+    // Boxed: rarer, and its future is large.
+    Ok(Box::pin(exchange.run(Request::from_parts(head, body), route)).await)
 }
 
-/// Once a connection switches protocols its bytes are no longer HTTP/1 requests.
-fn upgraded(resp: Response<ProxyBody>, framing: &Verdict) -> Response<ProxyBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        framing.stop();
+/// Origin-form target, HTTP/1.1 (workers speak it), and an HTTP/2 `:authority` as the `Host`
+/// they expect.
+fn to_origin_form(head: &mut Parts) {
+    let authority = head.uri.authority().cloned();
+    if head.uri.scheme().is_some() || authority.is_some() {
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        head.uri = Uri::from(path);
     }
-    resp
-}
-
-/// A request that did not get a worker's response.
-struct Failure {
-    /// The error response for the client.
-    response: Response<ProxyBody>,
-    /// The request, when the worker could not be reached and nothing was sent, or when it
-    /// was sent on a plain socket that broke before any answer (`broken`).
-    unsent: Option<Box<Request<UpstreamBody>>>,
-    /// The connection broke before a response: an idempotent request may be resent.
-    broken: bool,
-}
-
-impl Failure {
-    /// A 502 for `reason` (logged), with the request when it can be sent again.
-    fn bad_gateway(
-        worker: WorkerId,
-        reason: &str,
-        unsent: Option<Box<Request<UpstreamBody>>>,
-        broken: bool,
-    ) -> Self {
-        tracing::warn!(worker, error = %reason, "upstream request failed");
-        Self {
-            response: error(StatusCode::BAD_GATEWAY, "proxy_error", reason),
-            unsent,
-            broken,
-        }
-    }
-
-    fn final_answer(response: Response<ProxyBody>) -> Self {
-        Self {
-            response,
-            unsent: None,
-            broken: false,
+    head.version = Version::HTTP_11;
+    if !head.headers.contains_key(header::HOST) {
+        if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            head.headers.insert(header::HOST, host);
         }
     }
 }
 
-async fn forward_once(
-    proxy: &Arc<Proxy>,
-    mut req: Request<UpstreamBody>,
-    decision: Decision,
-    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
+/// A bodyless request on a pooled raw connection.
+async fn raw_exchange(
+    proxy: &Proxy,
+    mut head: Parts,
+    route: Route,
+    conn: &Client,
+) -> Response<ProxyBody> {
+    // Fields a `Connection` header names go; the writer drops the rest by role.
+    strip_hop_by_hop(&mut head.headers);
+    let mut out = Outgoing { head: &head, conn };
+    let mut resp_head = ResponseHead::default();
+    let reply = match raw::exchange(proxy, route, &mut out, &mut resp_head).await {
+        Ok(reply) => reply,
+        Err(answer) => return answer.unwrap_or_else(Answer::client_gone).response(),
+    };
+    let Reply {
+        route,
+        up,
+        head_len,
+        pool,
+        in_flight,
+    } = reply;
+    let mut parts = match response_parts(&resp_head, &up.rbuf[..head_len]) {
+        Ok(parts) => parts,
+        Err(why) => {
+            let failure = Failure::Invalid(why);
+            tracing::warn!(worker = route.worker(), error = %failure.reason(route.worker()), "upstream request failed");
+            return failure
+                .answer(route.worker())
+                .unwrap_or_else(Answer::client_gone)
+                .response();
+        }
+    };
+    proxy.learn_response(&parts.headers, route.worker());
+    proxy.decorations(&route.decision).apply(&mut parts.headers);
+    let body = RawBody::new(up, &resp_head, head_len, &pool);
+    Response::from_parts(parts, ProxyBody::raw(body, in_flight))
+}
+
+/// A request of the general path, for the raw exchange.
+struct Outgoing<'a> {
+    head: &'a Parts,
+    conn: &'a Client,
+}
+
+impl Outbound for Outgoing<'_> {
+    fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
+        let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut writer =
+            RequestWriter::start(w, self.head.method.as_str().as_bytes(), target.as_bytes());
+        for (name, value) in &self.head.headers {
+            writer.field(name.as_str().as_bytes(), value.as_bytes());
+        }
+        writer.finish(&self.conn.forwarded(proxy, route));
+    }
+
+    fn repeatable(&self) -> bool {
+        self.head.method.is_idempotent()
+    }
+
+    fn is_head(&self) -> bool {
+        self.head.method == Method::HEAD
+    }
+
+    fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route> {
+        proxy.reroute(self.head, failed)
+    }
+
+    /// Interim answers are dropped, as hyper's client does.
+    fn interim(
+        &mut self,
+        _raw: &[u8],
+        _head: &ResponseHead,
+    ) -> impl Future<Output = Result<(), ()>> {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A request on hyper's client: an upload, an upgrade, or an engine.io handshake.
+struct HyperExchange<'a> {
+    proxy: &'a Arc<Proxy>,
+    conn: &'a Client,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     sniff: bool,
-) -> Result<Response<ProxyBody>, Failure> {
-    let worker = decision.worker;
-    let Some((index, _)) = proxy.workers.active(worker) else {
-        return Err(Failure::final_answer(error(
-            StatusCode::BAD_GATEWAY,
-            "proxy_error",
-            "unknown worker",
-        )));
-    };
-    let pool = &proxy.pools[usize::from(worker)][index];
-    if proxy.debug {
-        tracing::debug!(worker, outcome = ?decision.outcome, uri = %req.uri(), "route");
-    }
-    req.headers_mut()
-        .insert(X_STICKY.clone(), decision.outcome.header_value());
-    let in_flight = InFlight::new(proxy.workers.clone(), worker, index);
+}
 
-    // A bodyless request that stays HTTP goes over a plain socket (see `h1::client`);
-    // upgrades, uploads and handshakes whose reply is sniffed keep hyper's client.
-    let plain = client_upgrade.is_none() && !sniff && req.body().is_end_stream();
-    let sent = if plain {
-        raw_client::send(pool, req, proxy.response_timeout)
-            .await
-            .map(Sent::Plain)
-    } else {
-        pool.send(req, proxy.response_timeout)
-            .await
-            .map(Sent::Hyper)
-    };
-    let sent = match sent {
-        Ok(sent) => sent,
-        Err(SendError::Connect(e, req)) => {
-            // Passive health: out of rotation at once; active checks bring it back.
-            proxy.workers.set_healthy(worker, false);
-            let reason = format!("worker {worker} unreachable: {e}");
-            return Err(Failure::bad_gateway(worker, &reason, Some(req), false));
-        }
-        Err(SendError::Broken(e, req)) => {
-            let reason = format!("worker {worker} failed: {e}");
-            return Err(Failure::bad_gateway(worker, &reason, Some(req), true));
-        }
-        Err(SendError::Failed(e)) => {
-            let reason = format!("worker {worker} failed: {}", innermost(&*e));
-            return Err(Failure::bad_gateway(worker, &reason, None, true));
-        }
-        Err(SendError::Unusable(e)) => {
-            let reason = format!("worker {worker} failed: {e}");
-            tracing::warn!(worker, error = %reason, "upstream request failed");
-            return Err(Failure::final_answer(error(
-                StatusCode::BAD_GATEWAY,
-                "proxy_error",
-                &reason,
-            )));
-        }
-        Err(SendError::TimedOut) => {
-            let reason = format!(
-                "worker {worker} sent no response headers within {:?}",
-                proxy.response_timeout
-            );
-            tracing::warn!(worker, "{reason}");
-            return Err(Failure::final_answer(error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                &reason,
-            )));
-        }
-    };
-    let (mut resp, lease) = match sent {
-        Sent::Hyper(sent) => sent,
-        Sent::Plain((mut head, body)) => {
-            // Its head holds no hop-by-hop header: `h1::client` left them out.
-            decorate(proxy, &decision, &mut head.headers);
-            let body = ProxyBody::plain(body, in_flight);
-            return Ok(Response::from_parts(head, body));
-        }
-    };
-    decorate(proxy, &decision, resp.headers_mut());
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade.take() {
-            // The worker connection becomes the tunnel: it never goes back to the pool.
-            drop(lease);
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let limits = TunnelLimits {
-                idle: proxy.ws_idle_timeout,
-                drain: proxy.workers.tunnel_token(worker, index),
-                jitter: proxy.close_jitter,
+impl HyperExchange<'_> {
+    async fn run(mut self, req: Request<UpstreamBody>, mut route: Route) -> Response<ProxyBody> {
+        let proxy = self.proxy;
+        let upgrade = self.client_upgrade.is_some();
+        // A bodyless idempotent request (a sniffed handshake) may be sent again after its
+        // connection broke: its head is copied before it is rewritten.
+        let repeatable = req.method().is_idempotent() && !upgrade && req.body().is_end_stream();
+        let copy = repeatable.then(|| copy_head(req.headers(), req.method(), req.uri()));
+        let (mut head, body) = req.into_parts();
+        rewrite_map(
+            &mut head.headers,
+            &self.conn.forwarded(proxy, &route),
+            upgrade,
+        );
+        let mut req = Request::from_parts(head, body);
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            set_sticky(req.headers_mut(), route.decision.outcome);
+            let (pool, in_flight) = proxy.target(&route);
+            let (failure, back) = match pool.send(req, proxy.response_timeout).await {
+                Ok((resp, lease)) => {
+                    let giveback = (pool.clone(), lease);
+                    return self.respond(resp, giveback, &route, in_flight);
+                }
+                Err(SendError::Connect(e, back)) => (Failure::Unreachable(e), Some(*back)),
+                Err(SendError::Failed(e)) => match &copy {
+                    Some(copy) => (
+                        Failure::Broken(std::io::Error::other(innermost(&*e))),
+                        Some(self.rebuild(copy, &route)),
+                    ),
+                    None => (Failure::Failed(innermost(&*e)), None),
+                },
+                Err(SendError::TimedOut) => (Failure::TimedOut(proxy.response_timeout), None),
             };
-            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, worker, limits, in_flight);
-            return Ok(resp.map(|_| ProxyBody::empty()));
+            drop(in_flight);
+            let parts = back.map(Request::into_parts);
+            let req_info = failure::Request { repeatable, sends };
+            let next = proxy
+                .after_failure(&route, &failure, req_info, |failed| {
+                    parts
+                        .as_ref()
+                        .and_then(|(head, _)| proxy.reroute(head, failed))
+                })
+                .await;
+            match (next, parts) {
+                (Ok(next), Some((head, body))) => {
+                    route = next;
+                    req = Request::from_parts(head, body);
+                }
+                // The table resends nothing it has not got back.
+                (Ok(_), None) => {
+                    return failure
+                        .answer(route.worker())
+                        .unwrap_or_else(Answer::client_gone)
+                        .response()
+                }
+                (Err(answer), _) => return answer.unwrap_or_else(Answer::client_gone).response(),
+            }
         }
     }
-    strip_hop_by_hop(resp.headers_mut());
-    let sniffer = (sniff && resp.status() == StatusCode::OK)
-        .then(|| SidSniffer::new(proxy.router.clone(), worker));
-    let giveback = (pool.clone(), lease);
-    Ok(resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight, giveback)))
-}
 
-/// How a worker's response came.
-enum Sent {
-    Hyper((Response<Incoming>, Lease)),
-    Plain((http::response::Parts, RawBody)),
-}
-
-/// Learns from a worker's response head and adds the proxy's own headers to it.
-fn decorate(proxy: &Proxy, decision: &Decision, headers: &mut HeaderMap) {
-    let worker = decision.worker;
-    proxy
-        .router
-        .learn_from_response(headers, worker, proxy.router.table().now());
-    if decision.set_affinity {
-        if let Some(cookie) = proxy.router.affinity().and_then(|a| a.set_cookie(worker)) {
-            headers.append(header::SET_COOKIE, cookie.clone());
-        }
+    /// The copied head, rewritten again, with no body.
+    fn rebuild(&self, copy: &Parts, route: &Route) -> Request<UpstreamBody> {
+        let mut head = copy_head(&copy.headers, &copy.method, &copy.uri);
+        rewrite_map(
+            &mut head.headers,
+            &self.conn.forwarded(self.proxy, route),
+            false,
+        );
+        Request::from_parts(head, UpstreamBody::Empty)
     }
-    if proxy.debug {
-        headers.insert(X_STICKY_WORKER.clone(), HeaderValue::from(worker));
+
+    /// The worker's response: decorated, learnt from, and turned into a tunnel after a 101.
+    fn respond(
+        &mut self,
+        mut resp: Response<Incoming>,
+        giveback: (Arc<Pool>, Lease),
+        route: &Route,
+        in_flight: InFlight,
+    ) -> Response<ProxyBody> {
+        let proxy = self.proxy;
+        let worker = route.worker();
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Once a connection switches protocols its bytes are no longer HTTP/1.
+            self.conn.framing.stop();
+        }
+        proxy.learn_response(resp.headers(), worker);
+        proxy.decorations(&route.decision).apply(resp.headers_mut());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = self.client_upgrade.take() {
+                // The worker connection becomes the tunnel: it never goes back to the pool.
+                drop(giveback);
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let limits = TunnelLimits {
+                    idle: proxy.ws_idle_timeout,
+                    drain: proxy.workers.tunnel_token(worker, route.index),
+                    jitter: proxy.close_jitter,
+                };
+                upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, worker, limits, in_flight);
+                return resp.map(|_| ProxyBody::empty());
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        let sniffer = (self.sniff && resp.status() == StatusCode::OK)
+            .then(|| SidSniffer::new(proxy.router.clone(), worker));
+        resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight, giveback))
     }
 }
 
@@ -333,49 +328,13 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-fn no_worker() -> Response<ProxyBody> {
-    let mut resp = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_worker",
-        "no worker is up; retry shortly",
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
-/// A copy of a request head (without extensions), for a retry.
-fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+/// A request head (without extensions) for a resend.
+fn copy_head(headers: &http::HeaderMap, method: &Method, uri: &Uri) -> Parts {
     let mut req = Request::new(());
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers.clone();
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = headers.clone();
     req.into_parts().0
-}
-
-/// A request whose head carried both Content-Length and Transfer-Encoding: refused, and
-/// the connection closed, as HAProxy and nginx do (hyper would let Transfer-Encoding win).
-fn smuggling_refused() -> Response<ProxyBody> {
-    let mut resp = error(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "both Content-Length and Transfer-Encoding: send one framing header",
-    );
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
-/// Requests refused before routing: CONNECT (this is no forward proxy).
-fn refuse<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
-    (req.method() == Method::CONNECT).then(|| {
-        error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            "CONNECT is not supported",
-        )
-    })
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -391,217 +350,4 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// Rewrites a client request for a worker, once, whichever worker it goes to: origin-form
-/// URI, HTTP/1.1, Host kept (made from an HTTP/2 `:authority` when missing), hop-by-hop
-/// headers removed, `X-Forwarded-*` set.
-fn prepare_request(
-    req: &mut Request<UpstreamBody>,
-    client: &Client,
-    scheme: &'static str,
-    keep_upgrade: bool,
-) {
-    let authority = req.uri().authority().cloned();
-    if req.uri().scheme().is_some() || authority.is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-    }
-    // Workers speak HTTP/1.1; an HTTP/2 client's :authority becomes the Host they expect.
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    if !headers.contains_key(header::HOST) {
-        // HTTP/1.0 clients may send no Host at all; workers still get one.
-        let host = authority
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-        headers.insert(header::HOST, host);
-    }
-    let upgrade = if keep_upgrade {
-        headers.remove(header::UPGRADE)
-    } else {
-        None
-    };
-    strip_hop_by_hop(headers);
-    if let Some(u) = upgrade {
-        headers.insert(header::UPGRADE, u);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    append_forwarded_for(headers, &client.forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-}
-
-/// The hop-by-hop headers of RFC 9110 section 7.6.1 (besides those `Connection` names).
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHORIZATION,
-    &header::PROXY_AUTHENTICATE,
-];
-
-/// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including any the
-/// `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) names present, noting which hop-by-hop ones are there, then a
-    // removal only for those: most messages carry none, or only `Connection: keep-alive`.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // `Connection` is HOP_BY_HOP[0]. Its usual tokens name headers removed anyway; any
-        // other token names an extra header to remove.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !is_known_connection_token(t))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(*name);
-        }
-    }
-}
-
-/// `close`, or a hop-by-hop header name (removed whether named or not).
-fn is_known_connection_token(token: &[u8]) -> bool {
-    token.is_empty() || token.eq_ignore_ascii_case(b"close") || is_hop_by_hop(token)
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-        Some(prior) if !prior.is_empty() => {
-            let mut v = Vec::with_capacity(prior.len() + 2 + client.len());
-            v.extend_from_slice(prior);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.as_bytes());
-            match HeaderValue::from_maybe_shared(Bytes::from(v)) {
-                Ok(v) => v,
-                Err(_) => return,
-            }
-        }
-        _ => client.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), value);
-}
-
-/// A JSON error response: `{"error":"<code>","reason":"<reason>"}`.
-pub fn error(status: StatusCode, code: &str, reason: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::own(error_json(code, reason)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// The body of an error of the proxy's own: `{"error":"<code>","reason":"<reason>"}`.
-pub fn error_json(code: &str, reason: &str) -> String {
-    let mut body = String::with_capacity(32 + code.len() + reason.len());
-    body.push_str("{\"error\":\"");
-    push_json_escaped(&mut body, code);
-    body.push_str("\",\"reason\":\"");
-    push_json_escaped(&mut body, reason);
-    body.push_str("\"}");
-    body
-}
-
-fn push_json_escaped(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_including_those_named_by_connection() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::HOST, HeaderValue::from_static("example.com"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::HOST));
-    }
-
-    #[test]
-    fn both_paths_know_the_same_hop_by_hop_headers() {
-        for name in HOP_BY_HOP {
-            assert!(is_hop_by_hop(name.as_str().as_bytes()), "{name}");
-            let upper = name.as_str().to_ascii_uppercase();
-            assert!(is_hop_by_hop(upper.as_bytes()), "{upper}");
-        }
-        for name in [
-            "host",
-            "cookie",
-            "content-length",
-            "x-forwarded-for",
-            "trailers",
-        ] {
-            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
-        }
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        let client = |addr: &str| {
-            let conn = Client::new(addr.parse().expect("addr"), Arc::default());
-            conn.forwarded_for
-        };
-        append_forwarded_for(&mut h, &client("[::ffff:10.0.0.9]:5000"));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
-        append_forwarded_for(&mut h, &client("[::1]:1"));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9, ::1");
-    }
-
-    #[test]
-    fn error_bodies_are_json() {
-        let r = error(StatusCode::BAD_GATEWAY, "proxy_error", "say \"hi\"\n");
-        assert_eq!(
-            r.body().own_bytes().map(|b| &b[..]),
-            Some(&br#"{"error":"proxy_error","reason":"say \"hi\"\u000a"}"#[..])
-        );
-    }
 }

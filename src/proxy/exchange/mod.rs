@@ -1,20 +1,25 @@
 //! What happens to a request, once for every front: admit -> route -> target -> send ->
 //! classify a failure -> answer -> resend -> decorate -> learn.
 
+pub mod admit;
+pub mod answer;
 pub mod body;
+pub mod decorate;
+pub mod failure;
 pub mod general;
+pub mod raw;
+pub mod route;
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ipfilter::{IpFilter, TrustedProxies};
 use crate::proxy::upstream::pool::Pool;
 use crate::proxy::upstream::stream::Connector;
-use crate::routing::{Decision, Router};
+use crate::routing::Router;
 use crate::tls::TlsReloader;
-use crate::workers::{WorkerId, WorkerSet};
+use crate::workers::WorkerSet;
 
 /// Upper bound of the random delay before a drained WebSocket is closed.
 const MAX_CLOSE_JITTER: Duration = Duration::from_secs(10);
@@ -111,96 +116,5 @@ impl Proxy {
             trusted: config.trusted.clone().filter(|t| !t.is_empty()),
             config,
         }
-    }
-
-    /// Routes a request head; with `--on-worker-down hold`, waits (bounded) for a pinned
-    /// worker that is restarting instead of moving its client.
-    pub(in crate::proxy) async fn choose(
-        &self,
-        head: &http::request::Parts,
-        client: IpAddr,
-    ) -> Option<Decision> {
-        let now = self.router.table().now();
-        let hold = self.hold.is_some();
-        let decision = self.router.route(head, client, &self.workers, now, hold)?;
-        if !decision.wait {
-            return Some(decision);
-        }
-        // Boxed: holding is rare and its wait would otherwise grow every request's future.
-        Box::pin(self.hold_then_route(head, client, decision)).await
-    }
-
-    pub(in crate::proxy) async fn hold_then_route(
-        &self,
-        head: &http::request::Parts,
-        client: IpAddr,
-        decision: Decision,
-    ) -> Option<Decision> {
-        if self.wait_for(decision.worker).await {
-            return Some(Decision {
-                wait: false,
-                ..decision
-            });
-        }
-        let now = self.router.table().now();
-        self.router.route(head, client, &self.workers, now, false)
-    }
-
-    /// The client's address: the peer, or what a trusted front proxy says it is.
-    pub(in crate::proxy) fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-        match &self.trusted {
-            Some(t) => t.client_ip(
-                peer,
-                headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            ),
-            None => crate::routing::key::canonical_ip(peer),
-        }
-    }
-
-    /// Takes a worker out of rotation when its address refuses connections.
-    pub(in crate::proxy) async fn check_reachable(&self, worker: WorkerId) {
-        let Some(addr) = self.workers.addr(worker) else {
-            return;
-        };
-        let probe = tokio::time::timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(addr),
-        );
-        if !matches!(probe.await, Ok(Ok(_))) {
-            self.workers.set_healthy(worker, false);
-        }
-    }
-
-    /// False when the IP filter refuses `client`.
-    pub(in crate::proxy) fn admits(&self, client: IpAddr) -> bool {
-        self.filter.as_ref().is_none_or(|f| f.permits(client))
-    }
-
-    /// Waits until `worker` is up, at most the hold time; false when it is not back in time
-    /// or too many requests are already waiting.
-    pub(in crate::proxy) async fn wait_for(&self, worker: WorkerId) -> bool {
-        let Some(hold) = self.hold else { return false };
-        if self.holding.fetch_add(1, Ordering::AcqRel) >= self.hold_queue {
-            self.holding.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + hold;
-        let back = loop {
-            let changed = self.workers.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.workers.is_up(worker) {
-                break true;
-            }
-            tokio::select! {
-                _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => break self.workers.is_up(worker),
-            }
-        };
-        self.holding.fetch_sub(1, Ordering::AcqRel);
-        back
     }
 }

@@ -24,15 +24,18 @@ use http::header::{HeaderName, HeaderValue, COOKIE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::exchange::answer::Answer;
+use crate::proxy::exchange::decorate::Decorations;
+use crate::proxy::exchange::raw::{self, Outbound, Reply};
+use crate::proxy::exchange::route::Route;
 use crate::proxy::exchange::Proxy;
 use crate::proxy::http1::chunked::Chunks;
 use crate::proxy::http1::head::{Framing, Parse, RequestHead, ResponseHead, Role};
 use crate::proxy::http1::push_header;
 use crate::proxy::io::rewind::Rewind;
-use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
 use crate::proxy::upstream::pool::{until, RawConn};
-use crate::routing::{key, Decision};
-use crate::workers::InFlight;
+use crate::proxy::upstream::write::{Forwarded, RequestWriter};
+use crate::routing::key;
 
 /// Most bytes read at once while a request head is incomplete (on the stack).
 const HEAD_READ: usize = 4 * 1024;
@@ -161,7 +164,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         let head_len = loop {
             if !self.buf.is_empty() {
                 match self.req.parse(&self.buf) {
-                    Parse::Complete(n) if self.req.plain && n <= max_head => break n,
+                    Parse::Complete(n) if self.req.direct && n <= max_head => break n,
                     Parse::Complete(_) | Parse::Invalid => return Next::HandOver,
                     // Too large a head: hyper answers 431.
                     Parse::Partial if self.buf.len() > max_head => return Next::HandOver,
@@ -218,6 +221,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             return Done::HandOver;
         };
         if self.proxy.router.sticky() && key::is_engineio_handshake(&uri) {
+            // Its reply is sniffed for the session id: hyper's path does that.
             return Done::HandOver;
         }
         // What routing reads, in a head of its own whose header map is the connection's,
@@ -239,85 +243,51 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         shutting_down: bool,
     ) -> Done {
         let proxy = self.proxy;
-        let client = proxy.client_ip(self.peer.ip(), &view.headers);
-        if !proxy.admits(client) {
-            return Done::HandOver;
-        }
-        let now = proxy.router.table().now();
-        let hold = proxy.hold.is_some();
-        let decision = match proxy.router.route(view, client, &proxy.workers, now, hold) {
-            Some(d) if !d.wait => d,
-            _ => return Done::HandOver,
-        };
-        let worker = decision.worker;
-        let Some((index, _)) = proxy.workers.active(worker) else {
-            return Done::HandOver;
-        };
-        if proxy.debug {
-            tracing::debug!(worker, outcome = ?decision.outcome, uri = %view.uri, "route");
-        }
-        let pool = &proxy.pools[usize::from(worker)][index];
-        let in_flight = InFlight::new(proxy.workers.clone(), worker, index);
-        let (mut up, reused) = match pool.take_raw() {
-            Some(up) => (up, true),
-            None => match pool.connect_raw().await {
-                Ok(up) => (up, false),
-                Err(e) => {
-                    // Passive health: out of rotation at once. Hyper's path routes again
-                    // when there is another worker to try; else the client learns why.
-                    proxy.workers.set_healthy(worker, false);
-                    let reason = format!("worker {worker} unreachable: {e}");
-                    tracing::warn!(worker, error = %reason, "upstream request failed");
-                    let now = proxy.router.table().now();
-                    if proxy
-                        .router
-                        .route(view, client, &proxy.workers, now, false)
-                        .is_some()
-                    {
-                        return Done::HandOver;
-                    }
-                    drop(in_flight);
-                    return self.answer_error(msg, 502, "proxy_error", &reason).await;
-                }
-            },
-        };
-        self.write_request(msg, &mut up.wbuf, &decision);
         let is_head = &msg[self.req.method.clone()] == b"HEAD";
-        let head_len = match self.response_head(&mut up, is_head).await {
-            Ok(n) => n,
-            Err(NoResponse::Broken(e)) => {
-                // Sent again by hyper's path only when that is safe: nothing came back, and
-                // the method may be repeated (a stale reused connection, most likely).
-                if self.req.idempotent(msg) && self.req.content_length == 0 {
-                    tracing::debug!(worker, reused, error = %e, "worker connection broke; handing over");
-                    return Done::HandOver;
-                }
-                let reason = format!("worker {worker} failed: {e}");
-                tracing::warn!(worker, error = %reason, "upstream request failed");
-                return self.answer_error(msg, 502, "proxy_error", &reason).await;
-            }
-            Err(NoResponse::Invalid(why)) => {
-                let reason = format!("worker {worker} failed: {why}");
-                tracing::warn!(worker, error = %reason, "upstream request failed");
-                return self.answer_error(msg, 502, "proxy_error", &reason).await;
-            }
-            Err(NoResponse::TimedOut) => {
-                let reason = format!(
-                    "worker {worker} sent no response headers within {:?}",
-                    proxy.response_timeout
-                );
-                tracing::warn!(worker, "{reason}");
-                return self
-                    .answer_error(msg, 504, "gateway_timeout", &reason)
-                    .await;
-            }
+        let route = match proxy.admit(self.peer.ip(), &view.headers, false, false) {
+            Ok(client) => proxy
+                .route(view, client)
+                .await
+                .ok_or_else(Answer::no_worker),
+            Err(refused) => Err(refused),
         };
+        let route = match route {
+            Ok(route) => route,
+            Err(answer) => return self.answer(&answer, is_head).await,
+        };
+        let mut out = Outgoing {
+            msg,
+            req: &self.req,
+            view,
+            forwarded_for: self.forwarded_for.as_bytes(),
+            is_head,
+            io: &mut self.io,
+            out: &mut self.out,
+        };
+        let reply = match raw::exchange(proxy, route, &mut out, &mut self.resp).await {
+            Ok(reply) => reply,
+            Err(Some(answer)) => return self.answer(&answer, is_head).await,
+            Err(None) => return Done::Close,
+        };
+        self.pass_reply(reply, shutting_down).await
+    }
+
+    /// Passes a worker's answer on: its head rewritten, then its body.
+    async fn pass_reply(&mut self, reply: Reply, shutting_down: bool) -> Done {
+        let Reply {
+            route,
+            mut up,
+            head_len,
+            pool,
+            in_flight,
+        } = reply;
+        let worker = route.worker();
         for value in self.resp.set_cookies(&up.rbuf[..head_len]) {
-            proxy.router.learn_set_cookie(value, worker, now);
+            self.proxy.learn_set_cookie(value, worker);
         }
         let framing = self.resp.framing;
         let keep_client = !self.req.close && !shutting_down && framing != Framing::UntilClose;
-        self.write_response_head(&up.rbuf[..head_len], &decision, keep_client);
+        self.write_response_head(&up.rbuf[..head_len], &route, keep_client);
         up.rbuf.advance(head_len);
         let worker_keeps = self.resp.keep_alive;
         match self.pass_body(&mut up, framing).await {
@@ -363,118 +333,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         }
     }
 
-    /// The request for the worker: the client's head with hop-by-hop headers dropped and
-    /// `X-Forwarded-*` and `X-Sticky` set, then the body.
-    fn write_request(&self, msg: &[u8], w: &mut Vec<u8>, decision: &Decision) {
-        let req = &self.req;
-        w.clear();
-        w.extend_from_slice(&msg[req.method.clone()]);
-        w.push(b' ');
-        w.extend_from_slice(&msg[req.target.clone()]);
-        w.extend_from_slice(b" HTTP/1.1\r\n");
-        for f in req.fields.iter().filter(|f| f.role == Role::Keep) {
-            push_header(w, &msg[f.name.clone()], &msg[f.value.clone()]);
-        }
-        w.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prior) = req.forwarded_for.clone().map(|r| &msg[r]) {
-            if !prior.is_empty() {
-                w.extend_from_slice(prior);
-                w.extend_from_slice(b", ");
-            }
-        }
-        w.extend_from_slice(self.forwarded_for.as_bytes());
-        w.extend_from_slice(b"\r\n");
-        push_header(w, b"x-forwarded-proto", self.proxy.scheme.as_bytes());
-        if let Some(host) = req.host.clone() {
-            push_header(w, b"x-forwarded-host", &msg[host]);
-        }
-        push_header(w, b"x-sticky", decision.outcome.header_value().as_bytes());
-        w.extend_from_slice(b"\r\n");
-        let body = msg.len() - req.content_length as usize;
-        w.extend_from_slice(&msg[body..]);
-    }
-
-    /// Sends the request in `up.wbuf` and reads the response head into `up.rbuf` (1xx
-    /// heads are passed on as they come); the head's length.
-    async fn response_head(
-        &mut self,
-        up: &mut RawConn,
-        is_head: bool,
-    ) -> Result<usize, NoResponse> {
-        let limit = self.proxy.response_timeout;
-        up.deadline.as_mut().reset(Instant::now() + limit);
-        send_request(up).await?;
-        let mut answered = false;
-        loop {
-            let n = match read_head(up, &mut self.resp, is_head).await {
-                Ok(n) => n,
-                // After an interim answer was passed on, the client has seen part of one.
-                Err(NoResponse::Broken(_)) if answered => {
-                    return Err(NoResponse::Invalid("connection closed mid-head"))
-                }
-                Err(e) => return Err(e),
-            };
-            match self.resp.status {
-                101 => return Err(NoResponse::Invalid("switched protocols unasked")),
-                100..=199 => {
-                    // 103 Early Hints and the like go to the client as they come.
-                    answered = true;
-                    self.write_head(&up.rbuf[..n]);
-                    let passed = self.io.write_all(&self.out).await;
-                    if passed.is_err() || self.io.flush().await.is_err() {
-                        return Err(NoResponse::Invalid("client went away"));
-                    }
-                    up.rbuf.advance(n);
-                }
-                _ => return Ok(n),
-            }
-        }
-    }
-
     /// The response head for the client: the worker's, hop-by-hop headers dropped, the
-    /// affinity cookie added when due.
-    fn write_response_head(&mut self, raw: &[u8], decision: &Decision, keep_client: bool) {
-        self.write_head(raw);
+    /// proxy's decorations added.
+    fn write_response_head(&mut self, raw: &[u8], route: &Route, keep_client: bool) {
+        let decorations = self.proxy.decorations(&route.decision);
+        write_head(&mut self.out, raw, &self.resp, &decorations);
         let o = &mut self.out;
-        let router = &self.proxy.router;
-        if decision.set_affinity {
-            if let Some(cookie) = router
-                .affinity()
-                .and_then(|a| a.set_cookie(decision.worker))
-            {
-                push_header(o, b"set-cookie", cookie.as_bytes());
-            }
-        }
-        if self.proxy.debug {
-            let worker = decision.worker.to_string();
-            push_header(o, b"x-sticky-worker", worker.as_bytes());
-        }
+        decorations.each(|name, value| push_header(o, name, value));
         if !keep_client {
             push_header(o, b"connection", b"close");
         }
         o.extend_from_slice(b"\r\n");
-    }
-
-    /// The worker's response head without its hop-by-hop headers, into `out`, unfinished
-    /// (no empty line yet).
-    fn write_head(&mut self, raw: &[u8]) {
-        let o = &mut self.out;
-        o.clear();
-        o.extend_from_slice(b"HTTP/1.1 ");
-        o.extend_from_slice(&raw[self.resp.status_line.clone()]);
-        o.extend_from_slice(b"\r\n");
-        let debug = self.proxy.debug;
-        for f in self.resp.fields.iter().filter(|f| f.role == Role::Keep) {
-            let name = &raw[f.name.clone()];
-            // With --debug the proxy's X-Sticky-Worker replaces the worker's.
-            if debug && name.eq_ignore_ascii_case(b"x-sticky-worker") {
-                continue;
-            }
-            push_header(o, name, &raw[f.value.clone()]);
-        }
-        if self.resp.status < 200 {
-            o.extend_from_slice(b"\r\n");
-        }
     }
 
     /// Passes the response body on (after the head in `out`); true when it ended where its
@@ -527,37 +396,94 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         }
     }
 
-    /// Answers with an error of the proxy's own; the request was read whole, so the
-    /// connection stays open.
-    async fn answer_error(&mut self, msg: &[u8], status: u16, code: &str, reason: &str) -> Done {
-        let body = crate::proxy::exchange::general::error_json(code, reason);
-        let o = &mut self.out;
-        o.clear();
-        o.extend_from_slice(b"HTTP/1.1 ");
-        o.extend_from_slice(status.to_string().as_bytes());
-        o.push(b' ');
-        let canonical = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        o.extend_from_slice(canonical.as_bytes());
-        o.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-        o.extend_from_slice(body.len().to_string().as_bytes());
-        o.extend_from_slice(b"\r\n");
-        if self.req.close {
-            o.extend_from_slice(b"connection: close\r\n");
-        }
-        o.extend_from_slice(b"\r\n");
-        if &msg[self.req.method.clone()] != b"HEAD" {
-            o.extend_from_slice(body.as_bytes());
-        }
+    /// Answers with an answer of the proxy's own; the request was read whole, so the
+    /// connection stays open unless the client or the answer closes it.
+    async fn answer(&mut self, answer: &Answer, is_head: bool) -> Done {
+        answer.write_h1(&mut self.out, is_head, self.req.close);
         if self.io.write_all(&self.out).await.is_err() || self.io.flush().await.is_err() {
             return Done::Close;
         }
-        if self.req.close {
+        if self.req.close || answer.close {
             Done::Close
         } else {
             Done::KeepAlive
         }
+    }
+}
+
+/// The worker's response head without its hop-by-hop fields (nor those the proxy replaces),
+/// into `o`, unfinished (no empty line yet) unless it is an interim one.
+fn write_head(o: &mut Vec<u8>, raw: &[u8], resp: &ResponseHead, decorations: &Decorations<'_>) {
+    o.clear();
+    o.extend_from_slice(b"HTTP/1.1 ");
+    o.extend_from_slice(&raw[resp.status_line.clone()]);
+    o.extend_from_slice(b"\r\n");
+    for f in resp.fields.iter().filter(|f| f.role == Role::Keep) {
+        let name = &raw[f.name.clone()];
+        if !decorations.replaces(name) {
+            push_header(o, name, &raw[f.value.clone()]);
+        }
+    }
+    if resp.status < 200 {
+        o.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A request of the direct path, for the raw exchange.
+struct Outgoing<'c, I> {
+    msg: &'c Bytes,
+    req: &'c RequestHead,
+    view: &'c http::request::Parts,
+    forwarded_for: &'c [u8],
+    is_head: bool,
+    /// The client, for interim answers.
+    io: &'c mut I,
+    out: &'c mut Vec<u8>,
+}
+
+impl<I: AsyncWrite + Unpin> Outgoing<'_, I> {
+    async fn pass_interim(&mut self, raw: &[u8], head: &ResponseHead) -> Result<(), ()> {
+        // 103 Early Hints and the like go to the client as they come.
+        write_head(self.out, raw, head, &Decorations::NONE);
+        let passed = self.io.write_all(self.out).await;
+        if passed.is_err() || self.io.flush().await.is_err() {
+            return Err(());
+        }
+        Ok(())
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Outbound for Outgoing<'_, I> {
+    /// The client's head with its fields sorted by the parser, then the body.
+    fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
+        let (msg, req) = (&self.msg[..], self.req);
+        let mut writer =
+            RequestWriter::start(w, &msg[req.method.clone()], &msg[req.target.clone()]);
+        for f in &req.fields {
+            writer.classified(&msg[f.name.clone()], &msg[f.value.clone()], f.role);
+        }
+        writer.finish(&Forwarded {
+            client: self.forwarded_for,
+            scheme: proxy.scheme,
+            sticky: route.decision.outcome,
+        });
+        let body = msg.len() - req.content_length as usize;
+        w.extend_from_slice(&msg[body..]);
+    }
+
+    fn repeatable(&self) -> bool {
+        self.req.idempotent(self.msg) && self.req.content_length == 0
+    }
+
+    fn is_head(&self) -> bool {
+        self.is_head
+    }
+
+    fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route> {
+        proxy.reroute(self.view, failed)
+    }
+
+    fn interim(&mut self, raw: &[u8], head: &ResponseHead) -> impl Future<Output = Result<(), ()>> {
+        self.pass_interim(raw, head)
     }
 }

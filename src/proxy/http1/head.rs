@@ -67,7 +67,7 @@ pub struct RequestHead {
     /// Nothing here needs hyper: HTTP/1.1, origin-form target, no upgrade, no `Expect`,
     /// no `Transfer-Encoding`, a small fixed-length body or none, no extra hop-by-hop
     /// headers named by `Connection`.
-    pub plain: bool,
+    pub direct: bool,
 }
 
 impl RequestHead {
@@ -96,7 +96,7 @@ impl RequestHead {
         self.host = None;
         self.forwarded_for = None;
         // A fragment is no part of a request target; hyper's URI parser drops it.
-        self.plain =
+        self.direct =
             minor == 1 && target.starts_with('/') && !target.contains('#') && method != "CONNECT";
         let mut lengths = 0;
         for h in req.headers.iter() {
@@ -110,24 +110,25 @@ impl RequestHead {
                             self.close = true;
                         } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                             // `upgrade`, or a header it wants dropped: hyper's path does both.
-                            self.plain = false;
+                            self.direct = false;
                         }
                     }
                 }
                 Name::HopByHop => role = Role::HopByHop,
-                Name::TransferEncoding | Name::Upgrade | Name::Expect => self.plain = false,
+                Name::TransferEncoding | Name::Upgrade | Name::Expect => self.direct = false,
                 Name::ContentLength => {
                     // Repeated (even with one value), hyper merges it: some workers refuse
                     // a duplicate outright.
                     lengths += 1;
                     match parse_length(h.value) {
                         Some(n) if lengths == 1 => self.content_length = n,
-                        _ => self.plain = false,
+                        _ => self.direct = false,
                     }
                 }
                 Name::Host => {
+                    role = Role::Replaced;
                     if self.host.is_some() {
-                        self.plain = false;
+                        self.direct = false;
                     }
                     self.host = Some(at(h.value));
                 }
@@ -147,7 +148,7 @@ impl RequestHead {
             });
         }
         if self.content_length > MAX_DIRECT_BODY || self.host.is_none() {
-            self.plain = false;
+            self.direct = false;
         }
         Parse::Complete(len)
     }
@@ -420,11 +421,11 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_request_is_read_in_place() {
+    fn a_request_for_the_direct_path_is_read_in_place() {
         let raw = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nCookie: s=1\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: keep-alive\r\n\r\nrest";
         let (head, parsed) = request(raw);
         assert_eq!(parsed, Parse::Complete(raw.len() - 4));
-        assert!(head.plain && !head.close);
+        assert!(head.direct && !head.close);
         assert_eq!(&raw[head.method.clone()], "GET");
         assert_eq!(&raw[head.target.clone()], "/a?b=1");
         assert_eq!(head.host.clone().map(|r| &raw[r]), Some("x"));
@@ -432,7 +433,7 @@ mod tests {
         let roles: Vec<Role> = head.fields.iter().map(|f| f.role).collect();
         assert_eq!(
             roles,
-            [Role::Keep, Role::Keep, Role::Replaced, Role::HopByHop]
+            [Role::Replaced, Role::Keep, Role::Replaced, Role::HopByHop]
         );
         assert!(head.idempotent(raw.as_bytes()));
     }
@@ -457,7 +458,7 @@ mod tests {
         ] {
             let (head, parsed) = request(raw);
             assert!(matches!(parsed, Parse::Complete(_)), "{raw:?}");
-            assert!(!head.plain, "{raw:?}");
+            assert!(!head.direct, "{raw:?}");
         }
         assert_eq!(
             request("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").1,
@@ -475,11 +476,11 @@ mod tests {
     fn a_length_and_close_are_understood_and_a_repeated_length_is_hyper_s() {
         let (head, _) =
             request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
-        assert!(head.plain && head.close);
+        assert!(head.direct && head.close);
         assert_eq!(head.content_length, 5);
         let (head, _) =
             request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
-        assert!(!head.plain);
+        assert!(!head.direct);
     }
 
     fn response(raw: &str, head_request: bool) -> ResponseHead {
@@ -631,7 +632,7 @@ mod tests {
                     let name = &bytes[f.name.clone()];
                     let expected = match classify(name) {
                         Name::Connection | Name::HopByHop => Role::HopByHop,
-                        Name::ForwardedFor | Name::ProxySet => Role::Replaced,
+                        Name::Host | Name::ForwardedFor | Name::ProxySet => Role::Replaced,
                         _ => Role::Keep,
                     };
                     prop_assert_eq!(f.role, expected);
@@ -644,7 +645,7 @@ mod tests {
                         })
                 });
                 let small = length.is_none_or(|n| n <= MAX_DIRECT_BODY);
-                prop_assert_eq!(req.plain, !extra_host && !odd_connection && small);
+                prop_assert_eq!(req.direct, !extra_host && !odd_connection && small);
                 prop_assert_eq!(req.content_length, length.unwrap_or(0));
             }
         }

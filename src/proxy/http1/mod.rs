@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod head;
 
 /// Appends `name: value` and the line end.
+#[inline]
 pub fn push_header(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     w.extend_from_slice(name);
     w.extend_from_slice(b": ");

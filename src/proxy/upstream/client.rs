@@ -8,135 +8,32 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
 use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
-use super::body::UpstreamBody;
-use super::pool::{until, Pool, RawConn, SendError};
+use super::pool::{until, Pool, RawConn};
 use crate::proxy::http1::chunked::Chunks;
 use crate::proxy::http1::head::{Framing, Parse, ResponseHead, Role};
-use crate::proxy::http1::push_header;
 
 /// A boxed error, as hyper takes them from a body.
 pub use crate::proxy::io::BoxError;
 
-/// Sends `req` (which has no body) on a pooled plain connection of `pool`, waiting at most
-/// `timeout` for the response head.
-///
-/// # Errors
-/// As [`Pool::send`]: [`SendError::Connect`] with the request when no connection could be
-/// made, [`SendError::Broken`] with it when the connection broke before any answer,
-/// [`SendError::Failed`] when the answer was broken, [`SendError::TimedOut`].
-pub async fn send(
-    pool: &Arc<Pool>,
-    req: Request<UpstreamBody>,
-    timeout: Duration,
-) -> Result<(http::response::Parts, RawBody), SendError> {
-    let mut up = match pool.take_raw() {
-        Some(up) => up,
-        None => match pool.connect_raw().await {
-            Ok(up) => up,
-            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-        },
-    };
-    write_head(&req, &mut up.wbuf);
-    let is_head = req.method() == Method::HEAD;
-    // The request is kept until the answer starts: it may have to go again.
-    let mut req = Some(req);
-    let (head, head_len) = match exchange(&mut up, is_head, timeout).await {
-        Ok(answer) => answer,
-        Err(e) => return Err(send_error(e, &mut req)),
-    };
-    drop(req);
-    let parts = response_parts(&head, &up.rbuf[..head_len])?;
-    Ok((parts, RawBody::new(up, &head, head_len, pool)))
-}
-
-/// Sends the request in `up.wbuf` and reads the final response head into `up.rbuf`, at
-/// most `timeout` after sending; the head and its length. Interim answers (103 and the
-/// like) are dropped, as hyper's client does; a 101 nobody asked for is invalid.
-pub async fn exchange(
-    up: &mut RawConn,
-    is_head: bool,
-    timeout: Duration,
-) -> Result<(ResponseHead, usize), NoResponse> {
-    up.deadline.as_mut().reset(Instant::now() + timeout);
-    send_request(up).await?;
-    let mut head = ResponseHead::default();
-    let mut interim = false;
-    loop {
-        let n = match read_head(up, &mut head, is_head).await {
-            Ok(n) => n,
-            // After an interim answer the worker has seen the request: not to be resent.
-            Err(NoResponse::Broken(_)) if interim => {
-                return Err(NoResponse::Invalid("connection closed mid-head"))
-            }
-            Err(e) => return Err(e),
-        };
-        match head.status {
-            101 => return Err(NoResponse::Invalid("switched protocols unasked")),
-            100..=199 => {
-                interim = true;
-                up.rbuf.advance(n);
-            }
-            _ => return Ok((head, n)),
-        }
-    }
-}
-
-fn failed(why: &'static str) -> SendError {
-    SendError::Failed(why.into())
-}
-
-/// A connection that broke before any answer gives the request back (it may be resent if
-/// idempotent); a broken answer or a timeout may not be resent.
-fn send_error(e: NoResponse, req: &mut Option<Request<UpstreamBody>>) -> SendError {
-    match (e, req.take()) {
-        (NoResponse::Broken(e), Some(req)) => SendError::Broken(e, Box::new(req)),
-        (NoResponse::Broken(e), None) => SendError::Failed(Box::new(e)),
-        // A 101 is an answer, not a broken exchange: not to be sent again.
-        (NoResponse::Invalid(why @ "switched protocols unasked"), _) => {
-            SendError::Unusable(why.into())
-        }
-        (NoResponse::Invalid(why), _) => failed(why),
-        (NoResponse::TimedOut, _) => SendError::TimedOut,
-    }
-}
-
-/// The request head in origin form, HTTP/1.1, every header as it is (the caller rewrote
-/// them).
-fn write_head(req: &Request<UpstreamBody>, w: &mut Vec<u8>) {
-    w.clear();
-    w.extend_from_slice(req.method().as_str().as_bytes());
-    w.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    w.extend_from_slice(target.as_bytes());
-    w.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        push_header(w, name.as_str().as_bytes(), value.as_bytes());
-    }
-    // A bodyless request whose method usually has a body says so, as browsers and curl do
-    // (hyper's client would send no length at all).
-    let usually_has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if usually_has_body && !req.headers().contains_key(http::header::CONTENT_LENGTH) {
-        w.extend_from_slice(b"content-length: 0\r\n");
-    }
-    w.extend_from_slice(b"\r\n");
-}
-
 /// The response head as hyper's server takes it: status and headers, hop-by-hop headers and
 /// the chunked framing (taken off the body here) left out.
-fn response_parts(head: &ResponseHead, raw: &[u8]) -> Result<http::response::Parts, SendError> {
+///
+/// # Errors
+/// What makes the head unusable.
+pub fn response_parts(
+    head: &ResponseHead,
+    raw: &[u8],
+) -> Result<http::response::Parts, &'static str> {
     let mut resp = http::Response::new(());
-    *resp.status_mut() =
-        StatusCode::from_u16(head.status).map_err(|_| failed("invalid status code"))?;
+    *resp.status_mut() = StatusCode::from_u16(head.status).map_err(|_| "invalid status code")?;
     let kept = || head.fields.iter().filter(|f| f.role == Role::Keep);
     // One copy of the head that every value slices, instead of one allocation per value.
     let head_end = kept().map(|f| f.value.end).max().unwrap_or(0);
@@ -152,7 +49,7 @@ fn response_parts(head: &ResponseHead, raw: &[u8]) -> Result<http::response::Par
             HeaderName::from_bytes(name),
             HeaderValue::from_maybe_shared(owned.slice(f.value.clone())),
         ) else {
-            return Err(failed("invalid response header"));
+            return Err("invalid response header");
         };
         headers.append(name, value);
     }
@@ -169,7 +66,7 @@ enum BodyFraming {
     Done,
 }
 
-/// A worker's response body read from a plain pooled socket; the socket goes back to its
+/// A worker's response body read from a pooled raw connection; the connection goes back to its
 /// pool when the body ended where its framing said.
 #[derive(Debug)]
 pub struct RawBody {

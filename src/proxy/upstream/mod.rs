@@ -5,3 +5,4 @@ pub mod body;
 pub mod client;
 pub mod pool;
 pub mod stream;
+pub mod write;

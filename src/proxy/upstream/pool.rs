@@ -38,13 +38,8 @@ pub enum SendError {
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The connection failed; the request may have been (partly) sent.
     Failed(Box<dyn std::error::Error + Send + Sync>),
-    /// The connection broke before a single response byte; the (bodyless) request comes
-    /// back, to be sent again if it is idempotent.
-    Broken(std::io::Error, Box<Request<UpstreamBody>>),
     /// No response head within the response timeout.
     TimedOut,
-    /// The worker answered with something the proxy cannot pass on (not to be resent).
-    Unusable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A connection and its response deadline: one timer per connection, moved later for each
@@ -173,7 +168,7 @@ impl Pool {
         }
     }
 
-    /// An idle plain connection that is still open, if any.
+    /// An idle raw connection that is still open, if any.
     pub fn take_raw(&self) -> Option<RawConn> {
         loop {
             let conn = self
@@ -187,7 +182,7 @@ impl Pool {
         }
     }
 
-    /// Gives back a plain connection whose exchange is complete.
+    /// Gives back a raw connection whose exchange is complete.
     pub fn put_raw(&self, mut conn: RawConn) {
         conn.rbuf.clear();
         conn.wbuf.clear();
@@ -202,7 +197,7 @@ impl Pool {
         }
     }
 
-    /// A new plain connection.
+    /// A new raw connection.
     pub async fn connect_raw(&self) -> std::io::Result<RawConn> {
         Ok(RawConn {
             stream: self.open().await?,

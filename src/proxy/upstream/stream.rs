@@ -68,6 +68,7 @@ impl WorkerStream {
     /// False when the worker closed (or wrote to) the connection while it sat idle. Costs no
     /// system call unless the socket was reported readable: tokio remembers readiness. A TLS
     /// connection that became readable is given up (its bytes cannot be peeked at).
+    #[inline]
     pub fn still_idle(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self {
@@ -86,6 +87,7 @@ impl WorkerStream {
 }
 
 impl AsyncRead for WorkerStream {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,6 +101,7 @@ impl AsyncRead for WorkerStream {
 }
 
 impl AsyncWrite for WorkerStream {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -110,6 +113,7 @@ impl AsyncWrite for WorkerStream {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),

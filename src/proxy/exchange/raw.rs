@@ -1,0 +1,176 @@
+//! The exchange on a pooled raw connection, for every front that holds a request whole (the
+//! direct HTTP/1.1 path, the HTTP/2 direct exchange, the general path's bodyless requests):
+//! send it, and after a failure resend it or answer, by the one resend table, rerouting from
+//! the decision the request carries.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Buf;
+use tokio::time::Instant;
+
+use super::answer::Answer;
+use super::failure::{self, Failure, Resend};
+use super::route::Route;
+use super::Proxy;
+use crate::proxy::http1::head::ResponseHead;
+use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
+use crate::proxy::upstream::pool::{Pool, RawConn};
+use crate::workers::InFlight;
+
+/// A request as a front holds it.
+pub trait Outbound {
+    /// Writes the request for the worker of `route` into `w`, with the one request writer.
+    fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>);
+    /// Idempotent and without a body: may be repeated after its connection broke.
+    fn repeatable(&self) -> bool;
+    /// A `HEAD` request: its response has no body.
+    fn is_head(&self) -> bool;
+    /// Routes the request again after the worker of `failed` could not serve it
+    /// ([`Proxy::reroute`] with the front's routing view).
+    fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route>;
+    /// An interim (1xx) response head came (`raw`): passed on to the client, or dropped.
+    /// `Err` when the client is gone.
+    fn interim(&mut self, raw: &[u8], head: &ResponseHead) -> impl Future<Output = Result<(), ()>>;
+}
+
+/// A worker's answer: the final response head is at the start of `up.rbuf`.
+#[derive(Debug)]
+pub struct Reply {
+    /// The route that got the answer (after any move).
+    pub route: Route,
+    /// The connection, its read buffer holding the head and what came after it.
+    pub up: RawConn,
+    /// The head's length.
+    pub head_len: usize,
+    /// The pool the connection goes back to.
+    pub pool: Arc<Pool>,
+    /// Held until the response body is sent.
+    pub in_flight: InFlight,
+}
+
+/// Sends `out` along `route` and reads the final response head into `head`, resending or
+/// rerouting after failures as the resend table allows.
+///
+/// # Errors
+/// The answer for the client when no worker answered (`None`: the client is gone).
+pub async fn exchange<O: Outbound>(
+    proxy: &Proxy,
+    mut route: Route,
+    out: &mut O,
+    head: &mut ResponseHead,
+) -> Result<Reply, Option<Answer>> {
+    let mut sends = 0;
+    loop {
+        sends += 1;
+        let (pool, in_flight) = proxy.target(&route);
+        let failure = match attempt(proxy, pool, &route, out, head).await {
+            Ok((up, head_len)) => {
+                return Ok(Reply {
+                    route,
+                    up,
+                    head_len,
+                    pool: pool.clone(),
+                    in_flight,
+                })
+            }
+            Err(failure) => failure,
+        };
+        drop(in_flight);
+        let req = failure::Request {
+            repeatable: out.repeatable(),
+            sends,
+        };
+        match proxy
+            .after_failure(&route, &failure, req, |failed| out.reroute(proxy, failed))
+            .await
+        {
+            Ok(next) => route = next,
+            Err(answer) => return Err(answer),
+        }
+    }
+}
+
+/// One send on one connection: the final head's length, or why there is none.
+async fn attempt<O: Outbound>(
+    proxy: &Proxy,
+    pool: &Pool,
+    route: &Route,
+    out: &mut O,
+    head: &mut ResponseHead,
+) -> Result<(RawConn, usize), Failure> {
+    let mut up = match pool.take_raw() {
+        Some(up) => up,
+        None => pool.connect_raw().await.map_err(Failure::Unreachable)?,
+    };
+    out.write(proxy, route, &mut up.wbuf);
+    let timeout = proxy.response_timeout;
+    let failure = |e| match e {
+        NoResponse::Broken(e) => Failure::Broken(e),
+        NoResponse::Invalid(why) => Failure::Invalid(why),
+        NoResponse::TimedOut => Failure::TimedOut(timeout),
+    };
+    up.deadline.as_mut().reset(Instant::now() + timeout);
+    send_request(&mut up).await.map_err(failure)?;
+    let mut interim = false;
+    loop {
+        let n = match read_head(&mut up, head, out.is_head()).await {
+            Ok(n) => n,
+            // After an interim answer the worker has seen the request: not to be resent.
+            Err(NoResponse::Broken(_)) if interim => {
+                return Err(Failure::Invalid("connection closed mid-head"))
+            }
+            Err(e) => return Err(failure(e)),
+        };
+        match head.status {
+            101 => return Err(Failure::UnaskedSwitch),
+            100..=199 => {
+                interim = true;
+                out.interim(&up.rbuf[..n], head)
+                    .await
+                    .map_err(|()| Failure::ClientGone)?;
+                up.rbuf.advance(n);
+            }
+            _ => return Ok((up, n)),
+        }
+    }
+}
+
+impl Proxy {
+    /// After `failure` on `route`: the route to send the request on next (the same worker
+    /// for a repeatable request whose worker is still reachable, else a reroute), or the
+    /// answer for the client. Takes an unreachable worker out of rotation.
+    pub async fn after_failure(
+        &self,
+        route: &Route,
+        failure: &Failure,
+        req: failure::Request,
+        reroute: impl FnOnce(&Route) -> Option<Route>,
+    ) -> Result<Route, Option<Answer>> {
+        let worker = route.worker();
+        if failure.takes_worker_out() {
+            self.workers.set_healthy(worker, false);
+        }
+        let give_up = || {
+            if !matches!(failure, Failure::ClientGone) {
+                tracing::warn!(worker, error = %failure.reason(worker), "upstream request failed");
+            }
+            failure.answer(worker)
+        };
+        match failure.resend(req) {
+            Resend::No => return Err(give_up()),
+            Resend::Again => {
+                tracing::debug!(worker, error = %failure.reason(worker), "worker connection broke; sending again");
+                // If the worker is gone, it is taken out now and the request moves (the
+                // supervisor may not have noticed yet).
+                if self.check_reachable(worker).await {
+                    return Ok(*route);
+                }
+            }
+            Resend::Elsewhere => {
+                tracing::warn!(worker, error = %failure.reason(worker), "upstream request failed; routing again");
+            }
+        }
+        reroute(route).ok_or_else(give_up)
+    }
+}

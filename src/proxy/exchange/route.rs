@@ -1,0 +1,173 @@
+//! Where a request goes: one decision per request, made here and carried along; a resend
+//! after a failure reroutes from it, so the move is recorded on the request that moved.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+
+use super::Proxy;
+use crate::proxy::upstream::pool::Pool;
+use crate::routing::Decision;
+use crate::workers::{InFlight, WorkerId};
+
+/// A routed request: the decision, the client it was made for, and which of the worker's
+/// two addresses is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The decision (worker, kept/new/moved, affinity cookie due).
+    pub decision: Decision,
+    /// The client's address the decision was made for.
+    pub client: IpAddr,
+    /// The worker's active address slot.
+    pub index: usize,
+}
+
+/// A routing outcome that needs no waiting.
+#[derive(Debug)]
+pub enum Routing {
+    /// Go.
+    Go(Route),
+    /// The pinned worker is restarting and `--on-worker-down hold` is on: wait for it.
+    Wait(Decision),
+    /// No worker is up.
+    NoWorker,
+}
+
+impl Route {
+    /// The worker.
+    #[inline]
+    pub fn worker(&self) -> WorkerId {
+        self.decision.worker
+    }
+}
+
+impl Proxy {
+    /// Routes a request now, without waiting for a held worker.
+    #[inline]
+    pub fn route_now(&self, view: &Parts, client: IpAddr) -> Routing {
+        let now = self.router.table().now();
+        match self
+            .router
+            .route(view, client, &self.workers, now, self.hold.is_some())
+        {
+            Some(d) if d.wait => Routing::Wait(d),
+            Some(d) => self
+                .located(d, client)
+                .map_or(Routing::NoWorker, Routing::Go),
+            None => Routing::NoWorker,
+        }
+    }
+
+    /// Routes a request; with `--on-worker-down hold`, waits (bounded) for a pinned worker
+    /// that is restarting instead of moving its client. `None`: no worker is up.
+    pub async fn route(&self, view: &Parts, client: IpAddr) -> Option<Route> {
+        match self.route_now(view, client) {
+            Routing::Go(route) => Some(route),
+            Routing::NoWorker => None,
+            // Boxed: holding is rare and its wait would otherwise grow every request's future.
+            Routing::Wait(decision) => Box::pin(self.hold_then_route(view, client, decision)).await,
+        }
+    }
+
+    /// Routes a request again after the worker of `failed` could not serve it: the move is
+    /// recorded in the decision the request carries from now on.
+    pub fn reroute(&self, view: &Parts, failed: &Route) -> Option<Route> {
+        let now = self.router.table().now();
+        let d = self
+            .router
+            .reroute(view, failed.client, &self.workers, now, failed.decision)?;
+        tracing::debug!(
+            from = failed.worker(),
+            to = d.worker,
+            "sending to another worker"
+        );
+        self.located(d, failed.client)
+    }
+
+    /// The pool of the route's address, and the in-flight count the exchange holds.
+    #[inline]
+    pub fn target(&self, route: &Route) -> (&Arc<Pool>, InFlight) {
+        let worker = route.worker();
+        let pool = &self.pools[usize::from(worker)][route.index];
+        (
+            pool,
+            InFlight::new(self.workers.clone(), worker, route.index),
+        )
+    }
+
+    #[inline]
+    fn located(&self, decision: Decision, client: IpAddr) -> Option<Route> {
+        let (index, _) = self.workers.active(decision.worker)?;
+        if self.debug {
+            tracing::debug!(worker = decision.worker, outcome = ?decision.outcome, "route");
+        }
+        Some(Route {
+            decision,
+            client,
+            index,
+        })
+    }
+
+    async fn hold_then_route(
+        &self,
+        view: &Parts,
+        client: IpAddr,
+        decision: Decision,
+    ) -> Option<Route> {
+        if self.wait_for(decision.worker).await {
+            let decision = Decision {
+                wait: false,
+                ..decision
+            };
+            return self.located(decision, client);
+        }
+        let now = self.router.table().now();
+        let d = self.router.route(view, client, &self.workers, now, false)?;
+        self.located(d, client)
+    }
+
+    /// Takes a worker out of rotation when its address refuses connections; true when it
+    /// is reachable.
+    pub async fn check_reachable(&self, worker: WorkerId) -> bool {
+        let Some(addr) = self.workers.addr(worker) else {
+            return false;
+        };
+        let probe = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        );
+        let reachable = matches!(probe.await, Ok(Ok(_)));
+        if !reachable {
+            self.workers.set_healthy(worker, false);
+        }
+        reachable
+    }
+
+    /// Waits until `worker` is up, at most the hold time; false when it is not back in time
+    /// or too many requests are already waiting.
+    async fn wait_for(&self, worker: WorkerId) -> bool {
+        let Some(hold) = self.hold else { return false };
+        if self.holding.fetch_add(1, Ordering::AcqRel) >= self.hold_queue {
+            self.holding.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + hold;
+        let back = loop {
+            let changed = self.workers.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.workers.is_up(worker) {
+                break true;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => break self.workers.is_up(worker),
+            }
+        };
+        self.holding.fetch_sub(1, Ordering::AcqRel);
+        back
+    }
+}

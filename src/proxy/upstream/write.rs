@@ -1,0 +1,271 @@
+//! Which headers a worker sees, in one place: the client's fields sorted by
+//! [`upstream_role`] (hop-by-hop ones dropped, the proxy's own replaced), then the proxy's
+//! fields (`X-Forwarded-For` appended to, `X-Forwarded-Proto`, `X-Forwarded-Host`,
+//! `X-Sticky`, and `content-length: 0` where a bodyless method usually has a body).
+//! [`RequestWriter`] writes them as HTTP/1.1 bytes (the direct paths and the raw client);
+//! [`rewrite_map`] applies the same rules to a header map (hyper's client).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::proxy::http1::head::{is_hop_by_hop, upstream_role, Role};
+use crate::proxy::http1::push_header;
+use crate::routing::Outcome;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_STICKY: HeaderName = HeaderName::from_static("x-sticky");
+
+/// What the proxy tells a worker about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The client's address, as an `X-Forwarded-For` value.
+    pub client: &'a [u8],
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// How the request was routed (`X-Sticky`).
+    pub sticky: Outcome,
+}
+
+/// A request head for a worker, written field by field into one buffer.
+#[derive(Debug)]
+pub struct RequestWriter<'w, 'a> {
+    w: &'w mut Vec<u8>,
+    prior_for: Option<&'a [u8]>,
+    host: Option<&'a [u8]>,
+    has_length: bool,
+    usually_has_body: bool,
+}
+
+impl<'w, 'a> RequestWriter<'w, 'a> {
+    /// Starts `METHOD target HTTP/1.1` in `w` (cleared first).
+    #[inline]
+    pub fn start(w: &'w mut Vec<u8>, method: &[u8], target: &[u8]) -> Self {
+        w.clear();
+        w.extend_from_slice(method);
+        w.push(b' ');
+        w.extend_from_slice(target);
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        Self {
+            w,
+            prior_for: None,
+            host: None,
+            has_length: false,
+            usually_has_body: matches!(method, b"POST" | b"PUT" | b"PATCH"),
+        }
+    }
+
+    /// The `Host` (from an HTTP/2 `:authority`, or the field); the first one counts.
+    #[inline]
+    pub fn host(&mut self, value: &'a [u8]) {
+        if self.host.is_none() {
+            self.host = Some(value);
+            push_header(self.w, b"host", value);
+        }
+    }
+
+    /// One field of the client's head: written, remembered or dropped by its role.
+    #[inline]
+    pub fn field(&mut self, name: &[u8], value: &'a [u8]) {
+        self.classified(name, value, upstream_role(name));
+    }
+
+    /// One field whose role the caller's parser already knows (it is
+    /// [`upstream_role`]`(name)`).
+    #[inline]
+    pub fn classified(&mut self, name: &[u8], value: &'a [u8], role: Role) {
+        match role {
+            Role::Keep => {
+                self.has_length |= name.eq_ignore_ascii_case(b"content-length");
+                push_header(self.w, name, value);
+            }
+            Role::Replaced if name.eq_ignore_ascii_case(b"host") => self.host(value),
+            Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
+                self.prior_for.get_or_insert(value);
+            }
+            Role::Replaced | Role::HopByHop | Role::Dropped => {}
+        }
+    }
+
+    /// The proxy's own fields and the end of the head.
+    #[inline]
+    pub fn finish(self, fwd: &Forwarded<'_>) {
+        let w = self.w;
+        if self.usually_has_body && !self.has_length {
+            // As browsers and curl do (a worker may wait for a body otherwise).
+            push_header(w, b"content-length", b"0");
+        }
+        w.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prior) = self.prior_for.filter(|p| !p.is_empty()) {
+            w.extend_from_slice(prior);
+            w.extend_from_slice(b", ");
+        }
+        w.extend_from_slice(fwd.client);
+        w.extend_from_slice(b"\r\n");
+        push_header(w, b"x-forwarded-proto", fwd.scheme.as_bytes());
+        // Workers speak HTTP/1.1 and always get a Host (an HTTP/1.0 client may send none).
+        let host = self.host.unwrap_or(b"localhost");
+        if self.host.is_none() {
+            push_header(w, b"host", host);
+        }
+        push_header(w, b"x-forwarded-host", host);
+        push_header(w, b"x-sticky", fwd.sticky.header_value().as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The same rules on a header map, for hyper's client: hop-by-hop fields (and those
+/// `Connection` names) removed, the client's copies of the proxy's fields replaced. With
+/// `upgrade`, `Upgrade` and `Connection: upgrade` stay.
+pub fn rewrite_map(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: bool) {
+    let kept_upgrade = if upgrade {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(u) = kept_upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    let prior = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
+    let value = match prior {
+        Some(prior) if !prior.is_empty() => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + fwd.client.len());
+            v.extend_from_slice(prior);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(fwd.client);
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+        _ => HeaderValue::from_bytes(fwd.client).ok(),
+    };
+    if let Some(value) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.scheme),
+    );
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    set_sticky(headers, fwd.sticky);
+}
+
+/// `X-Sticky` for the route a request takes (again, when it is resent elsewhere).
+pub fn set_sticky(headers: &mut HeaderMap, sticky: Outcome) {
+    headers.insert(X_STICKY.clone(), sticky.header_value());
+}
+
+/// Removes the hop-by-hop fields of RFC 9110 section 7.6.1, including those `Connection`
+/// names. One pass over the (few) names present first: most heads carry none.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| is_hop_by_hop(n.as_str().as_bytes())) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd() -> Forwarded<'static> {
+        Forwarded {
+            client: b"10.0.0.9",
+            scheme: "https",
+            sticky: Outcome::Moved,
+        }
+    }
+
+    /// Both encodings give the worker the same fields.
+    #[test]
+    fn the_writer_and_the_map_agree() {
+        let client: &[(&str, &str)] = &[
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("x-sticky", "kept"),
+            ("te", "trailers"),
+            ("cookie", "a=b"),
+        ];
+        let mut w = Vec::new();
+        let mut writer = RequestWriter::start(&mut w, b"POST", b"/x");
+        for (n, v) in client {
+            // The direct paths never see `Connection` naming another field (hyper's path
+            // takes those); the map rewrite must drop it.
+            if *n != "x-secret" {
+                writer.field(n.as_bytes(), v.as_bytes());
+            }
+        }
+        writer.finish(&fwd());
+        let text = String::from_utf8(w).unwrap();
+        let mut map = HeaderMap::new();
+        for (n, v) in client {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        rewrite_map(&mut map, &fwd(), false);
+        let mut from_map: Vec<String> = map
+            .iter()
+            .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap()))
+            .collect();
+        from_map.push("content-length: 0".into());
+        let mut from_writer: Vec<String> = text
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        from_map.sort();
+        from_writer.sort();
+        assert_eq!(from_writer, from_map);
+        assert!(text.starts_with("POST /x HTTP/1.1\r\n"));
+        assert!(
+            text.contains("\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nx-sticky: moved\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_request_without_host_gets_one() {
+        let mut w = Vec::new();
+        RequestWriter::start(&mut w, b"GET", b"/").finish(&fwd());
+        let text = String::from_utf8(w).unwrap();
+        assert!(text.contains("\r\nhost: localhost\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nx-forwarded-host: localhost\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("content-length"), "{text}");
+    }
+}
