@@ -9,13 +9,19 @@
 //! - `{"type":"bind","key":"..."}` / `{"type":"unbind","key":"..."}`: pin a session key to
 //!   this worker (after login rotated the session id) or forget it (logout).
 //!
-//! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`.
+//! - `{"type":"watch"}`: from now on, also send this connection the worker notices below.
+//!
+//! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`, and, to connections
+//! that sent `watch`, `{"type":"worker","id":N,"state":"down"|"up"}` when another worker's
+//! process exits or comes (back) up, so a worker-side cluster layer (the npm package's
+//! socket.io adapter) forgets a dead peer at once.
 //!
 //! A worker is identified by the socket it connected to (the directory is 0700), never by
 //! what it claims. Lines over [`MAX_LINE`] or a run of garbage disconnect it; a flood is
 //! throttled to [`RATE_PER_SEC`] lines per second. Nothing a worker sends can stop the bus.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +32,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::routing::Router;
-use crate::workers::WorkerId;
+use crate::workers::{WorkerId, WorkerSet, WorkerState};
 
 /// Environment variable naming the worker's socket.
 pub const IPC_ENV: &str = "STICKY_CLUSTER_IPC";
@@ -38,6 +44,8 @@ pub const RATE_PER_SEC: u32 = 2000;
 const MAX_GARBAGE: u32 = 20;
 /// Messages queued for one worker before the oldest are dropped.
 const QUEUE: usize = 1024;
+/// How every worker notice line starts; only connections that sent `watch` get them.
+const WORKER_NOTICE: &str = "{\"type\":\"worker\",";
 
 /// A message a worker sent to the supervisor.
 #[derive(Debug, Clone)]
@@ -126,6 +134,51 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Tells every worker except `id` that worker `id` went down or came up.
+    pub fn announce(&self, id: WorkerId, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let line: Arc<str> = Arc::from(format!(
+            "{WORKER_NOTICE}\"id\":{id},\"state\":\"{state}\"}}"
+        ));
+        for (other, outbox) in self.outboxes.iter().enumerate() {
+            if other != usize::from(id) {
+                let _ = outbox.send(line.clone());
+            }
+        }
+    }
+}
+
+/// Announces on the bus every change of a spawned worker between up and down (exited) until
+/// `stop`; a worker that is only draining or failing health checks still runs and is not
+/// announced.
+pub async fn announce_workers(bus: Arc<Bus>, workers: Arc<WorkerSet>, stop: CancellationToken) {
+    let spawned = bus.outboxes.len();
+    let state = |id: usize| workers.state(id as WorkerId);
+    let mut up: Vec<bool> = (0..spawned)
+        .map(|id| state(id) == WorkerState::Up)
+        .collect();
+    loop {
+        let changed = workers.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        for (id, was_up) in up.iter_mut().enumerate() {
+            let now = state(id);
+            if !*was_up && now == WorkerState::Up {
+                *was_up = true;
+                bus.announce(id as WorkerId, true);
+            } else if *was_up && now == WorkerState::Down {
+                *was_up = false;
+                bus.announce(id as WorkerId, false);
+            }
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 impl Drop for Bus {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -190,9 +243,13 @@ async fn serve_worker(
     stop: CancellationToken,
 ) {
     let (read, mut write) = stream.into_split();
+    let watch = Arc::new(AtomicBool::new(false));
+    let watching = watch.clone();
     let writer = tokio::spawn(async move {
         loop {
             match outbox.recv().await {
+                Ok(line)
+                    if line.starts_with(WORKER_NOTICE) && !watching.load(Ordering::Relaxed) => {}
                 Ok(line) => {
                     if write.write_all(line.as_bytes()).await.is_err()
                         || write.write_all(b"\n").await.is_err()
@@ -233,7 +290,7 @@ async fn serve_worker(
             tracing::debug!(worker = id, "bus flood; throttling");
             tokio::time::sleep(wait).await;
         }
-        match handle_line(id, &line, &bus, &router, &inbox) {
+        match handle_line(id, &line, &bus, &router, &inbox, &watch) {
             Ok(()) => garbage = 0,
             Err(why) => {
                 garbage += 1;
@@ -284,6 +341,7 @@ fn handle_line(
     bus: &Bus,
     router: &Router,
     inbox: &mpsc::UnboundedSender<Incoming>,
+    watch: &AtomicBool,
 ) -> Result<(), &'static str> {
     let trimmed = line.trim_ascii();
     if trimmed.is_empty() {
@@ -319,6 +377,7 @@ fn handle_line(
             }
             tracing::debug!(worker = id, kind, "session key {kind}");
         }
+        "watch" => watch.store(true, Ordering::Relaxed),
         _ => return Err("unknown type"),
     }
     Ok(())
@@ -433,6 +492,9 @@ impl WorkerBus {
                 let Ok(msg) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
+                if msg.get("type").and_then(Value::as_str) != Some("message") {
+                    continue;
+                }
                 let from = msg
                     .get("from")
                     .and_then(Value::as_u64)

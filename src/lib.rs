@@ -619,7 +619,13 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let stop = CancellationToken::new();
     let stop_workers = CancellationToken::new();
     let reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
-    let bus = start_bus(&settings, router.clone(), on_message, &stop_workers)?;
+    let bus = start_bus(
+        &settings,
+        router.clone(),
+        &workers,
+        on_message,
+        &stop_workers,
+    )?;
     let config = proxy_config(&settings, tls.clone())?;
     let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), config));
     let (first_tx, first_rx) = mpsc::unbounded_channel();
@@ -729,6 +735,7 @@ fn router(
 fn start_bus(
     settings: &Settings,
     router: Arc<Router>,
+    workers: &Arc<WorkerSet>,
     on_message: Option<MessageHandler>,
     stop_workers: &CancellationToken,
 ) -> Result<Arc<ipc::Bus>, Error> {
@@ -739,6 +746,11 @@ fn start_bus(
         inbox_tx,
         stop_workers.clone(),
     )?;
+    tokio::spawn(ipc::announce_workers(
+        bus.clone(),
+        workers.clone(),
+        stop_workers.clone(),
+    ));
     tokio::spawn(ipc::pipe_to_command(
         settings.on_message.clone().unwrap_or_default(),
         inbox_rx,

@@ -41,8 +41,8 @@ pub enum Failure {
 pub enum Resend {
     /// Nothing reached the worker: send it to another worker (routed again, a move).
     Elsewhere,
-    /// It may have reached the worker, and repeating it is safe: send it once more (to the
-    /// same worker unless that one proves unreachable).
+    /// It may have reached the worker, and repeating it is safe: send it once more, on a new
+    /// connection (to the same worker unless that one proves unreachable).
     Again,
     /// Answer the client.
     No,

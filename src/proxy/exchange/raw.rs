@@ -61,10 +61,13 @@ pub async fn exchange<O: Outbound>(
     head: &mut ResponseHead,
 ) -> Result<Reply, Option<Answer>> {
     let mut sends = 0;
+    // After a broken connection the request goes again on a fresh one: the pooled ones are
+    // likely stale too (a restarted or dying worker).
+    let mut fresh = false;
     loop {
         sends += 1;
         let (pool, in_flight) = proxy.target(&route);
-        let failure = match attempt(proxy, pool, &route, out, head).await {
+        let failure = match attempt(proxy, pool, &route, out, head, fresh).await {
             Ok((up, head_len)) => {
                 return Ok(Reply {
                     route,
@@ -77,6 +80,7 @@ pub async fn exchange<O: Outbound>(
             Err(failure) => failure,
         };
         drop(in_flight);
+        fresh = matches!(failure, Failure::Broken(_));
         let req = failure::Request {
             repeatable: out.repeatable(),
             sends,
@@ -91,15 +95,18 @@ pub async fn exchange<O: Outbound>(
     }
 }
 
-/// One send on one connection: the final head's length, or why there is none.
+/// One send on one connection (a new one when `fresh`): the final head's length, or why
+/// there is none.
 async fn attempt<O: Outbound>(
     proxy: &Proxy,
     pool: &Pool,
     route: &Route,
     out: &mut O,
     head: &mut ResponseHead,
+    fresh: bool,
 ) -> Result<(RawConn, usize), Failure> {
-    let mut up = match pool.take_raw() {
+    let pooled = if fresh { None } else { pool.take_raw() };
+    let mut up = match pooled {
         Some(up) => up,
         None => pool.connect_raw().await.map_err(Failure::Unreachable)?,
     };
