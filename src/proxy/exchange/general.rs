@@ -138,6 +138,7 @@ async fn raw_exchange(
         Ok(reply) => reply,
         Err(answer) => return answer.unwrap_or_else(Answer::client_gone).response(),
     };
+    reply.learn(proxy, &resp_head);
     let Reply {
         route,
         up,
@@ -156,7 +157,6 @@ async fn raw_exchange(
                 .response();
         }
     };
-    proxy.learn_response(&parts.headers, route.worker());
     proxy.decorations(&route.decision).apply(&mut parts.headers);
     let body = RawBody::new(up, &resp_head, head_len, &pool);
     Response::from_parts(parts, ProxyBody::raw(body, in_flight))

@@ -49,6 +49,16 @@ pub struct Reply {
     pub in_flight: InFlight,
 }
 
+impl Reply {
+    /// Learns from the worker's answer (`head`, parsed from this reply): the session cookies
+    /// it set are remembered on it. Every front calls this once per answer.
+    pub fn learn(&self, proxy: &Proxy, head: &ResponseHead) {
+        for value in head.set_cookies(&self.up.rbuf[..self.head_len]) {
+            proxy.learn_set_cookie(value, self.route.worker());
+        }
+    }
+}
+
 /// Sends `out` along `route` and reads the final response head into `head`, resending or
 /// rerouting after failures as the resend table allows.
 ///

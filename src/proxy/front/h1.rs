@@ -274,6 +274,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
 
     /// Passes a worker's answer on: its head rewritten, then its body.
     async fn pass_reply(&mut self, reply: Reply, shutting_down: bool) -> Done {
+        reply.learn(self.proxy, &self.resp);
         let Reply {
             route,
             mut up,
@@ -281,10 +282,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             pool,
             in_flight,
         } = reply;
-        let worker = route.worker();
-        for value in self.resp.set_cookies(&up.rbuf[..head_len]) {
-            self.proxy.learn_set_cookie(value, worker);
-        }
         let framing = self.resp.framing;
         let keep_client = !self.req.close && !shutting_down && framing != Framing::UntilClose;
         self.write_response_head(&up.rbuf[..head_len], &route, keep_client);

@@ -176,6 +176,7 @@ pub async fn run(
 
 /// The worker's answer: learnt from, its head encoded with the proxy's decorations.
 fn encoded(proxy: &Arc<Proxy>, reply: Reply, resp: &ResponseHead) -> Answer {
+    reply.learn(proxy, resp);
     let Reply {
         route,
         up,
@@ -184,9 +185,6 @@ fn encoded(proxy: &Arc<Proxy>, reply: Reply, resp: &ResponseHead) -> Answer {
         in_flight,
     } = reply;
     let raw = &up.rbuf[..head_len];
-    for value in resp.set_cookies(raw) {
-        proxy.learn_set_cookie(value, route.worker());
-    }
     let block = encode_response(proxy, resp, raw, &route);
     let body = RawBody::new(up, resp, head_len, &pool);
     Answer::Encoded {
