@@ -158,7 +158,7 @@ async fn raw_exchange(
         }
     };
     proxy.decorations(&route.decision).apply(&mut parts.headers);
-    let body = RawBody::new(up, &resp_head, head_len, &pool);
+    let body = RawBody::new(up, &resp_head, head_len, pool);
     Response::from_parts(parts, ProxyBody::raw(body, in_flight))
 }
 

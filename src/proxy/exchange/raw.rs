@@ -36,7 +36,7 @@ pub trait Outbound {
 
 /// A worker's answer: the final response head is at the start of `up.rbuf`.
 #[derive(Debug)]
-pub struct Reply {
+pub struct Reply<'p> {
     /// The route that got the answer (after any move).
     pub route: Route,
     /// The connection, its read buffer holding the head and what came after it.
@@ -44,12 +44,12 @@ pub struct Reply {
     /// The head's length.
     pub head_len: usize,
     /// The pool the connection goes back to.
-    pub pool: Arc<Pool>,
+    pub pool: &'p Arc<Pool>,
     /// Held until the response body is sent.
     pub in_flight: InFlight,
 }
 
-impl Reply {
+impl Reply<'_> {
     /// Learns from the worker's answer (`head`, parsed from this reply): the session cookies
     /// it set are remembered on it. Every front calls this once per answer.
     pub fn learn(&self, proxy: &Proxy, head: &ResponseHead) {
@@ -64,12 +64,12 @@ impl Reply {
 ///
 /// # Errors
 /// The answer for the client when no worker answered (`None`: the client is gone).
-pub async fn exchange<O: Outbound>(
-    proxy: &Proxy,
+pub async fn exchange<'p, O: Outbound>(
+    proxy: &'p Proxy,
     mut route: Route,
     out: &mut O,
     head: &mut ResponseHead,
-) -> Result<Reply, Option<Answer>> {
+) -> Result<Reply<'p>, Option<Answer>> {
     let mut sends = 0;
     // After a broken connection the request goes again on a fresh one: the pooled ones are
     // likely stale too (a restarted or dying worker).
@@ -83,7 +83,7 @@ pub async fn exchange<O: Outbound>(
                     route,
                     up,
                     head_len,
-                    pool: pool.clone(),
+                    pool,
                     in_flight,
                 })
             }

@@ -273,7 +273,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
     }
 
     /// Passes a worker's answer on: its head rewritten, then its body.
-    async fn pass_reply(&mut self, reply: Reply, shutting_down: bool) -> Done {
+    async fn pass_reply(&mut self, reply: Reply<'_>, shutting_down: bool) -> Done {
         reply.learn(self.proxy, &self.resp);
         let Reply {
             route,

@@ -189,6 +189,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The worker keeps the connection open after this response.
     pub keep_alive: bool,
+    /// It sets a cookie (most responses do not: learning skips them at no cost).
+    pub sets_cookie: bool,
 }
 
 impl ResponseHead {
@@ -224,6 +226,7 @@ impl ResponseHead {
         self.status = status;
         self.status_line = 9..line_end;
         self.fields.clear();
+        self.sets_cookie = false;
         let mut keep_alive = minor == 1;
         let mut length: Option<u64> = None;
         let mut chunked = None;
@@ -255,12 +258,8 @@ impl ResponseHead {
                     (Some(n), Some(m)) if n == m => {}
                     _ => return Parse::Invalid,
                 },
-                Name::ForwardedFor
-                | Name::ProxySet
-                | Name::Host
-                | Name::Expect
-                | Name::SetCookie
-                | Name::Other => {}
+                Name::SetCookie => self.sets_cookie = true,
+                Name::ForwardedFor | Name::ProxySet | Name::Host | Name::Expect | Name::Other => {}
             }
             self.fields.push(Field {
                 name: at(name),
@@ -319,7 +318,12 @@ impl ResponseHead {
 
     /// The values of the `Set-Cookie` headers.
     pub fn set_cookies<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
-        self.fields
+        let fields = if self.sets_cookie {
+            &self.fields[..]
+        } else {
+            &[]
+        };
+        fields
             .iter()
             .filter(move |f| classify(&buf[f.name.clone()]) == Name::SetCookie)
             .map(move |f| &buf[f.value.clone()])

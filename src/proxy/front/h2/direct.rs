@@ -175,7 +175,7 @@ pub async fn run(
 }
 
 /// The worker's answer: learnt from, its head encoded with the proxy's decorations.
-fn encoded(proxy: &Arc<Proxy>, reply: Reply, resp: &ResponseHead) -> Answer {
+fn encoded(proxy: &Arc<Proxy>, reply: Reply<'_>, resp: &ResponseHead) -> Answer {
     reply.learn(proxy, resp);
     let Reply {
         route,
@@ -186,7 +186,7 @@ fn encoded(proxy: &Arc<Proxy>, reply: Reply, resp: &ResponseHead) -> Answer {
     } = reply;
     let raw = &up.rbuf[..head_len];
     let block = encode_response(proxy, resp, raw, &route);
-    let body = RawBody::new(up, resp, head_len, &pool);
+    let body = RawBody::new(up, resp, head_len, pool);
     Answer::Encoded {
         block,
         body: ProxyBody::raw(body, in_flight),
