@@ -961,6 +961,26 @@ mod tests {
     }
 
     #[test]
+    fn worker_tls_keys_are_read_from_toml() {
+        let dir = std::env::temp_dir().join(format!("sticky-worker-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "worker-tls = true\nworker-cert = \"/etc/w.pem\"\n").unwrap();
+        let mut s = Settings::default();
+        FileSettings::load(&path).unwrap().apply(&mut s).unwrap();
+        assert!(s.validate().is_ok());
+        assert_eq!(
+            s.worker_tls_mode(),
+            Some(crate::worker_tls::WorkerTls::Pinned("/etc/w.pem".into()))
+        );
+        std::fs::write(&path, "worker-tls-no-verify = true\n").unwrap();
+        let mut s = Settings::default();
+        FileSettings::load(&path).unwrap().apply(&mut s).unwrap();
+        assert!(matches!(s.validate(), Err(SettingsError::WorkerTlsOff)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn validation_catches_port_ranges() {
         let mut s = Settings {
             workers: 4,
