@@ -19,6 +19,7 @@ use super::failure::{self, Failure};
 use super::raw::{self, Outbound, Reply};
 use super::route::Route;
 use super::Proxy;
+use crate::metrics::{self, Refused};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::io::framing::Verdict;
 use crate::proxy::io::upgrade::{self, TunnelLimits};
@@ -75,6 +76,7 @@ pub async fn handle(
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     if conn.framing.next_request_conflicts() {
+        metrics::refused(Refused::BadRequest);
         return Ok(Answer::smuggling().response());
     }
     let wants_upgrade = is_upgrade(&req);
@@ -229,8 +231,10 @@ impl HyperExchange<'_> {
             sends += 1;
             set_sticky(req.headers_mut(), route.decision.outcome);
             let (pool, in_flight) = proxy.target(&route);
+            let sent = std::time::Instant::now();
             let (failure, back) = match pool.send(req, proxy.response_timeout).await {
                 Ok((resp, lease)) => {
+                    metrics::response(route.worker(), resp.status().as_u16(), sent.elapsed());
                     let giveback = (pool.clone(), lease);
                     return self.respond(resp, giveback, &route, in_flight);
                 }

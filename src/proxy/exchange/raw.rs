@@ -13,6 +13,7 @@ use super::answer::Answer;
 use super::failure::{self, Failure, Resend};
 use super::route::Route;
 use super::Proxy;
+use crate::metrics::{self, UpstreamError};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
 use crate::proxy::upstream::pool::{Pool, RawConn};
@@ -110,7 +111,8 @@ async fn attempt<O: Outbound>(
         NoResponse::Invalid(why) => Failure::Invalid(why),
         NoResponse::TimedOut => Failure::TimedOut(timeout),
     };
-    up.deadline.as_mut().reset(Instant::now() + timeout);
+    let sent = Instant::now();
+    up.deadline.as_mut().reset(sent + timeout);
     send_request(&mut up).await.map_err(failure)?;
     let mut interim = false;
     loop {
@@ -131,7 +133,10 @@ async fn attempt<O: Outbound>(
                     .map_err(|()| Failure::ClientGone)?;
                 up.rbuf.advance(n);
             }
-            _ => return Ok((up, n)),
+            status => {
+                metrics::response(route.worker(), status, sent.elapsed());
+                return Ok((up, n));
+            }
         }
     }
 }
@@ -148,6 +153,9 @@ impl Proxy {
         reroute: impl FnOnce(&Route) -> Option<Route>,
     ) -> Result<Route, Option<Answer>> {
         let worker = route.worker();
+        if let Some(e) = upstream_error(failure) {
+            metrics::upstream_error(worker, e);
+        }
         if failure.takes_worker_out() {
             self.workers.set_healthy(worker, false);
         }
@@ -173,4 +181,15 @@ impl Proxy {
         }
         reroute(route).ok_or_else(give_up)
     }
+}
+
+/// The metrics label of a failure; `None` when the client, not the worker, is gone.
+fn upstream_error(failure: &Failure) -> Option<UpstreamError> {
+    Some(match failure {
+        Failure::Unreachable(_) => UpstreamError::Unreachable,
+        Failure::Broken(_) | Failure::Failed(_) => UpstreamError::Broken,
+        Failure::Invalid(_) | Failure::UnaskedSwitch => UpstreamError::Invalid,
+        Failure::TimedOut(_) => UpstreamError::Timeout,
+        Failure::ClientGone => return None,
+    })
 }
