@@ -3,6 +3,8 @@
 //! `prometheus_client` package) and every number checked against what happened; refusals,
 //! evictions and upstream errors; the token; the controls and the command-line client.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;
