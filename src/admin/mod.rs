@@ -123,6 +123,7 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), segments.as_slice()) {
         (&Method::GET, [""]) => page(DASHBOARD_HTML, "text/html; charset=utf-8"),
         (&Method::GET, ["dashboard.js"]) => page(DASHBOARD_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, ["favicon.ico"]) => text(StatusCode::NO_CONTENT, ""),
         (&Method::GET, ["metrics"]) => {
             let mut resp = text(StatusCode::OK, metrics::render(admin));
             resp.headers_mut().insert(
