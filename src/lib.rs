@@ -38,6 +38,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod access_log;
 mod admin;
 mod cli;
 mod demo;
@@ -168,6 +169,14 @@ pub enum Error {
     /// Not even a free loopback port could be held as a worker's spare.
     #[error("cannot hold a spare loopback port for rolling restarts: {0}")]
     SparePort(std::io::Error),
+    /// The `--access-log` file cannot be opened.
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The `--admin` address cannot be bound.
     #[error("cannot listen on {addr} for --admin: {source}")]
     AdminBind {
@@ -636,6 +645,12 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         .map(|addr| admin::bind(addr).map_err(|source| Error::AdminBind { addr, source }))
         .transpose()?;
     check_worker_ports(&settings)?;
+    if let Some(path) = &settings.access_log {
+        access_log::open(path).map_err(|source| Error::AccessLog {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let (workers, spares) = worker_set(&settings)?;
     metrics::init(workers.len());
     let (router, table) = router(&settings, &workers, tls.is_some(), session_hash)?;

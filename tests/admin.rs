@@ -530,3 +530,61 @@ fn control_commands_fail_when_nothing_runs() {
     let (code, _, err) = control(&["drain"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+#[test]
+fn the_access_log_has_one_line_per_request() {
+    let dir = scratch("access-log");
+    let file = dir.join("access.log");
+    let cluster = TestCluster::demo(
+        2,
+        &[
+            "--access-log",
+            &file.display().to_string(),
+            "--trust-proxy",
+            "127.0.0.1/32",
+            "--deny",
+            "10.9.9.9",
+        ],
+    );
+    let (r, first) = cluster.whoami(&[]);
+    let cookie = format!("connect.sid={}", r.set_cookies()["connect.sid"]);
+    let (_, second) = cluster.whoami(&[("cookie", &cookie)]);
+    let refused = cluster.get("/secret?a=1", &[("x-forwarded-for", "10.9.9.9")]);
+    assert_eq!(refused.status, 403);
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    wait_until("three access-log lines", Duration::from_secs(10), || {
+        lines().len() >= 3
+    });
+    let lines = lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
+    for f in &fields {
+        assert_eq!(f.len(), 8, "{f:?}");
+        assert!(
+            f[0].ends_with('Z') && f[0].contains('T'),
+            "RFC 3339 time: {f:?}"
+        );
+        assert!(f[7].ends_with("ms"), "{f:?}");
+    }
+    let w1 = first["worker"].to_string();
+    let w2 = second["worker"].to_string();
+    assert_eq!(
+        fields[0][1..7],
+        ["127.0.0.1", "GET", "/whoami", "200", w1.as_str(), "new"]
+    );
+    assert_eq!(
+        fields[1][1..7],
+        ["127.0.0.1", "GET", "/whoami", "200", w2.as_str(), "kept"]
+    );
+    assert_eq!(
+        fields[2][1..7],
+        ["10.9.9.9", "GET", "/secret?a=1", "403", "-", "-"],
+        "the proxy's own answer, for the client a trusted proxy named"
+    );
+}

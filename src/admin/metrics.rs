@@ -240,6 +240,19 @@ fn connections(out: &mut String) {
             n.load(Ordering::Relaxed).max(0)
         );
     }
+    if let Some(log) = crate::access_log::get() {
+        family(
+            out,
+            "sticky_cluster_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped because the writer was behind.",
+        );
+        let _ = writeln!(
+            out,
+            "sticky_cluster_access_log_dropped_total {}",
+            log.dropped()
+        );
+    }
     family(
         out,
         "sticky_cluster_tls_handshakes_total",

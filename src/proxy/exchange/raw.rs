@@ -13,6 +13,7 @@ use super::answer::Answer;
 use super::failure::{self, Failure, Resend};
 use super::route::Route;
 use super::Proxy;
+use crate::access_log;
 use crate::metrics::{self, UpstreamError};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
@@ -27,6 +28,8 @@ pub trait Outbound {
     fn repeatable(&self) -> bool;
     /// A `HEAD` request: its response has no body.
     fn is_head(&self) -> bool;
+    /// The method and request target, for the access log.
+    fn request_line(&self) -> (&[u8], &[u8]);
     /// Routes the request again after the worker of `failed` could not serve it
     /// ([`Proxy::reroute`] with the front's routing view).
     fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route>;
@@ -62,18 +65,22 @@ pub async fn exchange<O: Outbound>(
     head: &mut ResponseHead,
 ) -> Result<Reply, Option<Answer>> {
     let mut sends = 0;
+    let started = access_log::get().map(|_| Instant::now());
     loop {
         sends += 1;
         let (pool, in_flight) = proxy.target(&route);
         let failure = match attempt(proxy, pool, &route, out, head).await {
             Ok((up, head_len)) => {
+                if let Some(started) = started {
+                    log_access(out, &route, head.status, true, started);
+                }
                 return Ok(Reply {
                     route,
                     up,
                     head_len,
                     pool: pool.clone(),
                     in_flight,
-                })
+                });
             }
             Err(failure) => failure,
         };
@@ -87,8 +94,29 @@ pub async fn exchange<O: Outbound>(
             .await
         {
             Ok(next) => route = next,
-            Err(answer) => return Err(answer),
+            Err(answer) => {
+                if let (Some(started), Some(a)) = (started, &answer) {
+                    log_access(out, &route, a.status.as_u16(), false, started);
+                }
+                return Err(answer);
+            }
         }
+    }
+}
+
+/// One access-log line for a request of the raw exchange (`answered`: by its worker).
+#[cold]
+fn log_access<O: Outbound>(out: &O, route: &Route, status: u16, answered: bool, started: Instant) {
+    if let Some(log) = access_log::get() {
+        let (method, path) = out.request_line();
+        log.record(&access_log::Entry {
+            client: route.client,
+            method,
+            path,
+            status,
+            routed: answered.then_some((route.worker(), route.decision.outcome)),
+            took: started.elapsed(),
+        });
     }
 }
 
