@@ -588,3 +588,153 @@ fn the_access_log_has_one_line_per_request() {
         "the proxy's own answer, for the client a trusted proxy named"
     );
 }
+
+#[test]
+fn tls_handshakes_and_open_tunnels_are_counted() {
+    // TLS: one handshake that completes (curl) and one that fails (plain HTTP on the port).
+    let dir = scratch("admin-tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let admin = Admin::start(
+        1,
+        &[
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+            "--health-interval",
+            "1h",
+        ],
+    );
+    let url = format!("https://localhost:{}/whoami", admin.cluster.proxy.port());
+    let resolve = format!("localhost:{}:127.0.0.1", admin.cluster.proxy.port());
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http1.1",
+            "--max-time",
+            "10",
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // The harness's readiness probe (a bare connect) was a failed handshake too: count from
+    // once it is in.
+    let failures = || {
+        admin
+            .metrics()
+            .get("sticky_cluster_tls_handshake_failures_total", &[])
+    };
+    wait_until(
+        "the probe's handshake counted",
+        Duration::from_secs(10),
+        || failures() == 1.0,
+    );
+    let plain = request(admin.cluster.proxy, "GET", "/", &[], b"");
+    assert!(
+        plain.is_err() || plain.is_ok_and(|r| r.status != 200),
+        "plain HTTP is no TLS"
+    );
+    wait_until(
+        "the failed handshake counted",
+        Duration::from_secs(10),
+        || failures() == 2.0,
+    );
+    let m = admin.metrics();
+    assert_eq!(m.get("sticky_cluster_tls_handshakes_total", &[]), 1.0);
+    assert_eq!(
+        m.get(
+            "sticky_cluster_requests_total",
+            &[("worker", "0"), ("code", "2xx")]
+        ),
+        1.0,
+        "the one request over TLS"
+    );
+    drop(admin);
+
+    // WebSocket: an open tunnel counts until it closes.
+    let admin = Admin::start(1, &["--health-interval", "1h"]);
+    let proxy = admin.cluster.proxy;
+    let req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{proxy}/ws"))
+            .unwrap();
+    let stream = std::net::TcpStream::connect(proxy).unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream).unwrap_or_else(|_| panic!("handshake"));
+    let tunnels = || {
+        admin
+            .metrics()
+            .get("sticky_cluster_connections", &[("protocol", "websocket")])
+    };
+    wait_until("one open tunnel", Duration::from_secs(10), || {
+        tunnels() == 1.0
+    });
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    wait_until("no open tunnel", Duration::from_secs(10), || {
+        tunnels() == 0.0
+    });
+}
+
+#[test]
+fn a_request_held_for_its_restarting_worker_is_counted_held() {
+    // As tests/failover.rs does: once the marker exists, a (re)started worker takes 1.5 s
+    // before it listens, so the request below surely finds its worker down.
+    let dir = scratch("admin-hold");
+    let marker = dir.join("slow-start");
+    let script = format!(
+        "if [ -e {} ]; then sleep 1.5; fi; exec node {}",
+        marker.display(),
+        tests_dir().join("node/worker.js").display()
+    );
+    let mut ports = free_ports(1);
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports.first));
+    ports.release();
+    let c = TestCluster::start(Options {
+        workers: 2,
+        command: vec!["sh".into(), "-c".into(), script],
+        args: [
+            "--on-worker-down",
+            "hold",
+            "--hold-timeout",
+            "10s",
+            "--health-interval",
+            "1h",
+            "--admin",
+            &addr.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..Default::default()
+    });
+    c.wait_log("2/2 up", Duration::from_secs(30));
+    let (first, json) = c.whoami(&[("Cookie", "connect.sid=held")]);
+    let home = json["worker"].as_u64().unwrap() as u16;
+    std::fs::write(&marker, "").unwrap();
+    kill("KILL", json["pid"].as_u64().unwrap() as u32);
+    c.wait_log("worker died", Duration::from_secs(10));
+    let (_, again) = c.whoami(&[("Cookie", &first.cookie_header())]);
+    assert_eq!(again["worker"].as_u64(), Some(u64::from(home)));
+    let text = request(addr, "GET", "/metrics", &[], b"").unwrap().text();
+    let m = Metrics::parse(&text);
+    let decision = |d: &str| m.get("sticky_cluster_routing_total", &[("decision", d)]);
+    assert_eq!(decision("held"), 1.0, "the request that waited");
+    assert_eq!(decision("new"), 1.0, "the first request");
+    assert_eq!(decision("kept"), 0.0);
+    assert_eq!(decision("moved"), 0.0);
+    assert_eq!(m.worker("sticky_cluster_worker_restarts_total", home), 1.0);
+}
