@@ -30,7 +30,7 @@ fn with_default(text: &str, value: impl std::fmt::Display) -> String {
     about,
     // A flag given twice keeps its last value, so wrappers can append overrides.
     args_override_self = true,
-    after_help = "Without COMMAND, a built-in demo worker is run. Each worker gets PORT and WORKER_ID in its environment.\nExample: sticky-cluster --workers 4 --proxy-port 8080 -- node app.js"
+    after_help = "Without COMMAND, a built-in demo worker is run. Each worker gets PORT and WORKER_ID in its environment.\nExample: sticky-cluster --workers 4 --proxy-port 8080 -- node app.js\nA running instance (with --admin): sticky-cluster status | reload | drain N | undrain N | session KEY"
 )]
 struct Args {
     /// Number of worker processes [default: CPU count]
@@ -150,12 +150,113 @@ struct Args {
     /// Front proxies (CIDR, repeatable) whose X-Forwarded-For names the client
     #[arg(long, value_name = "CIDR")]
     trust_proxy: Vec<String>,
+    /// Serve /metrics, /status, the dashboard and the controls on this address (e.g. 127.0.0.1:9100)
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
+    /// Bearer token the admin listener requires (needed when --admin is not loopback)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "STICKY_CLUSTER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// One line per request (time, client, method, path, status, worker, decision, duration) to FILE, or - for stdout
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<PathBuf>,
     /// TOML file with the same settings (kebab-case keys); flags override it
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The worker command and its arguments
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// The words that make the command line a control command for a running instance.
+pub const CONTROL_WORDS: [&str; 5] = ["status", "reload", "drain", "undrain", "session"];
+
+/// `sticky-cluster status|reload|drain N|undrain N|session KEY`: steer a running instance
+/// through its admin listener.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sticky-cluster",
+    version,
+    about = "Steer a running sticky-cluster through its --admin listener"
+)]
+pub struct Control {
+    /// The instance's admin address [default: read from the runtime file of its proxy port]
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub admin: Option<std::net::SocketAddr>,
+    /// The admin listener's bearer token
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "STICKY_CLUSTER_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// The instance's proxy port, to find its runtime file
+    #[arg(short = 'p', long, value_name = "P", global = true)]
+    proxy_port: Option<u16>,
+    /// The instance's --secret-file, when it had one and XDG_RUNTIME_DIR is unset
+    #[arg(long, value_name = "FILE", global = true)]
+    secret_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ControlCommand,
+}
+
+/// A control command.
+#[derive(Debug, clap::Subcommand)]
+pub enum ControlCommand {
+    /// Print the workers as a table
+    Status,
+    /// Replace the workers one by one (as SIGHUP)
+    Reload,
+    /// Send no new sessions to a worker; its sessions stay
+    Drain {
+        /// The worker id
+        worker: u16,
+    },
+    /// Send new sessions to a drained worker again
+    Undrain {
+        /// The worker id
+        worker: u16,
+    },
+    /// Which worker holds a session key
+    Session {
+        /// The key (a cookie value, header value, or client IP)
+        key: String,
+    },
+}
+
+impl Control {
+    /// The proxy port whose runtime file is read.
+    pub fn proxy_port(&self) -> u16 {
+        self.proxy_port.unwrap_or(DEFAULT_PROXY_PORT)
+    }
+
+    /// The secret file whose directory holds the runtime file without `XDG_RUNTIME_DIR`.
+    pub fn secret_file(&self) -> PathBuf {
+        self.secret_file
+            .clone()
+            .unwrap_or_else(|| Settings::default().secret_file)
+    }
+}
+
+/// A control command line (`sticky-cluster status ...`), or `None` when `args` asks to run
+/// a cluster.
+pub fn control<I, T>(args: I) -> Option<Result<Control, clap::Error>>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let word = args.get(1)?.to_str()?;
+    CONTROL_WORDS
+        .contains(&word)
+        .then(|| Control::try_parse_from(args))
 }
 
 /// What the command line asked for.
@@ -255,6 +356,9 @@ impl Args {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             http_redirect_port: self.http_redirect_port,
+            admin: self.admin,
+            admin_token: self.admin_token,
+            access_log: self.access_log,
             worker_tls: self.worker_tls.then_some(true),
             worker_cert: self.worker_cert,
             worker_tls_no_verify: self.worker_tls_no_verify.then_some(true),
@@ -308,6 +412,20 @@ mod tests {
         assert_eq!(s.command, vec!["node", "app.js"]);
         assert_eq!(s.session_keys.len(), 2);
         assert_eq!(s.session_keys[1], KeySource::Ip);
+    }
+
+    #[test]
+    fn control_words_are_commands_and_the_rest_runs_a_cluster() {
+        let parse =
+            |args: &[&str]| control(std::iter::once("sticky-cluster").chain(args.iter().copied()));
+        assert!(parse(&["--workers", "2", "--", "status"]).is_none());
+        assert!(parse(&[]).is_none());
+        let c = parse(&["drain", "3", "--admin", "127.0.0.1:9100"])
+            .expect("a control command")
+            .expect("valid");
+        assert!(matches!(c.command, ControlCommand::Drain { worker: 3 }));
+        assert_eq!(c.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(parse(&["drain"]).expect("a control command").is_err());
     }
 
     #[test]

@@ -371,7 +371,12 @@ fn handle_line(
                 .filter(|k| !k.is_empty())
                 .ok_or("bind/unbind need a \"key\" string")?;
             if kind == "bind" {
-                router.learn_key(key.as_bytes(), id, router.table().now());
+                router.learn_key(
+                    key.as_bytes(),
+                    id,
+                    router.table().now(),
+                    crate::metrics::Learned::Bus,
+                );
             } else {
                 router.forget_key(key.as_bytes());
             }

@@ -38,11 +38,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod access_log;
+mod admin;
 mod cli;
 mod demo;
 mod health;
 mod ipc;
 mod ipfilter;
+mod metrics;
 mod proxy;
 mod routing;
 mod settings;
@@ -81,6 +84,10 @@ use workers::WorkerSet;
 /// It may change in any release.
 #[doc(hidden)]
 pub mod internal {
+    /// The admin listener and its command-line client.
+    pub mod admin {
+        pub use crate::admin::{client, runtime};
+    }
     /// The flags.
     pub mod cli {
         pub use crate::cli::*;
@@ -96,6 +103,10 @@ pub mod internal {
     /// Client IP rules.
     pub mod ipfilter {
         pub use crate::ipfilter::*;
+    }
+    /// The counters behind `/metrics`.
+    pub mod metrics {
+        pub use crate::metrics::*;
     }
     /// Stickiness rules.
     pub mod routing {
@@ -158,6 +169,22 @@ pub enum Error {
     /// Not even a free loopback port could be held as a worker's spare.
     #[error("cannot hold a spare loopback port for rolling restarts: {0}")]
     SparePort(std::io::Error),
+    /// The `--access-log` file cannot be opened.
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `--admin` address cannot be bound.
+    #[error("cannot listen on {addr} for --admin: {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// No worker came up at start.
     #[error("no worker started: {0}")]
     NoWorker(#[source] StartError),
@@ -613,12 +640,24 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     let tls = load_tls(&settings)?;
     let socket = bind_proxy(settings.proxy_addr())?;
     let redirect = bind_redirect(&settings)?;
+    let admin_listener = settings
+        .admin
+        .map(|addr| admin::bind(addr).map_err(|source| Error::AdminBind { addr, source }))
+        .transpose()?;
     check_worker_ports(&settings)?;
+    if let Some(path) = &settings.access_log {
+        access_log::open(path).map_err(|source| Error::AccessLog {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let (workers, spares) = worker_set(&settings)?;
+    metrics::init(workers.len());
     let (router, table) = router(&settings, &workers, tls.is_some(), session_hash)?;
     let stop = CancellationToken::new();
     let stop_workers = CancellationToken::new();
-    let reloads = shutdown::listen(stop.clone()).map_err(Error::Runtime)?;
+    let (reload_tx, reloads) = mpsc::unbounded_channel();
+    shutdown::listen_with(stop.clone(), reload_tx.clone()).map_err(Error::Runtime)?;
     let bus = start_bus(
         &settings,
         router.clone(),
@@ -656,6 +695,16 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     if let Some(f) = on_ready {
         f(settings.proxy_addr());
     }
+    let _runtime_file = admin_listener.map(|listener| {
+        start_admin(
+            &settings,
+            listener,
+            &workers,
+            &table,
+            reload_tx,
+            &stop_workers,
+        )
+    });
     let supervisor = Arc::new(supervisor);
     let background = Background {
         settings: &settings,
@@ -673,6 +722,32 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     tracing::info!("all workers stopped");
     drop(bus);
     Ok(())
+}
+
+/// Serves the admin listener until the workers stop, and writes the runtime file that
+/// `sticky-cluster status` reads (removed when the returned guard drops).
+fn start_admin(
+    settings: &Settings,
+    listener: std::net::TcpListener,
+    workers: &Arc<WorkerSet>,
+    table: &Arc<StickyTable>,
+    reload: mpsc::UnboundedSender<()>,
+    stop: &CancellationToken,
+) -> Option<admin::runtime::RuntimeFile> {
+    let addr = listener.local_addr().ok()?;
+    let state = admin::Admin {
+        workers: workers.clone(),
+        table: table.clone(),
+        reload,
+        token: settings.admin_token.clone().filter(|t| !t.is_empty()),
+        settings: settings.clone(),
+        started: std::time::Instant::now(),
+        started_at: std::time::SystemTime::now(),
+    };
+    tokio::spawn(admin::serve(listener, Arc::new(state), stop.clone()));
+    tracing::info!("admin listening on http://{addr} (/metrics, /status, dashboard at /)");
+    let path = admin::runtime::path(settings.proxy_port(), &settings.secret_file);
+    admin::runtime::RuntimeFile::write(path, addr, settings.proxy_port())
 }
 
 /// The certificate and key, when TLS is configured.

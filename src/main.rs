@@ -24,6 +24,18 @@ fn try_main() -> Result<ExitCode, Error> {
         Cluster::builder().run(sticky_cluster::demo_worker)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(parsed) = sticky_cluster::internal::cli::control(std::env::args_os()) {
+        return match parsed {
+            Ok(control) => Ok(ExitCode::from(
+                sticky_cluster::internal::admin::client::run(&control),
+            )),
+            Err(e) if !e.use_stderr() => {
+                let _ = e.print();
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(Error::Usage(e)),
+        };
+    }
     let cluster = match Cluster::from_args() {
         Ok(cluster) => cluster,
         // --help and --version print to stdout and succeed; usage errors are one line, exit 2.

@@ -184,6 +184,18 @@ pub fn parse_upstream(value: &str) -> Result<SocketAddr, SettingsError> {
 /// Everything that was wrong with the settings, each message naming the value and a fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// `--admin` on a non-loopback address without a token.
+    #[error("--admin {addr} is not a loopback address: give --admin-token TOKEN (or STICKY_CLUSTER_ADMIN_TOKEN), or bind it to 127.0.0.1")]
+    AdminNeedsToken {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// `--admin` on the proxy's own port.
+    #[error("--admin {addr} is the proxy's own address: pick another port for the admin listener")]
+    AdminOnProxyPort {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// A duration without a known unit.
     #[error("invalid duration {value:?} for {field}: write a number with a unit, e.g. 1500ms, 30s, 5m or 1h")]
     BadDuration {
@@ -410,6 +422,12 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// A plain-HTTP port that redirects to HTTPS.
     pub http_redirect_port: Option<u16>,
+    /// The admin listener (`/metrics`, `/status`, the dashboard, the controls); `None`: off.
+    pub admin: Option<SocketAddr>,
+    /// The bearer token the admin listener requires (needed off loopback).
+    pub admin_token: Option<String>,
+    /// One line per request to this file, or `-` for stdout; `None`: no access log.
+    pub access_log: Option<PathBuf>,
     /// The workers serve HTTPS: the proxy connects to them with TLS.
     pub worker_tls: bool,
     /// With `worker_tls`: the workers' leaf certificate must be one in this PEM file.
@@ -468,6 +486,9 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             http_redirect_port: None,
+            admin: None,
+            admin_token: None,
+            access_log: None,
             worker_tls: false,
             worker_cert: None,
             worker_tls_no_verify: false,
@@ -573,6 +594,23 @@ impl Settings {
         }
     }
 
+    /// The admin listener: never on the proxy's address, and off loopback only with a token.
+    fn validate_admin(&self) -> Result<(), SettingsError> {
+        let Some(addr) = self.admin else {
+            return Ok(());
+        };
+        let proxy = self.proxy_addr();
+        let overlaps =
+            addr.ip() == proxy.ip() || addr.ip().is_unspecified() || proxy.ip().is_unspecified();
+        if addr.port() == proxy.port() && overlaps {
+            return Err(SettingsError::AdminOnProxyPort { addr });
+        }
+        if !addr.ip().is_loopback() && self.admin_token.as_deref().is_none_or(str::is_empty) {
+            return Err(SettingsError::AdminNeedsToken { addr });
+        }
+        Ok(())
+    }
+
     /// Checks every cross-field rule once.
     ///
     /// # Errors
@@ -614,6 +652,7 @@ impl Settings {
                 last,
             });
         }
+        self.validate_admin()?;
         if !valid_token(&self.session_cookie) {
             return Err(SettingsError::BadCookieName {
                 field: "--session-cookie",
@@ -714,6 +753,12 @@ pub struct FileSettings {
     pub tls_key: Option<PathBuf>,
     /// `--http-redirect-port`.
     pub http_redirect_port: Option<u16>,
+    /// `--admin`.
+    pub admin: Option<SocketAddr>,
+    /// `--admin-token`.
+    pub admin_token: Option<String>,
+    /// `--access-log`.
+    pub access_log: Option<PathBuf>,
     /// `--worker-tls`.
     pub worker_tls: Option<bool>,
     /// `--worker-cert`.
@@ -833,6 +878,15 @@ impl FileSettings {
         }
         if self.http_redirect_port.is_some() {
             s.http_redirect_port = self.http_redirect_port;
+        }
+        if self.admin.is_some() {
+            s.admin = self.admin;
+        }
+        if self.admin_token.is_some() {
+            s.admin_token = self.admin_token;
+        }
+        if self.access_log.is_some() {
+            s.access_log = self.access_log;
         }
         set(&mut s.worker_tls, self.worker_tls);
         if self.worker_cert.is_some() {

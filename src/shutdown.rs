@@ -10,11 +10,24 @@ use tokio_util::sync::CancellationToken;
 /// # Errors
 /// When a handler cannot be installed.
 pub fn listen(stop: CancellationToken) -> std::io::Result<mpsc::UnboundedReceiver<()>> {
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    listen_with(stop, reload_tx)?;
+    Ok(reload_rx)
+}
+
+/// Like [`listen`], sending each SIGHUP on `reload_tx` (which others may send on too: the
+/// admin listener's `POST /reload`).
+///
+/// # Errors
+/// When a handler cannot be installed.
+pub fn listen_with(
+    stop: CancellationToken,
+    reload_tx: mpsc::UnboundedSender<()>,
+) -> std::io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
@@ -38,5 +51,5 @@ pub fn listen(stop: CancellationToken) -> std::io::Result<mpsc::UnboundedReceive
             }
         }
     });
-    Ok(reload_rx)
+    Ok(())
 }

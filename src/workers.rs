@@ -8,7 +8,9 @@
 //! active to another free port (when its own was taken), and readers need no lock.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -65,6 +67,14 @@ pub struct Slot {
     healthy: AtomicBool,
     pid: AtomicU32,
     restarts: AtomicU32,
+    /// Rolling-restart replacements.
+    replacements: AtomicU32,
+    /// Unix time (seconds) the current process was recorded; 0: none yet.
+    started_at: AtomicU64,
+    /// How the last process of this slot exited ("exit code 1", "signal 9 (SIGKILL)").
+    last_exit: Mutex<Option<String>>,
+    /// Drained by an operator: no new sessions; its pinned sessions stay.
+    drained: AtomicBool,
     /// Requests and tunnels in flight, per address.
     in_flight: [AtomicUsize; 2],
     /// Cancelled to close the tunnels of one address at the end of a drain.
@@ -96,6 +106,10 @@ impl WorkerSet {
             healthy: AtomicBool::new(true),
             pid: AtomicU32::new(0),
             restarts: AtomicU32::new(0),
+            replacements: AtomicU32::new(0),
+            started_at: AtomicU64::new(0),
+            last_exit: Mutex::new(None),
+            drained: AtomicBool::new(false),
             in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
             tunnels: Mutex::new([CancellationToken::new(), CancellationToken::new()]),
         };
@@ -215,11 +229,82 @@ impl WorkerSet {
             .is_some_and(|s| s.healthy.load(Ordering::Acquire))
     }
 
-    /// Records the pid of the process now serving a slot (0: none).
+    /// Records the pid of the process now serving a slot (0: none), and when it started.
     pub fn set_pid(&self, id: WorkerId, pid: u32) {
         if let Some(slot) = self.slot(id) {
             slot.pid.store(pid, Ordering::Relaxed);
+            if pid != 0 {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                slot.started_at.store(now, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Unix time (seconds) the slot's current process was recorded, if any.
+    pub fn started_at(&self, id: WorkerId) -> Option<u64> {
+        self.slot(id)
+            .map(|s| s.started_at.load(Ordering::Relaxed))
+            .filter(|&t| t != 0)
+    }
+
+    /// Records how a slot's process exited.
+    pub fn set_last_exit(&self, id: WorkerId, how: String) {
+        if let Some(slot) = self.slot(id) {
+            *slot.last_exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(how);
+        }
+    }
+
+    /// How the slot's last process exited, if one did.
+    pub fn last_exit(&self, id: WorkerId) -> Option<String> {
+        self.slot(id).and_then(|s| {
+            s.last_exit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+
+    /// Counts one rolling-restart replacement of a slot.
+    pub fn count_replacement(&self, id: WorkerId) {
+        if let Some(s) = self.slot(id) {
+            s.replacements.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Rolling-restart replacements of a slot.
+    pub fn replacements(&self, id: WorkerId) -> u32 {
+        self.slot(id)
+            .map_or(0, |s| s.replacements.load(Ordering::Relaxed))
+    }
+
+    /// Restarts after a crash so far.
+    pub fn restarts(&self, id: WorkerId) -> u32 {
+        self.slot(id)
+            .map_or(0, |s| s.restarts.load(Ordering::Relaxed))
+    }
+
+    /// Drains a slot (no new sessions go to it; its pinned ones stay) or undrains it; false
+    /// for an id that is not a slot.
+    pub fn set_drained(&self, id: WorkerId, drained: bool) -> bool {
+        let Some(s) = self.slot(id) else {
+            return false;
+        };
+        s.drained.store(drained, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// True when an operator drained the slot.
+    pub fn is_drained(&self, id: WorkerId) -> bool {
+        self.slot(id)
+            .is_some_and(|s| s.drained.load(Ordering::Relaxed))
+    }
+
+    /// Requests and tunnels in flight on both addresses of a slot.
+    pub fn in_flight_total(&self, id: WorkerId) -> usize {
+        self.in_flight(id, 0) + self.in_flight(id, 1)
     }
 
     /// Pid of the process serving a slot, if any.
@@ -245,16 +330,24 @@ impl WorkerSet {
         self.ids().filter(|&id| self.is_up(id)).count()
     }
 
-    /// The next worker that takes requests, round-robin; `None` when none does.
+    /// The next worker that takes new sessions, round-robin, passing over drained ones
+    /// unless every worker that is up is drained; `None` when none is up.
     pub fn next_up(&self) -> Option<WorkerId> {
         let n = self.slots.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| ((start + i) % n) as WorkerId)
-            .find(|&id| self.is_up(id))
+        let mut drained = None;
+        for id in (0..n).map(|i| ((start + i) % n) as WorkerId) {
+            if self.is_up(id) {
+                if !self.is_drained(id) {
+                    return Some(id);
+                }
+                drained.get_or_insert(id);
+            }
+        }
+        drained
     }
 
     /// A future that resolves at the next state change of any slot. Create it (and
@@ -377,6 +470,23 @@ mod tests {
         assert_eq!(w.addrs(0).map(|a| a.map(|a| a.port())), Some([9000, 41000]));
         w.set_active(0, 1);
         assert_eq!(w.addr(0).map(|a| a.port()), Some(41000));
+    }
+
+    #[test]
+    fn drained_workers_get_no_new_sessions_unless_all_are_drained() {
+        let w = set(3);
+        for id in 0..3 {
+            w.set_state(id, WorkerState::Up);
+        }
+        assert!(w.set_drained(1, true));
+        let picks: Vec<_> = (0..6).filter_map(|_| w.next_up()).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        w.set_drained(0, true);
+        w.set_drained(2, true);
+        assert!(w.next_up().is_some(), "all drained: still served");
+        w.set_drained(1, false);
+        assert_eq!(w.next_up(), Some(1));
+        assert!(!w.set_drained(7, true), "no such slot");
     }
 
     #[test]

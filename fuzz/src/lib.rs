@@ -321,7 +321,7 @@ pub fn key_extraction(data: &[u8]) {
         assert!(router.table().len() <= router.table().capacity());
     }
     if let Some(s) = &sid {
-        router.learn_key(s, 0, 31);
+        router.learn_key(s, 0, 31, sticky_cluster::internal::metrics::Learned::EngineIo);
         router.forget_key(s);
     }
     let _ = router.table().sweep(1000);

@@ -16,6 +16,7 @@ use http::header::SET_COOKIE;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue};
 
+use crate::metrics::Learned;
 use crate::settings::{KeySource, Settings};
 use crate::workers::{WorkerId, WorkerSet};
 use affinity::Affinity;
@@ -258,6 +259,7 @@ impl Router {
         }
         for name in &self.learn_cookies {
             if let Some(v) = key::set_cookie_value(value, name) {
+                crate::metrics::learned(crate::metrics::Learned::SetCookie);
                 self.table.insert(self.table.hash(v), worker, now);
             }
         }
@@ -277,8 +279,9 @@ impl Router {
     }
 
     /// Remembers a key found elsewhere (an engine.io handshake reply, a worker's `bind`).
-    pub fn learn_key(&self, key: &[u8], worker: WorkerId, now: Tick) {
+    pub fn learn_key(&self, key: &[u8], worker: WorkerId, now: Tick, from: Learned) {
         if self.sticky {
+            crate::metrics::learned(from);
             self.table.insert(self.table.hash(key), worker, now);
         }
     }
@@ -433,7 +436,7 @@ mod tests {
     #[test]
     fn table_beats_affinity_cookie() {
         let (r, w) = setup(4, |_| {});
-        r.learn_key(b"k", 1, 0);
+        r.learn_key(b"k", 1, 0, Learned::Bus);
         let token = r
             .affinity()
             .expect("on")
@@ -448,7 +451,7 @@ mod tests {
     #[test]
     fn rule5_down_worker_is_never_chosen_and_its_keys_move_once() {
         let (r, w) = setup(3, |_| {});
-        r.learn_key(b"k", 1, 0);
+        r.learn_key(b"k", 1, 0, Learned::Bus);
         w.set_state(1, WorkerState::Down);
         let h = req(Some("connect.sid=k"));
         let moved = r.route(&h, PEER, &w, 1, false).expect("a worker");
@@ -470,7 +473,7 @@ mod tests {
     #[test]
     fn hold_waits_for_the_pinned_worker_instead_of_moving() {
         let (r, w) = setup(2, |_| {});
-        r.learn_key(b"k", 1, 0);
+        r.learn_key(b"k", 1, 0, Learned::Bus);
         w.set_state(1, WorkerState::Starting);
         let h = req(Some("connect.sid=k"));
         let held = r.route(&h, PEER, &w, 1, true).expect("a decision");

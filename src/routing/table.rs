@@ -122,6 +122,7 @@ impl Shard {
             return;
         }
         while self.len() >= self.cap && self.tail != NIL {
+            crate::metrics::evicted();
             self.remove_at(self.tail);
         }
         let node = Node {
@@ -286,6 +287,31 @@ impl StickyTable {
         shard.insert(hash, worker, now);
     }
 
+    /// The worker remembered for `hash`, without touching the entry (the admin's look-up).
+    pub fn peek(&self, hash: KeyHash, now: Tick) -> Option<WorkerId> {
+        let shard = self.shard(hash);
+        let node = &shard.nodes[shard.find(hash)? as usize];
+        (now.saturating_sub(node.last) < self.ttl).then_some(node.worker)
+    }
+
+    /// Remembered keys per worker id (`slots` entries; ids past the end are not counted).
+    /// Walks every shard under its lock: for the admin listener, not the request path.
+    pub fn count_by_worker(&self, slots: usize) -> Vec<usize> {
+        let mut counts = vec![0; slots];
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut i = shard.head;
+            while i != NIL {
+                let node = &shard.nodes[i as usize];
+                if let Some(c) = counts.get_mut(usize::from(node.worker)) {
+                    *c += 1;
+                }
+                i = node.next;
+            }
+        }
+        counts
+    }
+
     /// Forgets `hash`; returns the worker it was bound to.
     pub fn remove(&self, hash: KeyHash) -> Option<WorkerId> {
         let mut shard = self.shard(hash);
@@ -383,6 +409,18 @@ mod tests {
         assert_eq!(t.get(k, 18), Some(3), "the get at 9 slid the expiry to 19");
         assert_eq!(t.get(k, 28), None, "10 ticks after the last use it is gone");
         assert_eq!(t.len(), 0, "an expired entry is removed, not just hidden");
+    }
+
+    #[test]
+    fn peek_and_count_by_worker() {
+        let t = table(100, 10);
+        t.insert(t.hash(b"a"), 1, 0);
+        t.insert(t.hash(b"b"), 1, 0);
+        t.insert(t.hash(b"c"), 0, 0);
+        assert_eq!(t.peek(t.hash(b"a"), 5), Some(1));
+        assert_eq!(t.peek(t.hash(b"z"), 5), None);
+        assert_eq!(t.peek(t.hash(b"a"), 10), None, "expired");
+        assert_eq!(t.count_by_worker(3), vec![1, 2, 0]);
     }
 
     #[test]

@@ -308,6 +308,7 @@ impl SlotTask {
                 status = child.wait() => {
                     self.workers.set_state(id, WorkerState::Down);
                     let status = status.map_or_else(|e| e.to_string(), |s| worker::describe_exit(&s));
+                    self.workers.set_last_exit(id, status.clone());
                     tracing::warn!(worker = id, pid, %status, "worker died");
                     return Exit::Failed(StartError::Exited { id, port, status });
                 }
@@ -376,6 +377,7 @@ impl SlotTask {
         );
         std::mem::swap(child, &mut replacement);
         self.hold_spare(old_index);
+        self.workers.count_replacement(id);
         Ok(new_pid)
     }
 

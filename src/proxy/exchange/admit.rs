@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use super::answer::Answer;
 use super::Proxy;
+use crate::metrics::{self, Refused};
 
 impl Proxy {
     /// The client's address: the peer, or what a trusted front proxy says it is.
@@ -41,6 +42,7 @@ impl Proxy {
             if self.debug {
                 tracing::debug!(client = %client, peer = %peer, "refused by the IP filter");
             }
+            metrics::refused(Refused::IpFilter);
             let refused = Answer::forbidden();
             return Err(if upgrade { refused.closing() } else { refused });
         }

@@ -33,7 +33,8 @@ impl SidSniffer {
     fn inspect(&self, chunk: &[u8]) {
         if let Some(sid) = handshake_sid(chunk) {
             let now = self.router.table().now();
-            self.router.learn_key(sid, self.worker, now);
+            self.router
+                .learn_key(sid, self.worker, now, crate::metrics::Learned::EngineIo);
             tracing::debug!(worker = self.worker, sid = %String::from_utf8_lossy(sid), "learned engine.io sid");
         }
     }

@@ -19,6 +19,7 @@ use super::failure::{self, Failure};
 use super::raw::{self, Outbound, Reply};
 use super::route::Route;
 use super::Proxy;
+use crate::metrics::{self, Refused};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::io::framing::Verdict;
 use crate::proxy::io::upgrade::{self, TunnelLimits};
@@ -75,20 +76,31 @@ pub async fn handle(
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     if conn.framing.next_request_conflicts() {
+        metrics::refused(Refused::BadRequest);
         return Ok(Answer::smuggling().response());
     }
     let wants_upgrade = is_upgrade(&req);
     let connect = req.method() == Method::CONNECT;
     let client = match proxy.admit(conn.peer.ip(), req.headers(), connect, wants_upgrade) {
         Ok(client) => client,
-        Err(refused) => return Ok(refused.response()),
+        Err(refused) => {
+            log_answer(&proxy, conn.peer.ip(), &req, &refused);
+            return Ok(refused.response());
+        }
     };
     let sniff = proxy.router.sticky() && key::is_engineio_handshake(req.uri());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
     to_origin_form(&mut head);
     let Some(route) = proxy.route(&head, client).await else {
-        return Ok(Answer::no_worker().response());
+        let answer = Answer::no_worker();
+        log_answer(
+            &proxy,
+            conn.peer.ip(),
+            &Request::from_parts(head, ()),
+            &answer,
+        );
+        return Ok(answer.response());
     };
     if client_upgrade.is_none() && !sniff && body.is_end_stream() {
         return Ok(raw_exchange(&proxy, head, route, &conn).await);
@@ -101,6 +113,22 @@ pub async fn handle(
     };
     // Boxed: rarer, and its future is large.
     Ok(Box::pin(exchange.run(Request::from_parts(head, body), route)).await)
+}
+
+/// An access-log line for an answer of the proxy's own, before any worker was asked.
+fn log_answer<B>(proxy: &Proxy, peer: std::net::IpAddr, req: &Request<B>, answer: &Answer) {
+    if let Some(log) = crate::access_log::get() {
+        let client = proxy.client_ip(peer, req.headers());
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        log.record(&crate::access_log::Entry {
+            client,
+            method: req.method().as_str().as_bytes(),
+            path: target.as_bytes(),
+            status: answer.status.as_u16(),
+            routed: None,
+            took: std::time::Duration::ZERO,
+        });
+    }
 }
 
 /// Origin-form target, HTTP/1.1 (workers speak it), and an HTTP/2 `:authority` as the `Host`
@@ -187,6 +215,11 @@ impl Outbound for Outgoing<'_> {
         self.head.method == Method::HEAD
     }
 
+    fn request_line(&self) -> (&[u8], &[u8]) {
+        let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
+        (self.head.method.as_str().as_bytes(), target.as_bytes())
+    }
+
     fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route> {
         proxy.reroute(self.head, failed)
     }
@@ -218,6 +251,17 @@ impl HyperExchange<'_> {
         let repeatable = req.method().is_idempotent() && !upgrade && req.body().is_end_stream();
         let copy = repeatable.then(|| copy_head(req.headers(), req.method(), req.uri()));
         let (mut head, body) = req.into_parts();
+        // For the access log: kept only when it is on.
+        let (copy_method, copy_target) = match crate::access_log::get() {
+            Some(_) => (
+                head.method.clone(),
+                head.uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+            ),
+            None => (Method::GET, String::new()),
+        };
         rewrite_map(
             &mut head.headers,
             &self.conn.forwarded(proxy, &route),
@@ -229,8 +273,21 @@ impl HyperExchange<'_> {
             sends += 1;
             set_sticky(req.headers_mut(), route.decision.outcome);
             let (pool, in_flight) = proxy.target(&route);
+            let sent = std::time::Instant::now();
             let (failure, back) = match pool.send(req, proxy.response_timeout).await {
                 Ok((resp, lease)) => {
+                    let took = sent.elapsed();
+                    metrics::response(route.worker(), resp.status().as_u16(), took);
+                    if let Some(log) = crate::access_log::get() {
+                        log.record(&crate::access_log::Entry {
+                            client: route.client,
+                            method: copy_method.as_str().as_bytes(),
+                            path: copy_target.as_bytes(),
+                            status: resp.status().as_u16(),
+                            routed: Some((route.worker(), route.decision.outcome)),
+                            took,
+                        });
+                    }
                     let giveback = (pool.clone(), lease);
                     return self.respond(resp, giveback, &route, in_flight);
                 }

@@ -13,6 +13,8 @@ use super::answer::Answer;
 use super::failure::{self, Failure, Resend};
 use super::route::Route;
 use super::Proxy;
+use crate::access_log;
+use crate::metrics::{self, UpstreamError};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
 use crate::proxy::upstream::pool::{Pool, RawConn};
@@ -26,6 +28,8 @@ pub trait Outbound {
     fn repeatable(&self) -> bool;
     /// A `HEAD` request: its response has no body.
     fn is_head(&self) -> bool;
+    /// The method and request target, for the access log.
+    fn request_line(&self) -> (&[u8], &[u8]);
     /// Routes the request again after the worker of `failed` could not serve it
     /// ([`Proxy::reroute`] with the front's routing view).
     fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route>;
@@ -74,18 +78,22 @@ pub async fn exchange<'p, O: Outbound>(
     // After a broken connection the request goes again on a fresh one: the pooled ones are
     // likely stale too (a restarted or dying worker).
     let mut fresh = false;
+    let started = access_log::get().map(|_| Instant::now());
     loop {
         sends += 1;
         let (pool, in_flight) = proxy.target(&route);
         let failure = match attempt(proxy, pool, &route, out, head, fresh).await {
             Ok((up, head_len)) => {
+                if let Some(started) = started {
+                    log_access(out, &route, head.status, true, started);
+                }
                 return Ok(Reply {
                     route,
                     up,
                     head_len,
                     pool,
                     in_flight,
-                })
+                });
             }
             Err(failure) => failure,
         };
@@ -100,8 +108,29 @@ pub async fn exchange<'p, O: Outbound>(
             .await
         {
             Ok(next) => route = next,
-            Err(answer) => return Err(answer),
+            Err(answer) => {
+                if let (Some(started), Some(a)) = (started, &answer) {
+                    log_access(out, &route, a.status.as_u16(), false, started);
+                }
+                return Err(answer);
+            }
         }
+    }
+}
+
+/// One access-log line for a request of the raw exchange (`answered`: by its worker).
+#[cold]
+fn log_access<O: Outbound>(out: &O, route: &Route, status: u16, answered: bool, started: Instant) {
+    if let Some(log) = access_log::get() {
+        let (method, path) = out.request_line();
+        log.record(&access_log::Entry {
+            client: route.client,
+            method,
+            path,
+            status,
+            routed: answered.then_some((route.worker(), route.decision.outcome)),
+            took: started.elapsed(),
+        });
     }
 }
 
@@ -127,7 +156,8 @@ async fn attempt<O: Outbound>(
         NoResponse::Invalid(why) => Failure::Invalid(why),
         NoResponse::TimedOut => Failure::TimedOut(timeout),
     };
-    up.deadline.as_mut().reset(Instant::now() + timeout);
+    let sent = Instant::now();
+    up.deadline.as_mut().reset(sent + timeout);
     send_request(&mut up).await.map_err(failure)?;
     let mut interim = false;
     loop {
@@ -148,7 +178,10 @@ async fn attempt<O: Outbound>(
                     .map_err(|()| Failure::ClientGone)?;
                 up.rbuf.advance(n);
             }
-            _ => return Ok((up, n)),
+            status => {
+                metrics::response(route.worker(), status, sent.elapsed());
+                return Ok((up, n));
+            }
         }
     }
 }
@@ -165,6 +198,9 @@ impl Proxy {
         reroute: impl FnOnce(&Route) -> Option<Route>,
     ) -> Result<Route, Option<Answer>> {
         let worker = route.worker();
+        if let Some(e) = upstream_error(failure) {
+            metrics::upstream_error(worker, e);
+        }
         if failure.takes_worker_out() {
             self.workers.set_healthy(worker, false);
         }
@@ -190,4 +226,15 @@ impl Proxy {
         }
         reroute(route).ok_or_else(give_up)
     }
+}
+
+/// The metrics label of a failure; `None` when the client, not the worker, is gone.
+fn upstream_error(failure: &Failure) -> Option<UpstreamError> {
+    Some(match failure {
+        Failure::Unreachable(_) => UpstreamError::Unreachable,
+        Failure::Broken(_) | Failure::Failed(_) => UpstreamError::Broken,
+        Failure::Invalid(_) | Failure::UnaskedSwitch => UpstreamError::Invalid,
+        Failure::TimedOut(_) => UpstreamError::Timeout,
+        Failure::ClientGone => return None,
+    })
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::request::Parts;
 
 use super::Proxy;
+use crate::metrics::{self, Routed};
 use crate::proxy::upstream::pool::Pool;
 use crate::routing::Decision;
 use crate::workers::{InFlight, WorkerId};
@@ -54,9 +55,11 @@ impl Proxy {
             .route(view, client, &self.workers, now, self.hold.is_some())
         {
             Some(d) if d.wait => Routing::Wait(d),
-            Some(d) => self
-                .located(view, d, client)
-                .map_or(Routing::NoWorker, Routing::Go),
+            Some(d) => {
+                metrics::routed(d.outcome.into());
+                self.located(view, d, client)
+                    .map_or(Routing::NoWorker, Routing::Go)
+            }
             None => Routing::NoWorker,
         }
     }
@@ -79,6 +82,7 @@ impl Proxy {
         let d = self
             .router
             .reroute(view, failed.client, &self.workers, now, failed.decision)?;
+        metrics::routed(d.outcome.into());
         tracing::debug!(
             from = failed.worker(),
             to = d.worker,
@@ -122,10 +126,12 @@ impl Proxy {
                 wait: false,
                 ..decision
             };
+            metrics::routed(Routed::Held);
             return self.located(view, decision, client);
         }
         let now = self.router.table().now();
         let d = self.router.route(view, client, &self.workers, now, false)?;
+        metrics::routed(d.outcome.into());
         self.located(view, d, client)
     }
 

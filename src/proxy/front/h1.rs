@@ -253,7 +253,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         };
         let route = match route {
             Ok(route) => route,
-            Err(answer) => return self.answer(&answer, is_head).await,
+            Err(answer) => {
+                if let Some(log) = crate::access_log::get() {
+                    log.record(&crate::access_log::Entry {
+                        client: proxy.client_ip(self.peer.ip(), &view.headers),
+                        method: &msg[self.req.method.clone()],
+                        path: &msg[self.req.target.clone()],
+                        status: answer.status.as_u16(),
+                        routed: None,
+                        took: std::time::Duration::ZERO,
+                    });
+                }
+                return self.answer(&answer, is_head).await;
+            }
         };
         let mut out = Outgoing {
             msg,
@@ -474,6 +486,13 @@ impl<I: AsyncWrite + Unpin> Outbound for Outgoing<'_, I> {
 
     fn is_head(&self) -> bool {
         self.is_head
+    }
+
+    fn request_line(&self) -> (&[u8], &[u8]) {
+        (
+            &self.msg[self.req.method.clone()],
+            &self.msg[self.req.target.clone()],
+        )
     }
 
     fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route> {

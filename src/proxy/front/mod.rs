@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{self, Open, Protocol, Refused};
 use crate::proxy::exchange::{general, Proxy};
 use crate::proxy::io::framing::{FramingWatch, Verdict};
 use crate::proxy::io::rewind::Rewind;
@@ -51,6 +52,9 @@ pub async fn serve(
     let mut backoff = Duration::from_millis(5);
     loop {
         // At the connection limit, stop accepting: newcomers wait in the kernel's queue.
+        if slots.available_permits() == 0 {
+            metrics::refused(Refused::Limit);
+        }
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -106,9 +110,18 @@ async fn serve_tls(
 ) {
     // A failed handshake (plain HTTP on the TLS port, a scanner) ends here.
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => serve_connection(builder, stream, proxy, peer, shutdown).await,
-        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+        Ok(Ok(stream)) => {
+            metrics::tls_handshake(true);
+            serve_connection(builder, stream, proxy, peer, shutdown).await
+        }
+        Ok(Err(e)) => {
+            metrics::tls_handshake(false);
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            metrics::tls_handshake(false);
+            tracing::debug!(peer = %peer, "TLS handshake timed out")
+        }
     }
 }
 
@@ -122,6 +135,7 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let open = Open::new(Protocol::Http1);
     let io = if proxy.direct {
         match h1::serve(io, &proxy, peer, &shutdown).await {
             h1::Served::Closed => return,
@@ -133,7 +147,11 @@ async fn serve_connection<I>(
     let mut io = io;
     let header_timeout = proxy.config.header_timeout;
     match tokio::time::timeout(header_timeout, io.starts_with(h2::PREFACE)).await {
-        Ok(Ok(true)) => h2::serve(io, proxy, peer, shutdown).await,
+        Ok(Ok(true)) => {
+            drop(open);
+            let _open = Open::new(Protocol::Http2);
+            h2::serve(io, proxy, peer, shutdown).await
+        }
         Ok(Ok(false)) => serve_with_hyper(builder, io, proxy, peer, shutdown).await,
         Ok(Err(_)) | Err(_) => {}
     }

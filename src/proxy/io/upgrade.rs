@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::splice::splice;
+use crate::metrics::{Open, Protocol};
 use crate::workers::{InFlight, WorkerId};
 
 /// How a tunnel ends besides either side closing.
@@ -48,6 +49,7 @@ pub fn spawn_tunnel(
                 return;
             }
         };
+        let _open = Open::new(Protocol::WebSocket);
         let start = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
         let mut client = Tracked::new(TokioIo::new(client), start, last.clone());

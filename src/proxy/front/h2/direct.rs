@@ -134,6 +134,11 @@ impl Outbound for Outgoing {
         self.head.method == Method::HEAD
     }
 
+    fn request_line(&self) -> (&[u8], &[u8]) {
+        let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
+        (self.head.method.as_str().as_bytes(), target.as_bytes())
+    }
+
     fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route> {
         let mut view = http::Request::new(()).into_parts().0;
         view.uri = self.head.uri.clone();
