@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::routing::Outcome;
 use crate::workers::WorkerId;
 
 /// Upper bounds (seconds) of the worker response-time histogram; `+Inf` follows.
@@ -41,17 +40,6 @@ pub enum Routed {
 impl Routed {
     /// The label values, in index order.
     pub const LABELS: [&'static str; 4] = ["new", "kept", "moved", "held"];
-}
-
-impl From<Outcome> for Routed {
-    #[inline]
-    fn from(o: Outcome) -> Self {
-        match o {
-            Outcome::New => Routed::New,
-            Outcome::Kept => Routed::Kept,
-            Outcome::Moved => Routed::Moved,
-        }
-    }
 }
 
 /// Where a session key was learnt.

@@ -265,6 +265,30 @@ fn a_taken_spare_port_neither_stops_the_start_nor_a_rolling_restart() {
     assert_eq!(c.get("/whoami", &[]).status, 200);
 }
 
+/// A request the old process of a rolling restart was still answering when it was stopped
+/// (past `--drain-timeout`) is sent again to its replacement, the same worker: not routed
+/// elsewhere, and the worker is not taken out of rotation.
+#[test]
+fn a_request_cut_by_a_rolling_restart_goes_again_to_the_replacement() {
+    let c = node_workers(
+        1,
+        &["--drain-timeout", "1s", "--kill-timeout", "1s", "--debug"],
+        &[],
+    );
+    let proxy = c.proxy;
+    let slow = std::thread::spawn(move || common::request(proxy, "GET", "/slow?ms=6000", &[], b""));
+    c.wait_log("uri=/slow", Duration::from_secs(10));
+    let old = pid_of(&c, 0);
+    c.signal("HUP");
+    let r = slow.join().unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), c.logs());
+    assert_eq!(r.text(), "worker 0 slow");
+    assert_ne!(pid_of(&c, 0), old, "the replacement answered");
+    let logs = c.logs();
+    assert!(!logs.contains("unreachable"), "{logs}");
+    assert!(!logs.contains("back in rotation"), "{logs}");
+}
+
 #[test]
 fn a_replacement_that_fails_to_start_stops_the_reload_and_keeps_the_old_worker() {
     // Workers listen on PORT; the replacement for worker 0 crashes at once (CRASH_WORKER is

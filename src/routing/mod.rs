@@ -45,6 +45,17 @@ impl Outcome {
     }
 }
 
+impl From<Outcome> for crate::metrics::Routed {
+    #[inline]
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::New => crate::metrics::Routed::New,
+            Outcome::Kept => crate::metrics::Routed::Kept,
+            Outcome::Moved => crate::metrics::Routed::Moved,
+        }
+    }
+}
+
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

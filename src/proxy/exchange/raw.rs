@@ -201,6 +201,13 @@ impl Proxy {
         if let Some(e) = upstream_error(failure) {
             metrics::upstream_error(worker, e);
         }
+        let resend = failure.resend(req);
+        if let Some(moved) = self.replaced(route).filter(|_| resend != Resend::No) {
+            // The slot moved to its replacement meanwhile (a rolling restart): the request
+            // follows it, and the old address's failure says nothing about the worker.
+            tracing::debug!(worker, error = %failure.reason(worker), "sending to the worker's replacement");
+            return Ok(moved);
+        }
         if failure.takes_worker_out() {
             self.workers.set_healthy(worker, false);
         }
@@ -210,7 +217,7 @@ impl Proxy {
             }
             failure.answer(worker)
         };
-        match failure.resend(req) {
+        match resend {
             Resend::No => return Err(give_up()),
             Resend::Again => {
                 tracing::debug!(worker, error = %failure.reason(worker), "worker connection broke; sending again");
@@ -225,6 +232,13 @@ impl Proxy {
             }
         }
         reroute(route).ok_or_else(give_up)
+    }
+
+    /// The route to the slot's replacement, when the slot's active address is no longer the
+    /// one `route` was sent to.
+    fn replaced(&self, route: &Route) -> Option<Route> {
+        let (index, _) = self.workers.active(route.worker())?;
+        (index != route.index).then_some(Route { index, ..*route })
     }
 }
 

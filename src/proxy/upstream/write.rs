@@ -77,7 +77,9 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
     pub fn classified(&mut self, name: &[u8], value: &'a [u8], role: Role) {
         match role {
             Role::Keep => {
-                self.has_length |= name.eq_ignore_ascii_case(b"content-length");
+                // Only asked where it matters: most requests are GETs.
+                self.has_length |=
+                    self.usually_has_body && name.eq_ignore_ascii_case(b"content-length");
                 push_header(self.w, name, value);
             }
             Role::Replaced if name.eq_ignore_ascii_case(b"host") => self.host(value),
