@@ -34,6 +34,9 @@ pub enum Failure {
     TimedOut(Duration),
     /// The client went away while an interim answer was passed on: nothing to answer.
     ClientGone,
+    /// The client's request body failed while it was streamed to the worker (malformed
+    /// chunking, or the client stopped sending): the client's fault, answered 400.
+    ClientBody(String),
 }
 
 /// What may be done with the request after a failure.
@@ -71,7 +74,8 @@ impl Failure {
             | Failure::Invalid(_)
             | Failure::UnaskedSwitch
             | Failure::TimedOut(_)
-            | Failure::ClientGone => Resend::No,
+            | Failure::ClientGone
+            | Failure::ClientBody(_) => Resend::No,
         }
     }
 
@@ -86,6 +90,7 @@ impl Failure {
     pub fn answer(&self, worker: WorkerId) -> Option<Answer> {
         let (status, code) = match self {
             Failure::ClientGone => return None,
+            Failure::ClientBody(_) => return Some(Answer::malformed_body()),
             Failure::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             _ => (StatusCode::BAD_GATEWAY, "proxy_error"),
         };
@@ -104,6 +109,7 @@ impl Failure {
                 format!("worker {worker} sent no response headers within {limit:?}")
             }
             Failure::ClientGone => "the client went away".to_string(),
+            Failure::ClientBody(why) => format!("the client's request body failed: {why}"),
         }
     }
 }
@@ -122,6 +128,7 @@ mod tests {
             Failure::UnaskedSwitch,
             Failure::TimedOut(Duration::from_secs(1)),
             Failure::ClientGone,
+            Failure::ClientBody("x".into()),
         ]
     }
 
@@ -132,6 +139,7 @@ mod tests {
             // (failure, repeatable, not repeatable)
             (Resend::Elsewhere, Resend::Elsewhere),
             (Resend::Again, Resend::No),
+            (Resend::No, Resend::No),
             (Resend::No, Resend::No),
             (Resend::No, Resend::No),
             (Resend::No, Resend::No),
@@ -163,7 +171,8 @@ mod tests {
         }
     }
 
-    /// Every failure's answer: 504 for a timeout, nothing for a client that left, 502 else.
+    /// Every failure's answer: 504 for a timeout, nothing for a client that left, 400 for the
+    /// client's own body, 502 else.
     #[test]
     fn failure_classifier_answers() {
         let statuses: Vec<_> = all()
@@ -180,12 +189,13 @@ mod tests {
                 Some((502, "proxy_error")),
                 Some((504, "gateway_timeout")),
                 None,
+                Some((400, "bad_request")),
             ]
         );
         let takes_out: Vec<_> = all().iter().map(Failure::takes_worker_out).collect();
         assert_eq!(
             takes_out,
-            vec![true, false, false, false, false, false, false]
+            vec![true, false, false, false, false, false, false, false]
         );
         let reason = Failure::TimedOut(Duration::from_secs(2)).reason(1);
         assert_eq!(reason, "worker 1 sent no response headers within 2s");

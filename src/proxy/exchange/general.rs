@@ -20,7 +20,7 @@ use super::raw::{self, Outbound, Reply};
 use super::route::Route;
 use super::Proxy;
 use crate::proxy::http1::head::ResponseHead;
-use crate::proxy::io::framing::Verdict;
+use crate::proxy::io::framing::{Refusal, Verdict};
 use crate::proxy::io::upgrade::{self, TunnelLimits};
 use crate::proxy::upstream::body::UpstreamBody;
 use crate::proxy::upstream::client::{response_parts, RawBody};
@@ -74,8 +74,12 @@ pub async fn handle(
     mut req: Request<UpstreamBody>,
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    if conn.framing.next_request_conflicts() {
-        return Ok(Answer::smuggling().response());
+    if let Some(why) = conn.framing.next_request_refused() {
+        return Ok(match why {
+            Refusal::Conflict => Answer::smuggling(),
+            Refusal::Unframeable => Answer::unframeable(),
+        }
+        .response());
     }
     let wants_upgrade = is_upgrade(&req);
     let connect = req.method() == Method::CONNECT;
@@ -235,6 +239,15 @@ impl HyperExchange<'_> {
                     return self.respond(resp, giveback, &route, in_flight);
                 }
                 Err(SendError::Connect(e, back)) => (Failure::Unreachable(e), Some(*back)),
+                Err(SendError::Failed(e)) if client_body_failed(&*e) => {
+                    // Not the worker's fault: answered 400, logged at debug.
+                    let failure = Failure::ClientBody(innermost(&*e));
+                    tracing::debug!(peer = %self.conn.peer, error = %failure.reason(route.worker()), "request refused");
+                    return failure
+                        .answer(route.worker())
+                        .unwrap_or_else(Answer::client_gone)
+                        .response();
+                }
                 Err(SendError::Failed(e)) => match &copy {
                     Some(copy) => (
                         Failure::Broken(std::io::Error::other(innermost(&*e))),
@@ -326,6 +339,22 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// True when hyper's client failed because the request body it streamed failed (hyper's
+/// only user error with a cause): the client's chunking was malformed, or the client
+/// stopped sending.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user() && std::error::Error::source(h).is_some())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A request head (without extensions) for a resend.
