@@ -150,6 +150,9 @@ struct Args {
     /// Front proxies (CIDR, repeatable) whose X-Forwarded-For names the client
     #[arg(long, value_name = "CIDR")]
     trust_proxy: Vec<String>,
+    /// Forward client header names containing '_' (by default they are dropped, as nginx does)
+    #[arg(long)]
+    allow_underscore_headers: bool,
     /// TOML file with the same settings (kebab-case keys); flags override it
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -261,6 +264,7 @@ impl Args {
             allow: (!self.allow.is_empty()).then_some(self.allow),
             deny: (!self.deny.is_empty()).then_some(self.deny),
             trust_proxy: (!self.trust_proxy.is_empty()).then_some(self.trust_proxy),
+            allow_underscore_headers: self.allow_underscore_headers.then_some(true),
             command: (!self.command.is_empty()).then_some(self.command),
         };
         flags.apply(s)?;

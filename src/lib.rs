@@ -771,6 +771,11 @@ fn proxy_config(
         },
         filter: Some(ipfilter::IpFilter::new(&settings.allow, &settings.deny)?),
         trusted: Some(ipfilter::TrustedProxies::new(&settings.trust_proxy)?),
+        underscores: if settings.allow_underscore_headers {
+            proxy::Underscores::Keep
+        } else {
+            proxy::Underscores::Drop
+        },
     })
 }
 

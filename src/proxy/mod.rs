@@ -12,3 +12,4 @@ pub use exchange::body::handshake_sid;
 pub use exchange::{Proxy, ProxyConfig};
 pub use front::redirect::serve_redirect;
 pub use front::serve;
+pub use http1::head::Underscores;

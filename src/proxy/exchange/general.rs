@@ -175,8 +175,12 @@ struct Outgoing<'a> {
 impl Outbound for Outgoing<'_> {
     fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
         let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut writer =
-            RequestWriter::start(w, self.head.method.as_str().as_bytes(), target.as_bytes());
+        let mut writer = RequestWriter::start(
+            w,
+            self.head.method.as_str().as_bytes(),
+            target.as_bytes(),
+            proxy.config.underscores,
+        );
         for (name, value) in &self.head.headers {
             writer.field(name.as_str().as_bytes(), value.as_bytes());
         }
@@ -226,6 +230,7 @@ impl HyperExchange<'_> {
             &mut head.headers,
             &self.conn.forwarded(proxy, &route),
             upgrade,
+            proxy.config.underscores,
         );
         let mut req = Request::from_parts(head, body);
         let mut sends = 0;
@@ -291,6 +296,7 @@ impl HyperExchange<'_> {
             &mut head.headers,
             &self.conn.forwarded(self.proxy, route),
             false,
+            self.proxy.config.underscores,
         );
         Request::from_parts(head, UpstreamBody::Empty)
     }

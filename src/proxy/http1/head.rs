@@ -326,6 +326,27 @@ impl ResponseHead {
     }
 }
 
+/// What becomes of a client's header whose name contains `_` (`X_Forwarded_For`): many
+/// stacks (CGI, WSGI, PHP, some Node middleware) read `_` and `-` as one, so such a name can
+/// shadow a header the proxy sets or frames by. Dropped by default, as nginx does
+/// (`underscores_in_headers off`); `--allow-underscore-headers` keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Dropped (logged at debug).
+    #[default]
+    Drop,
+    /// Forwarded like any other name.
+    Keep,
+}
+
+impl Underscores {
+    /// True when a field named `name` is dropped by this rule (one byte scan of the name).
+    #[inline]
+    pub fn drops(self, name: &[u8]) -> bool {
+        self == Underscores::Drop && memchr::memchr(b'_', name).is_some()
+    }
+}
+
 /// What becomes of a request field of an HTTP/2 client on its way to a worker: hop-by-hop
 /// fields are dropped, `Host` and those the proxy sets are replaced, the rest kept.
 pub fn upstream_role(name: &[u8]) -> Role {

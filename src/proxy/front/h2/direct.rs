@@ -108,8 +108,12 @@ impl Outbound for Outgoing {
     fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
         let head = &self.head;
         let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut writer =
-            RequestWriter::start(w, head.method.as_str().as_bytes(), target.as_bytes());
+        let mut writer = RequestWriter::start(
+            w,
+            head.method.as_str().as_bytes(),
+            target.as_bytes(),
+            proxy.config.underscores,
+        );
         if let Some(host) = &head.host {
             writer.host(host.as_bytes());
         }
