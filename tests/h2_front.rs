@@ -466,6 +466,61 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
     );
 }
 
+/// A GET / header block whose `:authority` is `authority` (a literal with the static name).
+fn block_with_authority(authority: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, authority.len() as u8];
+    b.extend_from_slice(authority.as_bytes());
+    b
+}
+
+/// RFC 9113 8.3.1 / RFC 9112 3.2: an `:authority` with userinfo, a space, or empty is
+/// answered 400 (`:status 400` is static index 12) on its stream, and the worker gets
+/// nothing; a good one on the same connection goes through.
+#[test]
+fn a_malformed_authority_is_a_400_and_nothing_is_forwarded() {
+    let echo = common::EchoWorker::start();
+    let c = TestCluster::start(common::Options {
+        workers: 1,
+        args: vec!["--upstream".into(), echo.addr.to_string()],
+        ..Default::default()
+    });
+    let mut raw = Raw::connect(c.proxy);
+    for (id, authority) in [(1, "u@evil.com"), (3, "a b"), (5, "")] {
+        raw.frame(
+            HEADERS,
+            END_STREAM_HEADERS,
+            id,
+            &block_with_authority(authority),
+        );
+        let f = raw.next_interesting().unwrap();
+        assert_eq!(
+            (f.kind, f.stream, f.payload[0]),
+            (HEADERS, id, 0x8c),
+            "{authority:?}: {f:?}"
+        );
+        // Its body (the JSON answer) follows; the stream ends there.
+        let body = raw.next_interesting().unwrap();
+        assert_eq!((body.kind, body.stream), (0, id), "{body:?}");
+        let text = String::from_utf8_lossy(&body.payload).into_owned();
+        assert!(text.contains("Host"), "{text}");
+    }
+    raw.frame(
+        HEADERS,
+        END_STREAM_HEADERS,
+        7,
+        &block_with_authority("example.com:80"),
+    );
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, f.payload[0]),
+        (HEADERS, 7, 0x88),
+        "{f:?}"
+    );
+    let heads = echo.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].contains("host: example.com:80\r\n"), "{heads:?}");
+}
+
 #[test]
 fn protocol_errors_end_the_connection_with_goaway() {
     let c = framing_workers(1, &[]);

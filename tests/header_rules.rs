@@ -86,3 +86,47 @@ fn allow_underscore_headers_forwards_them() {
         assert!(lower.contains("x_forwarded_for: 6.6.6.6\r\n"), "{head}");
     }
 }
+
+/// RFC 9112 3.2 over HTTP/1.1, on the direct path's candidates and on hyper's path (a
+/// `Connection` token hands a request over): exactly 400, and the worker gets nothing.
+#[test]
+fn a_missing_repeated_or_malformed_host_is_a_400_and_nothing_is_forwarded() {
+    let echo = EchoWorker::start();
+    let c = cluster(&echo, &[]);
+    let cases = [
+        ("two", "Host: a\r\nHost: b\r\n"),
+        ("none", ""),
+        ("userinfo", "Host: u@evil.com x\r\n"),
+        ("empty", "Host: \r\n"),
+        ("conn", "Host: a\r\nConnection: host\r\n"),
+        ("badport", "Host: a:8o\r\n"),
+    ];
+    for (tag, fields) in cases {
+        for via in ["direct", "hyper"] {
+            let extra = if via == "hyper" {
+                "Connection: x-other\r\n"
+            } else {
+                ""
+            };
+            let raw = format!("GET /host-{tag}-{via} HTTP/1.1\r\n{fields}{extra}\r\n");
+            let r = raw_request(c.proxy, raw.as_bytes()).unwrap();
+            assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
+            assert_eq!(r.json()["error"], "bad_request", "{raw:?}");
+            assert!(r.text().contains("Host"), "{raw:?}: {}", r.text());
+        }
+    }
+    // Good hosts pass, on both paths; HTTP/1.0 may send none.
+    for (tag, host) in [("name", "example.com:8080"), ("v6", "[::1]:80")] {
+        for extra in ["", "Connection: x-other\r\n"] {
+            let raw = format!("GET /host-ok-{tag} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+            let r = raw_request(c.proxy, raw.as_bytes()).unwrap();
+            assert_eq!(r.status, 200, "{raw:?}: {}", r.text());
+        }
+    }
+    let r = raw_request(c.proxy, b"GET /host-ok-http10 HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heads = echo.heads.lock().unwrap().clone();
+    let leaked: Vec<&String> = heads.iter().filter(|h| !h.contains("/host-ok-")).collect();
+    assert!(leaked.is_empty(), "forwarded: {leaked:?}");
+    assert_eq!(heads.len(), 5, "{heads:?}");
+}

@@ -127,6 +127,15 @@ impl Answer {
         }
     }
 
+    /// A request whose `Host` is missing, repeated or malformed (`why` says which).
+    pub fn bad_host(why: &'static str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{why}: send exactly one Host (host[:port])"),
+        )
+    }
+
     /// The same answer, closing the connection after it.
     pub fn closing(self) -> Self {
         Self {

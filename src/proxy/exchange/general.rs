@@ -81,6 +81,9 @@ pub async fn handle(
         }
         .response());
     }
+    if let Some(refused) = super::admit::host_refusal(req.version(), req.headers()) {
+        return Ok(refused.response());
+    }
     let wants_upgrade = is_upgrade(&req);
     let connect = req.method() == Method::CONNECT;
     let client = match proxy.admit(conn.peer.ip(), req.headers(), connect, wants_upgrade) {

@@ -127,7 +127,8 @@ impl RequestHead {
                 }
                 Name::Host => {
                     role = Role::Replaced;
-                    if self.host.is_some() {
+                    // Repeated or malformed: hyper's path refuses it (`admit::host_refusal`).
+                    if self.host.is_some() || !valid_host(h.value) {
                         self.direct = false;
                     }
                     self.host = Some(at(h.value));
@@ -324,6 +325,61 @@ impl ResponseHead {
             .filter(move |f| classify(&buf[f.name.clone()]) == Name::SetCookie)
             .map(move |f| &buf[f.value.clone()])
     }
+}
+
+/// True for a `Host` (or `:authority`) value that is `host[:port]` (RFC 9112 3.2, RFC 3986
+/// 3.2.2): an IP literal in brackets, or a non-empty reg-name / IPv4 address, then an
+/// optional `:` and up to 5 digits. No userinfo (`u@`), no space, not empty.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host_ok, rest) = match value {
+        [b'[', inner @ ..] => match memchr::memchr(b']', inner) {
+            Some(end) => (
+                end > 0
+                    && inner[..end]
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
+                &inner[end + 1..],
+            ),
+            None => (false, &b""[..]),
+        },
+        _ => {
+            let end = memchr::memchr(b':', value).unwrap_or(value.len());
+            let host = &value[..end];
+            (
+                !host.is_empty() && host.iter().all(|&b| reg_name_byte(b)),
+                &value[end..],
+            )
+        }
+    };
+    let port_ok = match rest {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// unreserved, sub-delims and `%` (RFC 3986 reg-name).
+fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b'%'
+        )
 }
 
 /// What becomes of a client's header whose name contains `_` (`X_Forwarded_For`): many
@@ -669,6 +725,39 @@ mod tests {
                 prop_assert_eq!(req.direct, !extra_host && !odd_connection && small);
                 prop_assert_eq!(req.content_length, length.unwrap_or(0));
             }
+        }
+    }
+
+    #[test]
+    fn hosts_are_host_and_port_only() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "a",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "my_host.local",
+            "xn--bcher-kva.example:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "u@evil.com x",
+            "u@evil.com",
+            "a b",
+            ":80",
+            "a:80:90",
+            "a:123456",
+            "a:8o",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a/b",
+            "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
         }
     }
 }
