@@ -158,7 +158,8 @@ impl Fields {
                 .and_then(|s| s.parse().ok());
             match (n, self.content_length) {
                 (Some(n), None) => self.content_length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
+                // The same length again: the worker gets it once.
+                (Some(n), Some(m)) if n == m => return,
                 _ => return self.bad("invalid content-length"),
             }
         }
