@@ -50,6 +50,21 @@ use request::{Fields, RequestHead};
 
 pub use frame::PREFACE;
 
+/// The HTTP/2 codec pieces the fuzz targets reach (through `internal::codec`).
+#[doc(hidden)]
+pub mod codec {
+    pub use super::frame::Head;
+    pub use super::hpack::{encode_raw_field, DecodeError, Decoder, Name};
+    pub use super::request::{Fields, RequestHead};
+    use bytes::Bytes;
+
+    /// A frame's payload without its padding, as the reader takes it; `None` when the
+    /// padding is malformed.
+    pub fn unpad(head: Head, payload: Bytes) -> Option<Bytes> {
+        super::unpad(head, payload).ok()
+    }
+}
+
 /// Streams a client may have open at once.
 const MAX_STREAMS: u32 = 256;
 /// Our receive window per stream: the most request body buffered per stream.
