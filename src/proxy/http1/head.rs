@@ -331,56 +331,72 @@ impl ResponseHead {
 /// 3.2.2): an IP literal in brackets, or a non-empty reg-name / IPv4 address, then an
 /// optional `:` and up to 5 digits. No userinfo (`u@`), no space, not empty.
 pub fn valid_host(value: &[u8]) -> bool {
-    let (host_ok, rest) = match value {
-        [b'[', inner @ ..] => match memchr::memchr(b']', inner) {
-            Some(end) => (
-                end > 0
-                    && inner[..end]
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
-                &inner[end + 1..],
-            ),
-            None => (false, &b""[..]),
-        },
+    let rest = match value {
+        [b'[', inner @ ..] => {
+            let Some(end) = memchr::memchr(b']', inner) else {
+                return false;
+            };
+            let literal = &inner[..end];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            {
+                return false;
+            }
+            &inner[end + 1..]
+        }
         _ => {
-            let end = memchr::memchr(b':', value).unwrap_or(value.len());
-            let host = &value[..end];
-            (
-                !host.is_empty() && host.iter().all(|&b| reg_name_byte(b)),
-                &value[end..],
-            )
+            // One table load per byte: this runs on every request.
+            let name = value.iter().take_while(|&&b| reg_name_byte(b)).count();
+            if name == 0 {
+                return false;
+            }
+            &value[name..]
         }
     };
-    let port_ok = match rest {
+    match rest {
         [] => true,
         [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
         _ => false,
-    };
-    host_ok && port_ok
+    }
 }
 
 /// unreserved, sub-delims and `%` (RFC 3986 reg-name).
+#[inline]
 fn reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b'%'
-        )
+    REG_NAME[usize::from(b)]
 }
+
+/// [`reg_name_byte`] as a table: one load per byte of a `Host` (on every request).
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
+    }
+    t
+};
 
 /// What becomes of a client's header whose name contains `_` (`X_Forwarded_For`): many
 /// stacks (CGI, WSGI, PHP, some Node middleware) read `_` and `-` as one, so such a name can
