@@ -164,6 +164,9 @@ struct Args {
     /// One line per request (time, client, method, path, status, worker, decision, duration) to FILE, or - for stdout
     #[arg(long, value_name = "FILE")]
     access_log: Option<PathBuf>,
+    /// Forward client header names containing '_' (by default they are dropped, as nginx does)
+    #[arg(long)]
+    allow_underscore_headers: bool,
     /// TOML file with the same settings (kebab-case keys); flags override it
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -365,6 +368,7 @@ impl Args {
             allow: (!self.allow.is_empty()).then_some(self.allow),
             deny: (!self.deny.is_empty()).then_some(self.deny),
             trust_proxy: (!self.trust_proxy.is_empty()).then_some(self.trust_proxy),
+            allow_underscore_headers: self.allow_underscore_headers.then_some(true),
             command: (!self.command.is_empty()).then_some(self.command),
         };
         flags.apply(s)?;

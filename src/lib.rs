@@ -125,6 +125,11 @@ pub mod internal {
         pub use crate::workers::*;
     }
     pub use crate::proxy::handshake_sid;
+    /// The proxy's own codecs (HTTP/1 heads, chunked bodies, the framing watch, HTTP/2
+    /// frames, HPACK), for the fuzz targets.
+    pub mod codec {
+        pub use crate::proxy::codec::*;
+    }
 }
 
 /// Everything that can stop a cluster from running. More variants may come in any release.
@@ -858,6 +863,11 @@ fn proxy_config(
         },
         filter: Some(ipfilter::IpFilter::new(&settings.allow, &settings.deny)?),
         trusted: Some(ipfilter::TrustedProxies::new(&settings.trust_proxy)?),
+        underscores: if settings.allow_underscore_headers {
+            proxy::Underscores::Keep
+        } else {
+            proxy::Underscores::Drop
+        },
     })
 }
 

@@ -119,6 +119,23 @@ pub struct WorkerCounters {
     pub micros: AtomicU64,
     /// Upstream errors by [`UpstreamError`].
     pub errors: [AtomicU64; 4],
+    /// Requests sent again after a failure on this worker, by [`Resent`].
+    pub resends: [AtomicU64; 2],
+}
+
+/// Where a request went after a failure, as `sticky_cluster_resends_total{to}` names it
+/// (HAProxy's retries and redispatches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resent {
+    /// Again to the same worker (a new connection, or its replacement's address).
+    Same,
+    /// To another worker: routed again, a move.
+    Other,
+}
+
+impl Resent {
+    /// The label values, in index order.
+    pub const LABELS: [&'static str; 2] = ["same", "other"];
 }
 
 /// Process-wide counters (one cluster per process).
@@ -231,6 +248,14 @@ pub fn response(id: WorkerId, status: u16, took: Duration) {
 pub fn upstream_error(id: WorkerId, e: UpstreamError) {
     if let Some(w) = COUNTERS.worker(id) {
         bump(&w.errors[e as usize]);
+    }
+}
+
+/// One request sent again after a failure on `id`.
+#[inline]
+pub fn resent(id: WorkerId, to: Resent) {
+    if let Some(w) = COUNTERS.worker(id) {
+        bump(&w.resends[to as usize]);
     }
 }
 

@@ -440,6 +440,8 @@ pub struct Settings {
     pub deny: Vec<String>,
     /// Front proxies whose X-Forwarded-For is believed.
     pub trust_proxy: Vec<String>,
+    /// Forward client header names containing `_` (dropped by default, as nginx does).
+    pub allow_underscore_headers: bool,
     /// The worker command; empty runs the built-in demo worker (re-executing this binary).
     pub command: Vec<String>,
 }
@@ -495,6 +497,7 @@ impl Default for Settings {
             allow: Vec::new(),
             deny: Vec::new(),
             trust_proxy: Vec::new(),
+            allow_underscore_headers: false,
             command: Vec::new(),
         }
     }
@@ -771,6 +774,8 @@ pub struct FileSettings {
     pub deny: Option<Vec<String>>,
     /// `--trust-proxy`, a list.
     pub trust_proxy: Option<Vec<String>>,
+    /// `--allow-underscore-headers`.
+    pub allow_underscore_headers: Option<bool>,
     /// The worker command and its arguments.
     pub command: Option<Vec<String>>,
 }
@@ -896,6 +901,10 @@ impl FileSettings {
         set(&mut s.allow, self.allow);
         set(&mut s.deny, self.deny);
         set(&mut s.trust_proxy, self.trust_proxy);
+        set(
+            &mut s.allow_underscore_headers,
+            self.allow_underscore_headers,
+        );
         if let Some(keys) = self.session_key {
             s.session_keys = keys.iter().map(|k| k.parse()).collect::<Result<_, _>>()?;
         }

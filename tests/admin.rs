@@ -292,13 +292,21 @@ fn metrics_follow_traffic_a_killed_worker_and_a_reload() {
     assert_eq!(errors(0), 0.0, "worker 0 never failed");
     assert_eq!(m.worker("sticky_cluster_worker_restarts_total", 0), 0.0);
     assert_eq!(m.worker("sticky_cluster_worker_restarts_total", 1), 1.0);
-    // Routing: what the workers were told (X-Sticky), plus one more decision per failed
-    // attempt on the killed worker (kept, then moved by the reroute).
+    // Routing: what the workers were told (X-Sticky), plus the decision of each request
+    // that failed on the killed worker and was then routed again (kept first, then moved:
+    // counted as a resend to another worker). When the supervisor saw the death first, the
+    // client was moved at once and nothing was resent.
     let decision = |d: &str| m.get("sticky_cluster_routing_total", &[("decision", d)]);
+    let resends =
+        |w: &str, to: &str| m.get("sticky_cluster_resends_total", &[("worker", w), ("to", to)]);
     assert_eq!(decision("new"), seen.sticky("new"));
     assert_eq!(seen.sticky("moved"), 1.0, "{seen:?}");
     assert_eq!(decision("moved"), 1.0);
-    assert_eq!(decision("kept"), seen.sticky("kept") + errors(1));
+    assert_eq!(
+        decision("kept"),
+        seen.sticky("kept") + resends("1", "other")
+    );
+    assert_eq!(resends("0", "other") + resends("0", "same"), 0.0);
     assert!(errors(1) <= 1.0, "at most the one request sent as it died");
     assert_eq!(decision("held"), 0.0);
     // Sessions: every cookie a worker set was learnt, and the table holds each once.

@@ -329,3 +329,68 @@ fn conflicting_content_length_and_transfer_encoding_are_refused() {
     assert_eq!(c.get("/whoami", &[]).status, 200, "{}", c.logs());
     assert!(!c.stderr().contains("panicked"));
 }
+
+/// Sends `raw` on one connection; every response until the proxy closes it, as
+/// (status, body).
+fn answers_until_close(c: &TestCluster, raw: &[u8]) -> Vec<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut s, raw).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut answers = Vec::new();
+    while !std::io::BufRead::fill_buf(&mut reader).unwrap().is_empty() {
+        let r = read_response(&mut reader).unwrap();
+        answers.push((r.status, r.text()));
+    }
+    answers
+}
+
+/// Issue 13, finding 1: framing the watch cannot follow (a chunk size of 17 hex digits
+/// with leading zeros, a `Content-Length` line padded past 64 bytes) is refused with 400 on
+/// the spot, so the conflicting request behind it never reaches a worker unwatched; the old
+/// binary served both (200, 200).
+#[test]
+fn framing_the_watch_cannot_follow_is_refused_and_nothing_after_it_is_served() {
+    let c = TestCluster::demo(1, &[]);
+    let conflicting = "POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+        Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let zeros = format!(
+        "POST /whoami HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         00000000000000003\r\nabc\r\n0\r\n\r\n{conflicting}"
+    );
+    let answers = answers_until_close(&c, zeros.as_bytes());
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, 400, "{answers:?}");
+    assert!(answers[0].1.contains("malformed chunked"), "{answers:?}");
+
+    // Behind a chunked request, so that hyper's path (and the watch) reads the padded head.
+    let pad = " ".repeat(70);
+    let padded = format!(
+        "POST /whoami HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length:{pad}3\r\n\r\nabc{conflicting}"
+    );
+    let answers = answers_until_close(&c, padded.as_bytes());
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 400], "{answers:?}");
+    assert!(
+        answers[1].1.contains("unreadable Content-Length"),
+        "{answers:?}"
+    );
+    assert_eq!(c.get("/whoami", &[]).status, 200, "{}", c.logs());
+}
+
+/// Malformed client chunking is the client's fault: 400, not a 502 logged as a worker
+/// failure.
+#[test]
+fn malformed_client_chunking_is_a_400_not_an_upstream_failure() {
+    let c = TestCluster::demo(1, &[]);
+    for bad in ["3\r\nabc\r\nzz\r\n", "3\r\nabcXY\r\n0\r\n\r\n"] {
+        let raw =
+            format!("POST /whoami HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{bad}");
+        let answers = answers_until_close(&c, raw.as_bytes());
+        assert_eq!(answers.len(), 1, "{bad:?}: {answers:?}");
+        assert_eq!(answers[0].0, 400, "{bad:?}: {answers:?}");
+    }
+    assert_eq!(c.count_log("upstream request failed"), 0, "{}", c.logs());
+    assert_eq!(c.get("/whoami", &[]).status, 200, "{}", c.logs());
+}

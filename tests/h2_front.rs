@@ -466,6 +466,182 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
     );
 }
 
+/// A GET / header block whose `:authority` is `authority` (a literal with the static name).
+fn block_with_authority(authority: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, authority.len() as u8];
+    b.extend_from_slice(authority.as_bytes());
+    b
+}
+
+/// RFC 9113 8.3.1 / RFC 9112 3.2: an `:authority` with userinfo, a space, or empty is
+/// answered 400 (`:status 400` is static index 12) on its stream, and the worker gets
+/// nothing; a good one on the same connection goes through.
+#[test]
+fn a_malformed_authority_is_a_400_and_nothing_is_forwarded() {
+    let echo = common::EchoWorker::start();
+    let c = TestCluster::start(common::Options {
+        workers: 1,
+        args: vec!["--upstream".into(), echo.addr.to_string()],
+        ..Default::default()
+    });
+    let mut raw = Raw::connect(c.proxy);
+    for (id, authority) in [(1, "u@evil.com"), (3, "a b"), (5, "")] {
+        raw.frame(
+            HEADERS,
+            END_STREAM_HEADERS,
+            id,
+            &block_with_authority(authority),
+        );
+        let f = raw.next_interesting().unwrap();
+        assert_eq!(
+            (f.kind, f.stream, f.payload[0]),
+            (HEADERS, id, 0x8c),
+            "{authority:?}: {f:?}"
+        );
+        // Its body (the JSON answer) follows; the stream ends there.
+        let body = raw.next_interesting().unwrap();
+        assert_eq!((body.kind, body.stream), (0, id), "{body:?}");
+        let text = String::from_utf8_lossy(&body.payload).into_owned();
+        assert!(text.contains("Host"), "{text}");
+    }
+    raw.frame(
+        HEADERS,
+        END_STREAM_HEADERS,
+        7,
+        &block_with_authority("example.com:80"),
+    );
+    let f = raw.next_interesting().unwrap();
+    assert_eq!(
+        (f.kind, f.stream, f.payload[0]),
+        (HEADERS, 7, 0x88),
+        "{f:?}"
+    );
+    let heads = echo.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].contains("host: example.com:80\r\n"), "{heads:?}");
+}
+
+fn echo_cluster(echo: &common::EchoWorker) -> TestCluster {
+    TestCluster::start(common::Options {
+        workers: 1,
+        args: vec!["--upstream".into(), echo.addr.to_string()],
+        ..Default::default()
+    })
+}
+
+/// The next frame that matters is GOAWAY with `code`.
+fn expect_goaway(raw: &mut Raw, code: u32) {
+    let f = raw
+        .next_interesting()
+        .expect("GOAWAY before the end of the connection");
+    assert_eq!((f.kind, error_code(&f, 4)), (GOAWAY, code), "{f:?}");
+}
+
+/// Reads a response on `stream` to its end; its first header byte (0x88 is `:status 200`).
+fn response_status_byte(raw: &mut Raw, stream: u32) -> u8 {
+    let f = raw.next_interesting().unwrap();
+    assert_eq!((f.kind, f.stream), (HEADERS, stream), "{f:?}");
+    let status = f.payload[0];
+    let mut end = f.flags & 1 != 0;
+    while !end {
+        let d = raw.next_interesting().unwrap();
+        assert_eq!(d.stream, stream, "{d:?}");
+        end = d.flags & 1 != 0;
+    }
+    status
+}
+
+const CONTINUATION: u8 = 9;
+const DATA: u8 = 0;
+const END_HEADERS: u8 = 0x4;
+const END_STREAM: u8 = 0x1;
+
+/// Issue 13, finding 4: empty CONTINUATION frames are bounded like other floods (while
+/// another stream is open): the connection ends with ENHANCE_YOUR_CALM.
+#[test]
+fn empty_continuation_floods_end_the_connection() {
+    let echo = common::EchoWorker::start();
+    let c = echo_cluster(&echo);
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(HEADERS, END_HEADERS, 1, &request_block(&[("x-open", "1")]));
+    raw.frame(HEADERS, 0, 3, &request_block(&[]));
+    // Past the limit of 128, in one write the proxy reads whole (so its close after the
+    // GOAWAY leaves nothing unread that would turn it into a reset).
+    let empty = [0, 0, 0, CONTINUATION, 0, 0, 0, 0, 3];
+    let flood: Vec<u8> = empty
+        .iter()
+        .copied()
+        .cycle()
+        .take(empty.len() * 200)
+        .collect();
+    raw.s.write_all(&flood).unwrap();
+    expect_goaway(&mut raw, 0xb);
+}
+
+/// Issue 13, finding 4: a reused or lower stream id is a connection error (RFC 9113
+/// 5.1.1); trailers on an open stream, and frames on a stream the proxy reset, are not.
+#[test]
+fn reused_and_lower_stream_ids_end_the_connection() {
+    let echo = common::EchoWorker::start();
+    let c = echo_cluster(&echo);
+    // Trailers (HEADERS with END_STREAM) on an open stream: legal, answered.
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block(&[("content-length", "3")]),
+    );
+    raw.frame(DATA, 0, 1, b"abc");
+    let trailers = [&[0x00, 5][..], b"x-end", &[1], b"1"].concat();
+    raw.frame(HEADERS, END_STREAM_HEADERS, 1, &trailers);
+    assert_eq!(response_status_byte(&mut raw, 1), 0x88);
+    // The same id again, once its exchange is over: PROTOCOL_ERROR.
+    raw.frame(HEADERS, END_STREAM_HEADERS, 1, &request_block(&[]));
+    expect_goaway(&mut raw, 1);
+
+    // A lower id than one already opened.
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(HEADERS, END_STREAM_HEADERS, 5, &request_block(&[]));
+    assert_eq!(response_status_byte(&mut raw, 5), 0x88);
+    raw.frame(HEADERS, END_STREAM_HEADERS, 3, &request_block(&[]));
+    expect_goaway(&mut raw, 1);
+
+    // A stream the proxy reset (a malformed request): the client's late HEADERS on it are
+    // ignored (RFC 9113 5.4.2) and the connection goes on.
+    let mut raw = Raw::connect(c.proxy);
+    raw.frame(HEADERS, END_HEADERS, 1, &request_block(&[("X-Upper", "1")]));
+    expect_reset(&mut raw, 1, 1);
+    raw.frame(HEADERS, END_STREAM_HEADERS, 1, &request_block(&[]));
+    raw.frame(HEADERS, END_STREAM_HEADERS, 3, &request_block(&[]));
+    assert_eq!(response_status_byte(&mut raw, 3), 0x88);
+}
+
+/// Issue 13, finding 4: the same `content-length` twice reaches the worker once.
+#[test]
+fn a_repeated_content_length_reaches_the_worker_once() {
+    let echo = common::EchoWorker::start();
+    let c = echo_cluster(&echo);
+    let mut raw = Raw::connect(c.proxy);
+    let mut block = vec![0x83, 0x86, 0x00, 5];
+    block.extend_from_slice(b":path");
+    block.push(8);
+    block.extend_from_slice(b"/twice-1");
+    block.extend_from_slice(
+        &request_block(&[("content-length", "3"), ("content-length", "3")])[3..],
+    );
+    raw.frame(HEADERS, END_HEADERS, 1, &block);
+    raw.frame(DATA, END_STREAM, 1, b"abc");
+    assert_eq!(response_status_byte(&mut raw, 1), 0x88);
+    let heads = echo.received("/twice-1");
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let lengths = heads[0]
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+        .count();
+    assert_eq!(lengths, 1, "{}", heads[0]);
+}
+
 #[test]
 fn protocol_errors_end_the_connection_with_goaway() {
     let c = framing_workers(1, &[]);

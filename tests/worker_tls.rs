@@ -73,6 +73,15 @@ fn a_worker_certificate_that_is_not_pinned_is_refused() {
     assert_eq!(r.status, 502, "{}", r.text());
     let reason = r.json()["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("TLS handshake failed"), "{reason}");
+    // A certificate that is not the pinned one is a configuration error, not a dead worker:
+    // nobody is taken out of rotation (the next request is refused the same way, not 503).
+    let again = cluster.get("/whoami", &[]);
+    assert_eq!(again.status, 502, "{}", again.text());
+    assert!(
+        !cluster.logs().contains("unreachable"),
+        "{}",
+        cluster.logs()
+    );
 }
 
 #[test]

@@ -26,11 +26,16 @@ use sticky_cluster::internal::workers::{WorkerSet, WorkerState};
 use sticky_cluster::{KeySource, Settings};
 
 /// The names of the targets, for the replay runner.
-pub const TARGETS: [&str; 4] = [
+pub const TARGETS: [&str; 9] = [
     "key_extraction",
     "affinity_cookie",
     "ip_filter",
     "engineio_handshake",
+    "h1_request_head",
+    "h1_response_head",
+    "chunked",
+    "h2_frames",
+    "hpack_decode",
 ];
 
 /// Runs target `name` on `data`; `false` for an unknown name.
@@ -40,6 +45,11 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "affinity_cookie" => affinity_cookie(data),
         "ip_filter" => ip_filter(data),
         "engineio_handshake" => engineio_handshake(data),
+        "h1_request_head" => h1_request_head(data),
+        "h1_response_head" => h1_response_head(data),
+        "chunked" => chunked(data),
+        "h2_frames" => h2_frames(data),
+        "hpack_decode" => hpack_decode(data),
         _ => return false,
     }
     true
@@ -530,4 +540,385 @@ pub fn engineio_handshake(data: &[u8]) {
         Some(sid.as_bytes()),
         "handshake_sid missed the sid of {payload:?}"
     );
+}
+
+// --- the proxy's own codecs -------------------------------------------------------------
+
+use sticky_cluster::internal::codec::{
+    self, h2 as h2codec, Chunks, Found, Framing, Parse, RequestHead, ResponseHead, Role, Scanner,
+    MAX_HEADERS,
+};
+
+fn in_buffer(range: &std::ops::Range<usize>, len: usize) {
+    assert!(
+        range.start <= range.end && range.end <= len,
+        "range {range:?} outside a head of {len} bytes"
+    );
+}
+
+/// (e) The direct path's request head parser, against httparse (which it wraps: the target
+/// checks what the wrapper adds).
+///
+/// Input: the bytes a client sent. Properties: the same verdict as httparse (complete with
+/// the same length, partial, or invalid); every range inside the head and equal to what
+/// httparse saw; the roles are the classifier's; a head the direct path takes has exactly
+/// one valid `Host`, a small body, HTTP/1.1 and an origin-form target; parsing again into
+/// the same value gives the same answer.
+pub fn h1_request_head(data: &[u8]) {
+    let mut head = RequestHead::default();
+    let ours = head.parse(data);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let theirs = req.parse(data);
+    match (ours, theirs) {
+        (Parse::Complete(n), Ok(httparse::Status::Complete(m))) => {
+            assert_eq!(n, m, "head length");
+            in_buffer(&head.method, n);
+            in_buffer(&head.target, n);
+            assert_eq!(
+                &data[head.method.clone()],
+                req.method.unwrap_or("").as_bytes()
+            );
+            assert_eq!(
+                &data[head.target.clone()],
+                req.path.unwrap_or("").as_bytes()
+            );
+            assert_eq!(head.fields.len(), req.headers.len(), "field count");
+            let mut hosts = 0;
+            for (f, h) in head.fields.iter().zip(req.headers.iter()) {
+                in_buffer(&f.name, n);
+                in_buffer(&f.value, n);
+                assert_eq!(&data[f.name.clone()], h.name.as_bytes());
+                assert_eq!(&data[f.value.clone()], h.value);
+                let classified = codec::upstream_role(h.name.as_bytes());
+                let hop = classified == Role::HopByHop;
+                // A head the direct path writes drops every hop-by-hop field (one it does not
+                // take goes to hyper, whose rewrite drops them).
+                if hop && head.direct {
+                    assert_eq!(f.role, Role::HopByHop, "{}", h.name);
+                }
+                hosts += usize::from(h.name.eq_ignore_ascii_case("host"));
+            }
+            if let Some(host) = &head.host {
+                in_buffer(host, n);
+            }
+            if head.direct {
+                assert_eq!(req.version, Some(1));
+                assert!(req.path.is_some_and(|p| p.starts_with('/')));
+                assert_eq!(hosts, 1, "the direct path takes one Host");
+                let host = head.host.clone().expect("a direct head has a Host");
+                assert!(
+                    codec::valid_host(&data[host]),
+                    "the direct path takes valid hosts"
+                );
+                assert!(head.content_length <= 64 * 1024);
+            }
+            let mut again = RequestHead::default();
+            again.parse(b"GET /other HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n");
+            assert_eq!(again.parse(data), ours, "a reused head parses alike");
+            assert_eq!(again.fields.len(), head.fields.len());
+        }
+        (Parse::Partial, Ok(httparse::Status::Partial)) | (Parse::Invalid, Err(_)) => {}
+        (ours, theirs) => panic!("parser {ours:?}, httparse {theirs:?}"),
+    }
+    let _ = codec::valid_host(data);
+}
+
+/// (f) The raw client's response head parser, against httparse.
+///
+/// Input: one control byte (bit 0: the request was a HEAD), then the worker's bytes.
+/// Properties: httparse's verdict (ours may refuse more: several different
+/// `Content-Length`s, a status line too short to rewrite); the same length and status;
+/// ranges inside the head; no body for HEAD, 1xx, 204, 304; a connection is kept only
+/// when the body's end is known.
+pub fn h1_response_head(data: &[u8]) {
+    let Some((&control, buf)) = data.split_first() else {
+        return;
+    };
+    let head_request = control & 1 == 1;
+    let mut head = ResponseHead::default();
+    let ours = head.parse(buf, head_request);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let theirs = resp.parse(buf);
+    match (ours, theirs) {
+        (Parse::Complete(n), Ok(httparse::Status::Complete(m))) => {
+            assert_eq!(n, m, "head length");
+            assert_eq!(Some(head.status), resp.code);
+            in_buffer(&head.status_line, n);
+            assert!(buf[head.status_line.clone()].starts_with(head.status.to_string().as_bytes()));
+            assert_eq!(head.fields.len(), resp.headers.len());
+            for (f, h) in head.fields.iter().zip(resp.headers.iter()) {
+                in_buffer(&f.name, n);
+                in_buffer(&f.value, n);
+                assert_eq!(&buf[f.name.clone()], h.name.as_bytes());
+            }
+            let bodyless = head_request || head.status < 200 || matches!(head.status, 204 | 304);
+            if bodyless {
+                assert_eq!(head.framing, Framing::Empty);
+            }
+            if head.framing == Framing::UntilClose {
+                assert!(
+                    !head.keep_alive,
+                    "kept alive with a body that ends at close"
+                );
+            }
+        }
+        (Parse::Invalid, Ok(httparse::Status::Complete(_)))
+        | (Parse::Partial, Ok(httparse::Status::Partial))
+        | (Parse::Invalid, Err(_)) => {}
+        (ours, theirs) => panic!("parser {ours:?}, httparse {theirs:?}"),
+    }
+}
+
+/// Where `chunks` says the body ends when fed `data` in pieces cut at `cuts`.
+fn chunk_end(data: &[u8], cuts: &[usize]) -> Result<Option<usize>, codec::Malformed> {
+    let mut c = Chunks::default();
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&data.len())) {
+        let cut = cut.clamp(at, data.len());
+        if let Some(n) = c.feed(&data[at..cut])? {
+            return Ok(Some(at + n));
+        }
+        at = cut;
+    }
+    Ok(None)
+}
+
+/// (g) The chunked follower (`http1::chunked`, the one chunked parser) and the framing
+/// watch that uses it.
+///
+/// Input: one byte that picks where reads split, then a byte stream. Properties: where a
+/// body ends (or that it is malformed) does not depend on how reads split it; decoding
+/// yields data ranges inside each piece and never past the body's end; a body built from
+/// the input's own bytes (sizes in upper or lower case hex, with extensions) decodes back
+/// to them and ends exactly at its end; the framing watch finds the same refusal whole and
+/// split, at the same absolute offset.
+pub fn chunked(data: &[u8]) {
+    let Some((&split, stream)) = data.split_first() else {
+        return;
+    };
+    let len = stream.len();
+    let cuts: Vec<usize> = (1..4)
+        .map(|k| (usize::from(split) * k * 7) % (len + 1))
+        .collect();
+    let mut sorted = cuts.clone();
+    sorted.sort_unstable();
+    let whole = chunk_end(stream, &[]);
+    assert_eq!(chunk_end(stream, &sorted), whole, "split at {sorted:?}");
+    if let Ok(Some(n)) = whole {
+        assert!(n <= len);
+    }
+    // Decoding: data ranges inside what was given, in order.
+    let mut c = Chunks::default();
+    let mut at = 0;
+    let mut decoded = 0usize;
+    while at < len {
+        let Ok(step) = c.decode(&stream[at..]) else {
+            break;
+        };
+        assert!(step.consumed <= len - at);
+        assert!(step.data.start <= step.data.end && step.data.end <= step.consumed);
+        decoded += step.data.len();
+        at += step.consumed;
+        if step.done {
+            assert_eq!(whole, Ok(Some(at)), "decode and feed agree on the end");
+            break;
+        }
+        if step.consumed == 0 {
+            break;
+        }
+    }
+    assert!(decoded <= len);
+
+    // Round trip: the input's bytes as chunks of sizes taken from the split byte.
+    let mut body = Vec::new();
+    let mut pieces = Vec::new();
+    let mut rest = stream;
+    let mut size = usize::from(split % 61) + 1;
+    while !rest.is_empty() {
+        let take = size.min(rest.len());
+        pieces.push(&rest[..take]);
+        rest = &rest[take..];
+        size = size * 3 % 97 + 1;
+    }
+    for (i, p) in pieces.iter().enumerate() {
+        let hex = if i % 2 == 0 {
+            format!("{:x}", p.len())
+        } else {
+            format!("{:X}", p.len())
+        };
+        body.extend_from_slice(hex.as_bytes());
+        if split & 0x80 != 0 {
+            body.extend_from_slice(b";ext=\"v\"");
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(p);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\nx-t: 1\r\n\r\n");
+    let mut c = Chunks::default();
+    let (mut at, mut out) = (0, Vec::new());
+    loop {
+        let step = c.decode(&body[at..]).expect("a well-formed body");
+        out.extend_from_slice(&body[at..][step.data.clone()]);
+        at += step.consumed;
+        if step.done {
+            break;
+        }
+        assert!(at < body.len(), "the body ended without its last chunk");
+    }
+    assert_eq!(at, body.len(), "ends where it was built to");
+    assert_eq!(out, stream, "decodes back to the data");
+
+    // The framing watch: the same finding whole and split in two.
+    let cut = cuts[0];
+    let found = |s: &mut Scanner, bytes: &[u8], base: usize| {
+        s.feed(bytes).map(|f| match f {
+            Found::Request(n, why) => (0, n as usize, why as u8),
+            Found::Stream(off) => (1, base + off, 0),
+        })
+    };
+    let whole = found(&mut Scanner::default(), stream, 0);
+    let mut s = Scanner::default();
+    let first = found(&mut s, &stream[..cut], 0);
+    let split = first.or_else(|| found(&mut s, &stream[cut..], cut));
+    assert_eq!(split, whole, "the watch split at {cut}");
+    if let Some((1, off, _)) = whole {
+        assert!(off <= len);
+    }
+}
+
+/// (h) HTTP/2 frames as the front reads them: frame headers, padding, header blocks split
+/// over HEADERS and CONTINUATION, decoded (HPACK) and checked as a request or trailers.
+///
+/// Input: a client's bytes after the preface. Properties: a frame header reads back what
+/// was written; an unpadded payload is a part of the payload; decoding and checking a
+/// block never panics, and a request that passes has the pseudo-headers RFC 9113 asks for.
+pub fn h2_frames(data: &[u8]) {
+    let mut buf = data;
+    let mut decoder = h2codec::Decoder::default();
+    let mut block: Option<(u32, Vec<u8>)> = None;
+    let mut frames = 0;
+    while let Some(head) = h2codec::Head::parse(buf) {
+        frames += 1;
+        if frames > 256 {
+            break;
+        }
+        let written = [
+            (head.len >> 16) as u8,
+            (head.len >> 8) as u8,
+            head.len as u8,
+            head.kind,
+            head.flags,
+        ];
+        assert_eq!(&buf[..5], &written[..], "a frame header reads back");
+        assert!(head.stream < 1 << 31);
+        let Some(payload) = buf.get(9..9 + head.len) else {
+            break;
+        };
+        buf = &buf[9 + head.len..];
+        let payload = bytes::Bytes::copy_from_slice(payload);
+        let kind = head.kind;
+        if kind != 0x1 && kind != 0x9 {
+            if kind == 0x0 {
+                if let Some(data) = h2codec::unpad(head, payload.clone()) {
+                    assert!(data.len() < payload.len() || payload.len() == data.len());
+                }
+            }
+            continue;
+        }
+        let fragment = if kind == 0x1 {
+            let Some(mut b) = h2codec::unpad(head, payload.clone()) else {
+                continue;
+            };
+            assert!(b.len() <= payload.len());
+            if head.has(0x20) {
+                if b.len() < 5 {
+                    continue;
+                }
+                b = b.slice(5..);
+            }
+            block = Some((head.stream, Vec::new()));
+            b
+        } else {
+            payload
+        };
+        let Some((_, pending)) = block.as_mut() else {
+            continue;
+        };
+        pending.extend_from_slice(&fragment);
+        if pending.len() > 1 << 16 {
+            break;
+        }
+        if head.has(0x4) {
+            let Some((_, whole)) = block.take() else {
+                continue;
+            };
+            let mut fields = h2codec::Fields::new(16 * 1024);
+            let whole = bytes::Bytes::from(whole);
+            if decoder.decode(&whole, |n, v| fields.add(n, v)).is_err() {
+                // A compression error ends the connection: the table can no longer be
+                // followed.
+                return;
+            }
+            if head.stream % 2 == 1 {
+                let _ = fields.head();
+            } else {
+                let _ = fields.into_trailers();
+            }
+        }
+    }
+}
+
+/// (i) The HPACK decoder, against the `hpack` crate's.
+///
+/// Input: header blocks, each one length byte and that many bytes, decoded in order on one
+/// connection (the dynamic table carries over). Properties: never panics; a value sent as
+/// a plain literal is the bytes sent; where both decoders accept a block they give the same
+/// fields, in order (the tables then agree too); decoding stops at the first error, as the
+/// connection would.
+pub fn hpack_decode(data: &[u8]) {
+    let mut ours = h2codec::Decoder::default();
+    let mut theirs = hpack::Decoder::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len).min(tail.len());
+        let block = bytes::Bytes::copy_from_slice(&tail[..len]);
+        rest = &tail[len..];
+        let mut got = Vec::new();
+        let ok = ours
+            .decode(&block, |n, v| got.push((n.as_bytes().to_vec(), v.to_vec())))
+            .is_ok();
+        if !ok {
+            // Refused (as the connection would be): nothing more to compare. The reference
+            // is only asked about blocks ours accepts; it panics on some malformed ones
+            // (a size update whose integer overruns the block).
+            return;
+        }
+        // Its panics are not ours (under the stable runner; libFuzzer aborts on any).
+        let reference =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| theirs.decode(&block).ok()));
+        let Ok(reference) = reference else {
+            return;
+        };
+        match (ok, reference) {
+            (true, Some(mut want)) => {
+                // hpack 0.3's static table names entry 15 `accept-`; RFC 7541 Appendix A
+                // says `accept-charset`. (A name of the block's own spelled `accept-`
+                // cannot be told apart: such an input ends the comparison.)
+                if got.iter().any(|(n, _)| n == b"accept-") {
+                    return;
+                }
+                for (name, _) in &mut want {
+                    if name == b"accept-" {
+                        *name = b"accept-charset".to_vec();
+                    }
+                }
+                assert_eq!(got, want, "fields of block {block:?}");
+            }
+            // One refused what the other took: their tables may differ from here on.
+            _ => return,
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Admin;
 use crate::metrics::{
-    counters, Learned, Protocol, Refused, Routed, UpstreamError, WorkerCounters, BUCKETS,
+    counters, Learned, Protocol, Refused, Resent, Routed, UpstreamError, WorkerCounters, BUCKETS,
 };
 
 /// The whole exposition.
@@ -89,6 +89,21 @@ fn requests(out: &mut String, admin: &Admin) {
             let _ = writeln!(
                 out,
                 "sticky_cluster_upstream_errors_total{{worker=\"{id}\",reason=\"{reason}\"}} {}",
+                get(n)
+            );
+        }
+    }
+    family(
+        out,
+        "sticky_cluster_resends_total",
+        "counter",
+        "Requests sent again after a failure on a worker: to the same worker, or to another.",
+    );
+    for (id, c) in per_worker(admin) {
+        for (to, n) in Resent::LABELS.iter().zip(&c.resends) {
+            let _ = writeln!(
+                out,
+                "sticky_cluster_resends_total{{worker=\"{id}\",to=\"{to}\"}} {}",
                 get(n)
             );
         }

@@ -2,9 +2,38 @@
 
 use std::net::IpAddr;
 
+use http::{header, HeaderMap, Version};
+
 use super::answer::Answer;
 use super::Proxy;
 use crate::metrics::{self, Refused};
+use crate::proxy::http1::head::valid_host;
+
+/// The answer refusing a request whose `Host` a worker must not be given (RFC 9112 3.2,
+/// RFC 9113 8.3.1): two of them, none over HTTP/1.1, one that is not `host[:port]` (an
+/// HTTP/2 `:authority` arrives here as the `Host`), or a `Connection` that names it (its
+/// removal would leave the worker guessing). Every front's requests pass here: the direct
+/// paths hand such requests over to the general path.
+pub fn host_refusal(version: Version, headers: &HeaderMap) -> Option<Answer> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let why = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => "more than one Host",
+        (None, _) if version == Version::HTTP_11 => "no Host",
+        (Some(host), None) if !valid_host(host.as_bytes()) => "a Host that is not host[:port]",
+        _ => {
+            let names_host = headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"host"))
+            });
+            if !names_host {
+                return None;
+            }
+            "a Connection header that names Host"
+        }
+    };
+    Some(Answer::bad_host(why))
+}
 
 impl Proxy {
     /// The client's address: the peer, or what a trusted front proxy says it is.

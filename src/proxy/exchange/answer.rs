@@ -101,6 +101,41 @@ impl Answer {
         }
     }
 
+    /// A `Content-Length` the proxy cannot read (malformed, repeated with other values, or
+    /// padded past any sensible length): refused, and the connection closed.
+    pub fn unframeable() -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "unreadable Content-Length: send one plain decimal length",
+            )
+        }
+    }
+
+    /// A request body that is not valid chunked coding (or one the proxy will not follow,
+    /// such as a chunk size padded with zeros): refused, and the connection closed.
+    pub fn malformed_body() -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "malformed chunked request body",
+            )
+        }
+    }
+
+    /// A request whose `Host` is missing, repeated or malformed (`why` says which).
+    pub fn bad_host(why: &'static str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{why}: send exactly one Host (host[:port])"),
+        )
+    }
+
     /// The same answer, closing the connection after it.
     pub fn closing(self) -> Self {
         Self {

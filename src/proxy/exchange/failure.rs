@@ -18,9 +18,13 @@ pub const MAX_SENDS: u8 = 3;
 /// Why a worker gave no usable answer.
 #[derive(Debug)]
 pub enum Failure {
-    /// No connection could be made (refused, timed out, TLS handshake failed): nothing of
-    /// the request was sent.
+    /// No connection could be made (refused, timed out, reset during the TLS handshake):
+    /// nothing of the request was sent.
     Unreachable(io::Error),
+    /// The worker's TLS certificate was refused (`--worker-cert` pins another): a
+    /// configuration error, not a dead worker, so it stays in rotation and the request is
+    /// not sent elsewhere.
+    Untrusted(io::Error),
     /// The connection broke (or closed) before a single byte of an answer: the request may
     /// have reached the worker.
     Broken(io::Error),
@@ -34,6 +38,9 @@ pub enum Failure {
     TimedOut(Duration),
     /// The client went away while an interim answer was passed on: nothing to answer.
     ClientGone,
+    /// The client's request body failed while it was streamed to the worker (malformed
+    /// chunking, or the client stopped sending): the client's fault, answered 400.
+    ClientBody(String),
 }
 
 /// What may be done with the request after a failure.
@@ -58,6 +65,17 @@ pub struct Request {
 }
 
 impl Failure {
+    /// A connection that could not be opened: a certificate the TLS check refused (rustls
+    /// reports it as invalid data) is [`Failure::Untrusted`], anything else
+    /// [`Failure::Unreachable`].
+    pub fn connecting(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::InvalidData {
+            Failure::Untrusted(e)
+        } else {
+            Failure::Unreachable(e)
+        }
+    }
+
     /// The resend table: what may be done with `req` after this failure.
     pub fn resend(&self, req: Request) -> Resend {
         if req.sends >= MAX_SENDS {
@@ -67,11 +85,13 @@ impl Failure {
             Failure::Unreachable(_) => Resend::Elsewhere,
             Failure::Broken(_) if req.repeatable => Resend::Again,
             Failure::Broken(_)
+            | Failure::Untrusted(_)
             | Failure::Failed(_)
             | Failure::Invalid(_)
             | Failure::UnaskedSwitch
             | Failure::TimedOut(_)
-            | Failure::ClientGone => Resend::No,
+            | Failure::ClientGone
+            | Failure::ClientBody(_) => Resend::No,
         }
     }
 
@@ -86,6 +106,7 @@ impl Failure {
     pub fn answer(&self, worker: WorkerId) -> Option<Answer> {
         let (status, code) = match self {
             Failure::ClientGone => return None,
+            Failure::ClientBody(_) => return Some(Answer::malformed_body()),
             Failure::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             _ => (StatusCode::BAD_GATEWAY, "proxy_error"),
         };
@@ -97,6 +118,7 @@ impl Failure {
         match self {
             Failure::Unreachable(e) => format!("worker {worker} unreachable: {e}"),
             Failure::Broken(e) => format!("worker {worker} failed: {e}"),
+            Failure::Untrusted(e) => format!("worker {worker} refused: {e}"),
             Failure::Failed(why) => format!("worker {worker} failed: {why}"),
             Failure::Invalid(why) => format!("worker {worker} failed: {why}"),
             Failure::UnaskedSwitch => format!("worker {worker} failed: switched protocols unasked"),
@@ -104,6 +126,7 @@ impl Failure {
                 format!("worker {worker} sent no response headers within {limit:?}")
             }
             Failure::ClientGone => "the client went away".to_string(),
+            Failure::ClientBody(why) => format!("the client's request body failed: {why}"),
         }
     }
 }
@@ -116,12 +139,14 @@ mod tests {
         let e = || io::Error::from(io::ErrorKind::ConnectionReset);
         vec![
             Failure::Unreachable(e()),
+            Failure::Untrusted(io::Error::from(io::ErrorKind::InvalidData)),
             Failure::Broken(e()),
             Failure::Failed("x".into()),
             Failure::Invalid("x"),
             Failure::UnaskedSwitch,
             Failure::TimedOut(Duration::from_secs(1)),
             Failure::ClientGone,
+            Failure::ClientBody("x".into()),
         ]
     }
 
@@ -131,7 +156,9 @@ mod tests {
         let expected = [
             // (failure, repeatable, not repeatable)
             (Resend::Elsewhere, Resend::Elsewhere),
+            (Resend::No, Resend::No),
             (Resend::Again, Resend::No),
+            (Resend::No, Resend::No),
             (Resend::No, Resend::No),
             (Resend::No, Resend::No),
             (Resend::No, Resend::No),
@@ -163,7 +190,8 @@ mod tests {
         }
     }
 
-    /// Every failure's answer: 504 for a timeout, nothing for a client that left, 502 else.
+    /// Every failure's answer: 504 for a timeout, nothing for a client that left, 400 for the
+    /// client's own body, 502 else.
     #[test]
     fn failure_classifier_answers() {
         let statuses: Vec<_> = all()
@@ -178,14 +206,16 @@ mod tests {
                 Some((502, "proxy_error")),
                 Some((502, "proxy_error")),
                 Some((502, "proxy_error")),
+                Some((502, "proxy_error")),
                 Some((504, "gateway_timeout")),
                 None,
+                Some((400, "bad_request")),
             ]
         );
         let takes_out: Vec<_> = all().iter().map(Failure::takes_worker_out).collect();
         assert_eq!(
             takes_out,
-            vec![true, false, false, false, false, false, false]
+            vec![true, false, false, false, false, false, false, false, false]
         );
         let reason = Failure::TimedOut(Duration::from_secs(2)).reason(1);
         assert_eq!(reason, "worker 1 sent no response headers within 2s");

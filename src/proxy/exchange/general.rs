@@ -21,7 +21,7 @@ use super::route::Route;
 use super::Proxy;
 use crate::metrics::{self, Refused};
 use crate::proxy::http1::head::ResponseHead;
-use crate::proxy::io::framing::Verdict;
+use crate::proxy::io::framing::{Refusal, Verdict};
 use crate::proxy::io::upgrade::{self, TunnelLimits};
 use crate::proxy::upstream::body::UpstreamBody;
 use crate::proxy::upstream::client::{response_parts, RawBody};
@@ -75,9 +75,17 @@ pub async fn handle(
     mut req: Request<UpstreamBody>,
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    if conn.framing.next_request_conflicts() {
+    if let Some(why) = conn.framing.next_request_refused() {
         metrics::refused(Refused::BadRequest);
-        return Ok(Answer::smuggling().response());
+        return Ok(match why {
+            Refusal::Conflict => Answer::smuggling(),
+            Refusal::Unframeable => Answer::unframeable(),
+        }
+        .response());
+    }
+    if let Some(refused) = super::admit::host_refusal(req.version(), req.headers()) {
+        metrics::refused(Refused::BadRequest);
+        return Ok(refused.response());
     }
     let wants_upgrade = is_upgrade(&req);
     let connect = req.method() == Method::CONNECT;
@@ -199,8 +207,12 @@ struct Outgoing<'a> {
 impl Outbound for Outgoing<'_> {
     fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
         let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut writer =
-            RequestWriter::start(w, self.head.method.as_str().as_bytes(), target.as_bytes());
+        let mut writer = RequestWriter::start(
+            w,
+            self.head.method.as_str().as_bytes(),
+            target.as_bytes(),
+            proxy.config.underscores,
+        );
         for (name, value) in &self.head.headers {
             writer.field(name.as_str().as_bytes(), value.as_bytes());
         }
@@ -266,6 +278,7 @@ impl HyperExchange<'_> {
             &mut head.headers,
             &self.conn.forwarded(proxy, &route),
             upgrade,
+            proxy.config.underscores,
         );
         let mut req = Request::from_parts(head, body);
         let mut sends = 0;
@@ -291,7 +304,16 @@ impl HyperExchange<'_> {
                     let giveback = (pool.clone(), lease);
                     return self.respond(resp, giveback, &route, in_flight);
                 }
-                Err(SendError::Connect(e, back)) => (Failure::Unreachable(e), Some(*back)),
+                Err(SendError::Connect(e, back)) => (Failure::connecting(e), Some(*back)),
+                Err(SendError::Failed(e)) if client_body_failed(&*e) => {
+                    // Not the worker's fault: answered 400, logged at debug.
+                    let failure = Failure::ClientBody(innermost(&*e));
+                    tracing::debug!(peer = %self.conn.peer, error = %failure.reason(route.worker()), "request refused");
+                    return failure
+                        .answer(route.worker())
+                        .unwrap_or_else(Answer::client_gone)
+                        .response();
+                }
                 Err(SendError::Failed(e)) => match &copy {
                     Some(copy) => (
                         Failure::Broken(std::io::Error::other(innermost(&*e))),
@@ -335,6 +357,7 @@ impl HyperExchange<'_> {
             &mut head.headers,
             &self.conn.forwarded(self.proxy, route),
             false,
+            self.proxy.config.underscores,
         );
         Request::from_parts(head, UpstreamBody::Empty)
     }
@@ -383,6 +406,22 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// True when hyper's client failed because the request body it streamed failed (hyper's
+/// only user error with a cause): the client's chunking was malformed, or the client
+/// stopped sending.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user() && std::error::Error::source(h).is_some())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A request head (without extensions) for a resend.

@@ -59,6 +59,8 @@ pub struct ProxyConfig {
     pub filter: Option<IpFilter>,
     /// Front proxies whose X-Forwarded-For names the client.
     pub trusted: Option<TrustedProxies>,
+    /// Client header names with `_`: dropped unless `--allow-underscore-headers`.
+    pub underscores: crate::proxy::http1::head::Underscores,
 }
 
 /// Everything a request needs, shared by all connections.

@@ -14,7 +14,7 @@ use super::failure::{self, Failure, Resend};
 use super::route::Route;
 use super::Proxy;
 use crate::access_log;
-use crate::metrics::{self, UpstreamError};
+use crate::metrics::{self, Resent, UpstreamError};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::upstream::client::{read_head, send_request, NoResponse};
 use crate::proxy::upstream::pool::{Pool, RawConn};
@@ -147,7 +147,7 @@ async fn attempt<O: Outbound>(
     let pooled = if fresh { None } else { pool.take_raw() };
     let mut up = match pooled {
         Some(up) => up,
-        None => pool.connect_raw().await.map_err(Failure::Unreachable)?,
+        None => pool.connect_raw().await.map_err(Failure::connecting)?,
     };
     out.write(proxy, route, &mut up.wbuf);
     let timeout = proxy.response_timeout;
@@ -191,6 +191,25 @@ impl Proxy {
     /// for a repeatable request whose worker is still reachable, else a reroute), or the
     /// answer for the client. Takes an unreachable worker out of rotation.
     pub async fn after_failure(
+        &self,
+        route: &Route,
+        failure: &Failure,
+        req: failure::Request,
+        reroute: impl FnOnce(&Route) -> Option<Route>,
+    ) -> Result<Route, Option<Answer>> {
+        let next = self.next_route(route, failure, req, reroute).await;
+        if let Ok(next) = &next {
+            let to = if next.worker() == route.worker() {
+                Resent::Same
+            } else {
+                Resent::Other
+            };
+            metrics::resent(route.worker(), to);
+        }
+        next
+    }
+
+    async fn next_route(
         &self,
         route: &Route,
         failure: &Failure,
@@ -249,6 +268,7 @@ fn upstream_error(failure: &Failure) -> Option<UpstreamError> {
         Failure::Broken(_) | Failure::Failed(_) => UpstreamError::Broken,
         Failure::Invalid(_) | Failure::UnaskedSwitch => UpstreamError::Invalid,
         Failure::TimedOut(_) => UpstreamError::Timeout,
-        Failure::ClientGone => return None,
+        Failure::Untrusted(_) => UpstreamError::Invalid,
+        Failure::ClientGone | Failure::ClientBody(_) => return None,
     })
 }

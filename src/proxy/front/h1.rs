@@ -466,8 +466,12 @@ impl<I: AsyncWrite + Unpin> Outbound for Outgoing<'_, I> {
     /// The client's head with its fields sorted by the parser, then the body.
     fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
         let (msg, req) = (&self.msg[..], self.req);
-        let mut writer =
-            RequestWriter::start(w, &msg[req.method.clone()], &msg[req.target.clone()]);
+        let mut writer = RequestWriter::start(
+            w,
+            &msg[req.method.clone()],
+            &msg[req.target.clone()],
+            proxy.config.underscores,
+        );
         for f in &req.fields {
             writer.classified(&msg[f.name.clone()], &msg[f.value.clone()], f.role);
         }

@@ -26,7 +26,7 @@ enum State {
 pub struct Malformed;
 
 /// A chunked body being followed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Chunks {
     state: State,
     size: u64,

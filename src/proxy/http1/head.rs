@@ -127,7 +127,8 @@ impl RequestHead {
                 }
                 Name::Host => {
                     role = Role::Replaced;
-                    if self.host.is_some() {
+                    // Repeated or malformed: hyper's path refuses it (`admit::host_refusal`).
+                    if self.host.is_some() || !valid_host(h.value) {
                         self.direct = false;
                     }
                     self.host = Some(at(h.value));
@@ -327,6 +328,98 @@ impl ResponseHead {
             .iter()
             .filter(move |f| classify(&buf[f.name.clone()]) == Name::SetCookie)
             .map(move |f| &buf[f.value.clone()])
+    }
+}
+
+/// True for a `Host` (or `:authority`) value that is `host[:port]` (RFC 9112 3.2, RFC 3986
+/// 3.2.2): an IP literal in brackets, or a non-empty reg-name / IPv4 address, then an
+/// optional `:` and up to 5 digits. No userinfo (`u@`), no space, not empty.
+pub fn valid_host(value: &[u8]) -> bool {
+    let rest = match value {
+        [b'[', inner @ ..] => {
+            let Some(end) = memchr::memchr(b']', inner) else {
+                return false;
+            };
+            let literal = &inner[..end];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            {
+                return false;
+            }
+            &inner[end + 1..]
+        }
+        _ => {
+            // One table load per byte: this runs on every request.
+            let name = value.iter().take_while(|&&b| reg_name_byte(b)).count();
+            if name == 0 {
+                return false;
+            }
+            &value[name..]
+        }
+    };
+    match rest {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// unreserved, sub-delims and `%` (RFC 3986 reg-name).
+#[inline]
+fn reg_name_byte(b: u8) -> bool {
+    REG_NAME[usize::from(b)]
+}
+
+/// [`reg_name_byte`] as a table: one load per byte of a `Host` (on every request).
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// What becomes of a client's header whose name contains `_` (`X_Forwarded_For`): many
+/// stacks (CGI, WSGI, PHP, some Node middleware) read `_` and `-` as one, so such a name can
+/// shadow a header the proxy sets or frames by. Dropped by default, as nginx does
+/// (`underscores_in_headers off`); `--allow-underscore-headers` keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Dropped (logged at debug).
+    #[default]
+    Drop,
+    /// Forwarded like any other name.
+    Keep,
+}
+
+impl Underscores {
+    /// True when a field named `name` is dropped by this rule (one byte scan of the name).
+    #[inline]
+    pub fn drops(self, name: &[u8]) -> bool {
+        self == Underscores::Drop && memchr::memchr(b'_', name).is_some()
     }
 }
 
@@ -652,6 +745,39 @@ mod tests {
                 prop_assert_eq!(req.direct, !extra_host && !odd_connection && small);
                 prop_assert_eq!(req.content_length, length.unwrap_or(0));
             }
+        }
+    }
+
+    #[test]
+    fn hosts_are_host_and_port_only() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "a",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "my_host.local",
+            "xn--bcher-kva.example:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "u@evil.com x",
+            "u@evil.com",
+            "a b",
+            ":80",
+            "a:80:90",
+            "a:123456",
+            "a:8o",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a/b",
+            "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
         }
     }
 }

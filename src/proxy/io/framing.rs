@@ -6,15 +6,20 @@
 //! the answer) but removes the `Content-Length` before the handler sees the head, so the
 //! handler cannot refuse the request as HAProxy and nginx do. [`FramingWatch`] follows the
 //! client's byte stream beside hyper (request heads, fixed-length and chunked bodies) and
-//! records which request on the connection, by position, carried both headers;
-//! [`Verdict::next_request_conflicts`] tells the handler when that request is the one it
-//! holds. Requests are numbered the same way on both sides because HTTP/1 serves them one
-//! at a time, in order.
+//! records which request on the connection, by position, carried both headers (or a
+//! `Content-Length` it cannot read); [`Verdict::next_request_refused`] tells the handler
+//! when that request is the one it holds. Requests are numbered the same way on both sides
+//! because HTTP/1 serves them one at a time, in order.
 //!
-//! The watch costs one line search per head line and none per body byte. Anything it cannot
-//! follow (an HTTP/2 preface, a malformed chunk, a tunnel after an upgrade) turns it off:
-//! hyper rejects malformed framing itself, so the watch only has to be right about the
-//! streams hyper accepts.
+//! The watch and hyper must agree on every head and every chunk line: what hyper cannot
+//! follow it refuses itself, and what the watch cannot follow is refused too (a refused
+//! head by the handler, with 400; a chunked body the watch's parser, [`Chunks`], finds
+//! malformed, e.g. a chunk size padded with leading zeros past 15 digits, by failing the
+//! connection's reads, which hyper's body reader reports to the handler). Only an HTTP/2
+//! preface and a tunnel after an upgrade turn the watch off quietly.
+//!
+//! The watch costs one line search per head line and a byte loop over chunk-size lines;
+//! none per byte of a fixed-length body or of chunk data.
 //!
 //! Knowing where heads start also makes it the cheapest place for the head deadline
 //! (`--header-timeout`: slowloris, and idle keep-alive connections): a connection waiting
@@ -25,7 +30,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,11 +38,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::http1::chunked::{Chunks, Malformed};
+
 /// What the watch learned, shared with the connection's request handler.
 #[derive(Debug, Default)]
 pub struct Verdict {
-    /// 1-based number of the first request whose head had both headers; 0: none so far.
-    conflicting: AtomicU32,
+    /// 1-based number of the first request the watch refuses; 0: none so far.
+    refused: AtomicU32,
+    /// Why: 0 [`Refusal::Conflict`], 1 [`Refusal::Unframeable`].
+    why: AtomicU8,
     /// Requests the handler has taken so far.
     taken: AtomicU32,
     /// The connection left HTTP/1 (an upgrade): its bytes are no longer requests.
@@ -45,11 +54,22 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Counts one more request on the connection; true when its head carried both
-    /// `Content-Length` and `Transfer-Encoding`.
-    pub fn next_request_conflicts(&self) -> bool {
+    /// Counts one more request on the connection; `Some` when the watch refuses it (its
+    /// head carried both `Content-Length` and `Transfer-Encoding`, or a `Content-Length`
+    /// the watch cannot read).
+    pub fn next_request_refused(&self) -> Option<Refusal> {
         let n = self.taken.fetch_add(1, Ordering::Relaxed) + 1;
-        n == self.conflicting.load(Ordering::Acquire)
+        (n == self.refused.load(Ordering::Acquire)).then(|| {
+            match self.why.load(Ordering::Relaxed) {
+                0 => Refusal::Conflict,
+                _ => Refusal::Unframeable,
+            }
+        })
+    }
+
+    fn refuse(&self, n: u32, why: Refusal) {
+        self.why.store(why as u8, Ordering::Relaxed);
+        self.refused.store(n, Ordering::Release);
     }
 
     /// The connection became a tunnel: stop reading its bytes as requests.
@@ -117,6 +137,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
             // A tunnel now: neither framing nor a head deadline applies.
             this.scanner.turn_off();
         }
+        if this.scanner.is_refused() {
+            return Poll::Ready(Err(refused_stream()));
+        }
         let start = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {}
@@ -124,12 +147,26 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
             other => return other,
         }
         if !this.scanner.is_off() {
-            if let Some(n) = this.scanner.feed(&buf.filled()[start..]) {
-                this.verdict.conflicting.store(n, Ordering::Release);
+            match this.scanner.feed(&buf.filled()[start..]) {
+                Some(Found::Request(n, why)) => this.verdict.refuse(n, why),
+                Some(Found::Stream(at)) => {
+                    // Hyper gets the bytes before the malformed one; its next read fails,
+                    // and so does the body it is reading.
+                    buf.set_filled(start + at);
+                    if at == 0 {
+                        return Poll::Ready(Err(refused_stream()));
+                    }
+                }
+                None => {}
             }
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// The read error of a connection whose chunked body the watch cannot follow.
+fn refused_stream() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "malformed chunked request body")
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
@@ -169,20 +206,27 @@ enum State {
     Head,
     /// In a fixed-length body: this many bytes left.
     Body(u64),
-    /// At a chunk-size line.
-    ChunkSize,
-    /// In a chunk: this many bytes left.
-    ChunkData(u64),
-    /// At the line break that ends a chunk's data.
-    ChunkEnd,
-    /// In the trailer section after the last chunk.
-    Trailers,
-    /// Not following the stream any more.
+    /// In a chunked body, followed by [`Chunks`] (the one chunked parser).
+    Chunked,
+    /// Not following the stream any more (HTTP/2, a tunnel, or a refused request).
     Off,
+    /// Bytes the watch cannot follow: the connection is refused (reads fail).
+    Refused,
+}
+
+/// Why the watch refuses a request (the handler answers 400 and closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Both `Content-Length` and `Transfer-Encoding` (request smuggling).
+    Conflict,
+    /// A `Content-Length` the watch cannot read (malformed, repeated with other values, or
+    /// its line longer than the watch follows): the body's end cannot be agreed on.
+    Unframeable,
 }
 
 /// The longest line prefix kept: enough for `content-length:` with a 20-digit value and
-/// some spaces, and for a chunk size; longer lines are judged by their prefix.
+/// some spaces; a longer `Content-Length` line is refused, other lines are judged by their
+/// prefix.
 const LINE_PREFIX: usize = 64;
 
 /// Follows HTTP/1 request framing over a byte stream fed in arbitrary pieces.
@@ -192,12 +236,14 @@ pub struct Scanner {
     line: [u8; LINE_PREFIX],
     line_len: usize,
     line_truncated: bool,
+    /// The chunked body being followed (in [`State::Chunked`]).
+    chunks: Chunks,
     /// Lines of the current head so far (the request line included).
     head_lines: u32,
     content_length: Option<u64>,
     has_content_length: bool,
     has_transfer_encoding: bool,
-    /// The current head's body length cannot be told (hyper refuses such a head).
+    /// The current head's body length cannot be told.
     unframeable: bool,
     /// Complete heads seen.
     heads: u32,
@@ -210,6 +256,7 @@ impl Default for Scanner {
             line: [0; LINE_PREFIX],
             line_len: 0,
             line_truncated: false,
+            chunks: Chunks::default(),
             head_lines: 0,
             content_length: None,
             has_content_length: false,
@@ -220,10 +267,26 @@ impl Default for Scanner {
     }
 }
 
+/// What feeding the scanner found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The request with this 1-based number is refused, for this reason; nothing after it is
+    /// followed.
+    Request(u32, Refusal),
+    /// A chunked body the watch cannot follow, from this offset of the bytes fed on: the
+    /// connection is refused there (reads fail from it on).
+    Stream(usize),
+}
+
 impl Scanner {
     /// True once the scanner no longer follows the stream.
     pub fn is_off(&self) -> bool {
-        self.state == State::Off
+        matches!(self.state, State::Off | State::Refused)
+    }
+
+    /// True once the stream was refused.
+    pub fn is_refused(&self) -> bool {
+        self.state == State::Refused
     }
 
     /// Between or inside request heads (not in a body, not off).
@@ -232,27 +295,44 @@ impl Scanner {
     }
 
     fn turn_off(&mut self) {
-        self.state = State::Off;
+        if self.state != State::Refused {
+            self.state = State::Off;
+        }
     }
 
-    /// Follows the next bytes of the stream; returns the 1-based number of a request whose
-    /// head carries both `Content-Length` and `Transfer-Encoding` when one ends in them.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<u32> {
+    /// Follows the next bytes of the stream; tells when a request or the stream is refused.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<Found> {
+        let fed = bytes.len();
         while !bytes.is_empty() {
             match self.state {
-                State::Off => return None,
-                State::Body(left) | State::ChunkData(left) => {
+                State::Off | State::Refused => return None,
+                State::Body(left) => {
                     let take = left.min(bytes.len() as u64);
                     bytes = &bytes[take as usize..];
                     let left = left - take;
-                    self.state = match (self.state, left) {
-                        (State::Body(_), 0) => State::Head,
-                        (State::Body(_), _) => State::Body(left),
-                        (_, 0) => State::ChunkEnd,
-                        _ => State::ChunkData(left),
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
                     };
                 }
-                State::Head | State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                State::Chunked => {
+                    let before = self.chunks.clone();
+                    match self.chunks.feed(bytes) {
+                        Ok(Some(end)) => {
+                            bytes = &bytes[end..];
+                            self.chunks = Chunks::default();
+                            self.state = State::Head;
+                        }
+                        Ok(None) => return None,
+                        Err(Malformed) => {
+                            self.state = State::Refused;
+                            let at = fed - bytes.len() + malformed_at(before, bytes);
+                            return Some(Found::Stream(at));
+                        }
+                    }
+                }
+                State::Head => {
                     let Some(end) = memchr::memchr(b'\n', bytes) else {
                         self.keep(bytes);
                         return None;
@@ -288,34 +368,17 @@ impl Scanner {
         self.line_truncated |= kept < part.len();
     }
 
-    /// Judges one line (its first `LINE_PREFIX` bytes, and whether there were more).
-    fn end_line(&mut self, line: &[u8], truncated: bool) -> Option<u32> {
+    /// Judges one head line (its first `LINE_PREFIX` bytes, and whether there were more).
+    fn end_line(&mut self, line: &[u8], truncated: bool) -> Option<Found> {
         let line = match line {
             [rest @ .., b'\r'] if !truncated => rest,
             _ => line,
         };
         let empty = line.is_empty() && !truncated;
-        match self.state {
-            State::Head => return self.head_line(line, truncated, empty),
-            State::ChunkSize => {
-                self.state = match chunk_size(line, truncated) {
-                    Some(0) => State::Trailers,
-                    Some(size) => State::ChunkData(size),
-                    None => State::Off,
-                }
-            }
-            State::ChunkEnd => self.state = if empty { State::ChunkSize } else { State::Off },
-            State::Trailers => {
-                if empty {
-                    self.state = State::Head;
-                }
-            }
-            State::Body(_) | State::ChunkData(_) | State::Off => {}
-        }
-        None
+        self.head_line(line, truncated, empty)
     }
 
-    fn head_line(&mut self, line: &[u8], truncated: bool, empty: bool) -> Option<u32> {
+    fn head_line(&mut self, line: &[u8], truncated: bool, empty: bool) -> Option<Found> {
         if self.head_lines == 0 {
             // Empty lines before a request line are tolerated (RFC 9112 §2.2).
             if empty {
@@ -353,20 +416,32 @@ impl Scanner {
         self.has_content_length = false;
         self.has_transfer_encoding = false;
         self.unframeable = false;
-        if conflict {
-            // hyper closes the connection after this request: nothing further to follow.
+        let refusal = if conflict {
+            Some(Refusal::Conflict)
+        } else if unframeable {
+            Some(Refusal::Unframeable)
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            // The handler refuses it and the connection closes: nothing further to follow.
             self.state = State::Off;
-            return Some(self.heads);
+            return Some(Found::Request(self.heads, why));
         }
         self.state = match (chunked, body) {
-            // hyper refuses a head it cannot frame: nothing to follow after it.
-            _ if unframeable => State::Off,
-            (true, _) => State::ChunkSize,
+            (true, _) => State::Chunked,
             (false, Some(n)) if n > 0 => State::Body(n),
             _ => State::Head,
         };
         None
     }
+}
+
+/// Where in `bytes` a chunked body followed from `chunks` turns malformed.
+fn malformed_at(mut chunks: Chunks, bytes: &[u8]) -> usize {
+    (0..bytes.len())
+        .find(|&i| chunks.feed(&bytes[i..=i]).is_err())
+        .unwrap_or(0)
 }
 
 /// The value of a header line when its name is `name` (ASCII case-insensitive).
@@ -388,42 +463,36 @@ fn parse_decimal(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// A chunk-size line's size (extensions after `;` ignored); `None` when malformed.
-fn chunk_size(line: &[u8], truncated: bool) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = &line[digits..];
-    if digits == 0 || digits > 16 || (truncated && rest.is_empty()) {
-        return None;
-    }
-    if !matches!(rest.first(), None | Some(b';' | b' ' | b'\t')) {
-        return None;
-    }
-    line[..digits].iter().try_fold(0u64, |n, &d| {
-        let v = (d as char).to_digit(16)?;
-        n.checked_mul(16)?.checked_add(u64::from(v))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Conflicts found when `stream` is fed whole and in every two-piece split.
+    /// The refused request found when `stream` is fed whole and in every two-piece split.
     fn conflicts(stream: &[u8]) -> Option<u32> {
-        let whole = Scanner::default().feed(stream);
+        let whole = refused(&mut Scanner::default(), stream);
         for cut in 0..=stream.len() {
             let mut s = Scanner::default();
-            let first = s.feed(&stream[..cut]);
-            let found = first.or_else(|| s.feed(&stream[cut..]));
+            let first = refused(&mut s, &stream[..cut]);
+            let found = first.or_else(|| refused(&mut s, &stream[cut..]));
             assert_eq!(found, whole, "split at {cut} changed the answer");
         }
         let mut s = Scanner::default();
-        let byte_by_byte = stream.iter().find_map(|b| s.feed(std::slice::from_ref(b)));
+        let byte_by_byte = stream
+            .iter()
+            .find_map(|b| refused(&mut s, std::slice::from_ref(b)));
         assert_eq!(
             byte_by_byte, whole,
             "byte-by-byte feeding changed the answer"
         );
         whole
+    }
+
+    fn refused(s: &mut Scanner, bytes: &[u8]) -> Option<u32> {
+        match s.feed(bytes) {
+            Some(Found::Request(n, _)) => Some(n),
+            Some(Found::Stream(_)) => Some(0),
+            None => None,
+        }
     }
 
     #[test]
@@ -467,23 +536,45 @@ mod tests {
     }
 
     #[test]
-    fn http2_and_malformed_chunks_turn_the_watch_off() {
+    fn http2_turns_the_watch_off_and_what_it_cannot_follow_is_refused() {
         let mut s = Scanner::default();
         s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        assert!(s.is_off());
+        assert!(s.is_off() && !s.is_refused());
         let mut s = Scanner::default();
-        s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
-        assert!(s.is_off());
+        let found = s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+        let at = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".len();
+        assert_eq!(found, Some(Found::Stream(at)));
+        assert!(s.is_refused());
         let mut s = Scanner::default();
-        s.feed(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
-        assert!(s.is_off());
+        let found = s.feed(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(found, Some(Found::Request(1, Refusal::Unframeable)));
+    }
+
+    /// The red team's skips (issue 13): a chunk size of 17 hex digits (leading zeros) and a
+    /// `Content-Length` line padded past what the watch keeps. Each is refused where it
+    /// stands, so the conflicting request behind it is never reached unwatched.
+    #[test]
+    fn what_the_watch_cannot_follow_is_refused() {
+        let conflicting =
+            "POST /b HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let zeros = format!(
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000003\r\nabc\r\n0\r\n\r\n{conflicting}"
+        );
+        assert_eq!(conflicts(zeros.as_bytes()), Some(0));
+        let pad = " ".repeat(70);
+        let padded = format!("POST /a HTTP/1.1\r\nContent-Length:{pad}3\r\n\r\nabc{conflicting}");
+        assert_eq!(conflicts(padded.as_bytes()), Some(1));
+        let fifteen = format!(
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000003\r\nabc\r\n0\r\n\r\n{conflicting}"
+        );
+        assert_eq!(conflicts(fifteen.as_bytes()), Some(2));
     }
 
     #[test]
     fn long_lines_are_judged_by_their_prefix() {
         let pad = " ".repeat(200);
         let stream = format!(
-            "POST / HTTP/1.1\r\nX-Long: {pad}\r\nContent-Length:{pad}5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST / HTTP/1.1\r\nX-Long: {pad}\r\nContent-Length: 5\r\nTransfer-Encoding:{pad}chunked\r\n\r\n"
         );
         assert_eq!(conflicts(stream.as_bytes()), Some(1));
         let mut s = Scanner::default();
@@ -509,20 +600,20 @@ mod tests {
             cut in 0usize..400,
         ) {
             let stream = parts.concat();
-            let whole = Scanner::default().feed(&stream);
+            let whole = refused(&mut Scanner::default(), &stream);
             let cut = cut.min(stream.len());
             let mut s = Scanner::default();
-            let split = s.feed(&stream[..cut]).or_else(|| s.feed(&stream[cut..]));
+            let split = refused(&mut s, &stream[..cut]).or_else(|| refused(&mut s, &stream[cut..]));
             proptest::prop_assert_eq!(split, whole);
         }
     }
 
     #[test]
-    fn verdict_matches_the_conflicting_request_only() {
+    fn verdict_matches_the_refused_request_only() {
         let v = Verdict::default();
-        v.conflicting.store(2, Ordering::Release);
-        assert!(!v.next_request_conflicts());
-        assert!(v.next_request_conflicts());
-        assert!(!v.next_request_conflicts());
+        v.refuse(2, Refusal::Unframeable);
+        assert_eq!(v.next_request_refused(), None);
+        assert_eq!(v.next_request_refused(), Some(Refusal::Unframeable));
+        assert_eq!(v.next_request_refused(), None);
     }
 }

@@ -39,7 +39,10 @@ impl Connector {
                     let tls = TlsConnector::from(config.clone())
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| io::Error::other(format!("TLS handshake failed: {e}")))?;
+                        // The kind tells a refused certificate (invalid data) from a reset.
+                        .map_err(|e| {
+                            io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+                        })?;
                     Ok(WorkerStream::Tls(Box::new(tls)))
                 }
             }

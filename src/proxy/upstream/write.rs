@@ -1,14 +1,15 @@
 //! Which headers a worker sees, in one place: the client's fields sorted by
 //! [`upstream_role`] (hop-by-hop ones dropped, the proxy's own replaced), then the proxy's
 //! fields (`X-Forwarded-For` appended to, `X-Forwarded-Proto`, `X-Forwarded-Host`,
-//! `X-Sticky`, and `content-length: 0` where a bodyless method usually has a body).
+//! `X-Sticky`, and `content-length: 0` where a bodyless method usually has a body). Names
+//! with an underscore are dropped unless `--allow-underscore-headers` ([`Underscores`]).
 //! [`RequestWriter`] writes them as HTTP/1.1 bytes (the direct paths and the raw client);
 //! [`rewrite_map`] applies the same rules to a header map (hyper's client).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::proxy::http1::head::{is_hop_by_hop, upstream_role, Role};
+use crate::proxy::http1::head::{is_hop_by_hop, upstream_role, Role, Underscores};
 use crate::proxy::http1::push_header;
 use crate::routing::Outcome;
 
@@ -36,12 +37,19 @@ pub struct RequestWriter<'w, 'a> {
     host: Option<&'a [u8]>,
     has_length: bool,
     usually_has_body: bool,
+    underscores: Underscores,
 }
 
 impl<'w, 'a> RequestWriter<'w, 'a> {
-    /// Starts `METHOD target HTTP/1.1` in `w` (cleared first).
+    /// Starts `METHOD target HTTP/1.1` in `w` (cleared first); `underscores` says what
+    /// becomes of client fields whose name has an `_`.
     #[inline]
-    pub fn start(w: &'w mut Vec<u8>, method: &[u8], target: &[u8]) -> Self {
+    pub fn start(
+        w: &'w mut Vec<u8>,
+        method: &[u8],
+        target: &[u8],
+        underscores: Underscores,
+    ) -> Self {
         w.clear();
         w.extend_from_slice(method);
         w.push(b' ');
@@ -53,6 +61,7 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
             host: None,
             has_length: false,
             usually_has_body: matches!(method, b"POST" | b"PUT" | b"PATCH"),
+            underscores,
         }
     }
 
@@ -76,6 +85,9 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
     #[inline]
     pub fn classified(&mut self, name: &[u8], value: &'a [u8], role: Role) {
         match role {
+            // The proxy's own names and the framing ones have no `_`: only kept names can
+            // carry one.
+            Role::Keep if self.underscores.drops(name) => dropped_underscore(name),
             Role::Keep => {
                 // Only asked where it matters: most requests are GETs.
                 self.has_length |=
@@ -117,10 +129,24 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
     }
 }
 
+fn dropped_underscore(name: &[u8]) {
+    tracing::debug!(
+        name = %String::from_utf8_lossy(name),
+        "client header with an underscore in its name dropped (--allow-underscore-headers keeps it)"
+    );
+}
+
 /// The same rules on a header map, for hyper's client: hop-by-hop fields (and those
-/// `Connection` names) removed, the client's copies of the proxy's fields replaced. With
-/// `upgrade`, `Upgrade` and `Connection: upgrade` stay.
-pub fn rewrite_map(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: bool) {
+/// `Connection` names) removed, the client's copies of the proxy's fields replaced, names
+/// with `_` dropped by `underscores`. With `upgrade`, `Upgrade` and `Connection: upgrade`
+/// stay.
+pub fn rewrite_map(
+    headers: &mut HeaderMap,
+    fwd: &Forwarded<'_>,
+    upgrade: bool,
+    underscores: Underscores,
+) {
+    strip_underscores(headers, underscores);
     let kept_upgrade = if upgrade {
         headers.remove(header::UPGRADE)
     } else {
@@ -156,6 +182,20 @@ pub fn rewrite_map(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: bool) 
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     set_sticky(headers, fwd.sticky);
+}
+
+/// Removes the fields whose name `underscores` drops. One pass over the names first: most
+/// heads carry none.
+pub fn strip_underscores(headers: &mut HeaderMap, underscores: Underscores) {
+    let drops = |n: &HeaderName| underscores.drops(n.as_str().as_bytes());
+    if !headers.keys().any(drops) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers.keys().filter(|n| drops(n)).cloned().collect();
+    for name in named {
+        dropped_underscore(name.as_str().as_bytes());
+        headers.remove(name);
+    }
 }
 
 /// `X-Sticky` for the route a request takes (again, when it is resent elsewhere).
@@ -215,9 +255,11 @@ mod tests {
             ("x-sticky", "kept"),
             ("te", "trailers"),
             ("cookie", "a=b"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("content_length", "9"),
         ];
         let mut w = Vec::new();
-        let mut writer = RequestWriter::start(&mut w, b"POST", b"/x");
+        let mut writer = RequestWriter::start(&mut w, b"POST", b"/x", Underscores::Drop);
         for (n, v) in client {
             // The direct paths never see `Connection` naming another field (hyper's path
             // takes those); the map rewrite must drop it.
@@ -234,7 +276,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        rewrite_map(&mut map, &fwd(), false);
+        rewrite_map(&mut map, &fwd(), false, Underscores::Drop);
         let mut from_map: Vec<String> = map
             .iter()
             .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap()))
@@ -255,13 +297,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\r\nx-sticky: moved\r\n"), "{text}");
+        assert!(!text.contains('_'), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
     }
 
     #[test]
     fn a_request_without_host_gets_one() {
         let mut w = Vec::new();
-        RequestWriter::start(&mut w, b"GET", b"/").finish(&fwd());
+        RequestWriter::start(&mut w, b"GET", b"/", Underscores::Drop).finish(&fwd());
         let text = String::from_utf8(w).unwrap();
         assert!(text.contains("\r\nhost: localhost\r\n"), "{text}");
         assert!(

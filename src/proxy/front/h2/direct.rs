@@ -19,7 +19,7 @@ use crate::proxy::exchange::general::Client;
 use crate::proxy::exchange::raw::{self, Outbound, Reply};
 use crate::proxy::exchange::route::{Route, Routing};
 use crate::proxy::exchange::Proxy;
-use crate::proxy::http1::head::{ResponseHead, Role};
+use crate::proxy::http1::head::{valid_host, ResponseHead, Role};
 use crate::proxy::upstream::client::RawBody;
 use crate::proxy::upstream::write::{Forwarded, RequestWriter};
 use crate::routing::key;
@@ -46,7 +46,13 @@ pub fn plan(
     head: &RequestHead,
     routing: &mut http::HeaderMap,
 ) -> Option<Plan> {
+    // A malformed `:authority`: the general path refuses it (`admit::host_refusal`).
+    let bad_host = head
+        .host
+        .as_ref()
+        .is_some_and(|h| !valid_host(h.as_bytes()));
     if head.method == Method::CONNECT
+        || bad_host
         || (proxy.router.sticky() && key::is_engineio_handshake(&head.uri))
     {
         return None;
@@ -108,8 +114,12 @@ impl Outbound for Outgoing {
     fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>) {
         let head = &self.head;
         let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut writer =
-            RequestWriter::start(w, head.method.as_str().as_bytes(), target.as_bytes());
+        let mut writer = RequestWriter::start(
+            w,
+            head.method.as_str().as_bytes(),
+            target.as_bytes(),
+            proxy.config.underscores,
+        );
         if let Some(host) = &head.host {
             writer.host(host.as_bytes());
         }

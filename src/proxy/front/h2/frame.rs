@@ -54,9 +54,13 @@ pub const MAX_WINDOW: i64 = (1 << 31) - 1;
 /// A frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
+    /// The payload's length.
     pub len: usize,
+    /// The frame type.
     pub kind: u8,
+    /// The flags.
     pub flags: u8,
+    /// The stream id (reserved bit cleared).
     pub stream: u32,
 }
 
@@ -72,6 +76,7 @@ impl Head {
         })
     }
 
+    /// True when `flag` is set.
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }

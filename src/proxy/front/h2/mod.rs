@@ -50,6 +50,21 @@ use request::{Fields, RequestHead};
 
 pub use frame::PREFACE;
 
+/// The HTTP/2 codec pieces the fuzz targets reach (through `internal::codec`).
+#[doc(hidden)]
+pub mod codec {
+    pub use super::frame::Head;
+    pub use super::hpack::{encode_raw_field, DecodeError, Decoder, Name};
+    pub use super::request::{Fields, RequestHead};
+    use bytes::Bytes;
+
+    /// A frame's payload without its padding, as the reader takes it; `None` when the
+    /// padding is malformed.
+    pub fn unpad(head: Head, payload: Bytes) -> Option<Bytes> {
+        super::unpad(head, payload).ok()
+    }
+}
+
 /// Streams a client may have open at once.
 const MAX_STREAMS: u32 = 256;
 /// Our receive window per stream: the most request body buffered per stream.
@@ -98,6 +113,7 @@ where
         streams: HashMap::new(),
         last_stream: 0,
         continuation: None,
+        recent_resets: RecentResets::default(),
         exchanges: FuturesUnordered::new(),
         bodies: FuturesUnordered::new(),
         credits_tx,
@@ -196,6 +212,32 @@ struct Continuation {
     stream: u32,
     end_stream: bool,
     block: BytesMut,
+    /// CONTINUATION frames so far (bounded: empty ones would grow nothing else).
+    frames: u32,
+}
+
+/// Most CONTINUATION frames one header block may take: a client that uses frames of the
+/// minimum maximum size (16 KiB) needs a handful for the largest block accepted.
+const MAX_CONTINUATIONS: u32 = 128;
+
+/// Streams this side reset lately: a client's frames sent before it saw our RST_STREAM are
+/// ignored (RFC 9113 5.4.2) instead of being taken for a reused stream id. Bounded: the
+/// oldest is forgotten first.
+#[derive(Debug, Default)]
+struct RecentResets {
+    ids: [u32; 16],
+    next: usize,
+}
+
+impl RecentResets {
+    fn note(&mut self, id: u32) {
+        self.ids[self.next] = id;
+        self.next = (self.next + 1) % self.ids.len();
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        id != 0 && self.ids.contains(&id)
+    }
 }
 
 /// A connection error: GOAWAY with this reason, then close.
@@ -220,6 +262,7 @@ struct Conn<I> {
     streams: HashMap<u32, Stream>,
     last_stream: u32,
     continuation: Option<Continuation>,
+    recent_resets: RecentResets,
     exchanges: FuturesUnordered<Abortable<Exchange>>,
     bodies: FuturesUnordered<Abortable<NextFrame>>,
     credits_tx: mpsc::UnboundedSender<Credit>,

@@ -329,6 +329,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             stream: head.stream,
             end_stream,
             block: BytesMut::from(&block[..]),
+            frames: 0,
         });
         Ok(())
     }
@@ -340,9 +341,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 "CONTINUATION without HEADERS",
             ));
         };
-        // A block may not grow without bound before it is decoded (CONTINUATION floods).
+        // A block may not grow without bound before it is decoded, nor take frames without
+        // end (CONTINUATION floods, empty frames included).
         if c.block.len() + payload.len() > self.max_header_size.max(16 * 1024) * 2 {
             return Err(ConnError(Reason::EnhanceYourCalm, "header block too large"));
+        }
+        c.frames += 1;
+        if c.frames > MAX_CONTINUATIONS {
+            return Err(ConnError(
+                Reason::EnhanceYourCalm,
+                "too many CONTINUATION frames",
+            ));
         }
         c.block.extend_from_slice(payload);
         if !head.has(frame::END_HEADERS) {
@@ -371,7 +380,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             ));
         }
         if id <= self.last_stream {
-            return self.on_trailers(id, end_stream, fields);
+            return self.on_later_headers(id, end_stream, fields);
         }
         self.last_stream = id;
         if !self.accepting {
@@ -379,7 +388,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Ok(());
         }
         if self.streams.len() >= MAX_STREAMS as usize {
-            frame::put_rst(&mut self.out, id, Reason::RefusedStream);
+            self.put_rst(id, Reason::RefusedStream);
             return Ok(());
         }
         let too_large = fields.too_large;
@@ -387,7 +396,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             Ok(head) => head,
             Err(why) => {
                 tracing::debug!(peer = %self.peer, stream = id, error = why, "malformed HTTP/2 request");
-                frame::put_rst(&mut self.out, id, Reason::ProtocolError);
+                self.put_rst(id, Reason::ProtocolError);
                 return self.count_reset();
             }
         };
@@ -417,7 +426,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             parked: None,
         };
         if end_stream && expected_len.is_some_and(|n| n > 0) {
-            frame::put_rst(&mut self.out, id, Reason::ProtocolError);
+            self.put_rst(id, Reason::ProtocolError);
             return self.count_reset();
         }
         let exchange = self.exchange(id, end_stream, fields, head, too_large, &mut stream);
@@ -479,14 +488,29 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         })
     }
 
-    pub(super) fn on_trailers(
+    /// HEADERS on a stream id already used: trailers of an open stream, a late frame of a
+    /// stream we reset (or one refused after our GOAWAY), else a reused or lower stream id,
+    /// a connection error (RFC 9113 5.1, 5.1.1).
+    pub(super) fn on_later_headers(
         &mut self,
         id: u32,
         end_stream: bool,
         fields: Fields,
     ) -> Result<(), ConnError> {
+        if self.streams.contains_key(&id) {
+            return self.on_trailers(id, end_stream, fields);
+        }
+        if self.recent_resets.contains(id) || !self.accepting {
+            return Ok(());
+        }
+        Err(ConnError(
+            Reason::ProtocolError,
+            "HEADERS on a closed or skipped stream id",
+        ))
+    }
+
+    fn on_trailers(&mut self, id: u32, end_stream: bool, fields: Fields) -> Result<(), ConnError> {
         let Some(stream) = self.streams.get_mut(&id) else {
-            // A stream reset or answered meanwhile.
             return Ok(());
         };
         let Some(sender) = stream.body.take() else {

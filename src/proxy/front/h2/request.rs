@@ -4,7 +4,7 @@
 use super::*;
 
 /// What a request is, besides its regular fields.
-pub(super) struct RequestHead {
+pub struct RequestHead {
     pub(super) method: Method,
     /// Origin form.
     pub(super) uri: Uri,
@@ -66,7 +66,7 @@ pub(super) static STATIC_NAMES: [HeaderName; 47] = [
 ];
 
 /// The fields of a request's header block, checked as they are decoded.
-pub(super) struct Fields {
+pub struct Fields {
     pub(super) method: Option<Bytes>,
     pub(super) scheme: Option<Bytes>,
     pub(super) authority: Option<Bytes>,
@@ -85,7 +85,8 @@ pub(super) struct Fields {
 }
 
 impl Fields {
-    pub(super) fn new(max_size: usize) -> Self {
+    /// No fields yet; at most `max_size` bytes of them are kept (RFC 9113 field sizes).
+    pub fn new(max_size: usize) -> Self {
         Self {
             method: None,
             scheme: None,
@@ -107,7 +108,8 @@ impl Fields {
         self.malformed.get_or_insert(why);
     }
 
-    pub(super) fn add(&mut self, name: Name, value: Bytes) {
+    /// One decoded field, checked (a malformed one marks the request malformed).
+    pub fn add(&mut self, name: Name, value: Bytes) {
         self.size += name.as_bytes().len() + value.len() + 32;
         if self.size > self.max_size {
             // Still decoded (the table must follow), no longer kept.
@@ -158,7 +160,8 @@ impl Fields {
                 .and_then(|s| s.parse().ok());
             match (n, self.content_length) {
                 (Some(n), None) => self.content_length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
+                // The same length again: the worker gets it once.
+                (Some(n), Some(m)) if n == m => return,
                 _ => return self.bad("invalid content-length"),
             }
         }
@@ -185,7 +188,7 @@ impl Fields {
     }
 
     /// The request's method, target, host and cookie, checked (RFC 9113, 8.3.1).
-    pub(super) fn head(&mut self) -> Result<RequestHead, &'static str> {
+    pub fn head(&mut self) -> Result<RequestHead, &'static str> {
         if let Some(why) = self.malformed {
             return Err(why);
         }
@@ -259,7 +262,8 @@ impl Fields {
         req
     }
 
-    pub(super) fn into_trailers(self) -> Option<HeaderMap> {
+    /// The fields as trailers; `None` when they cannot be (pseudo-headers, malformed).
+    pub fn into_trailers(self) -> Option<HeaderMap> {
         let pseudo = self.method.is_some()
             || self.scheme.is_some()
             || self.authority.is_some()

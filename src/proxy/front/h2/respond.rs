@@ -153,7 +153,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         };
         self.answered += 1;
         if stream.body.is_some() {
-            frame::put_rst(&mut self.out, id, Reason::NoError);
+            self.put_rst(id, Reason::NoError);
         }
         end_stream_state(stream);
         self.on_stream_removed();
@@ -162,7 +162,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     /// Resets a stream: RST_STREAM, its exchange or body stopped. Resets for the client's
     /// errors count toward [`RESET_ALLOWANCE`].
     pub(super) fn reset(&mut self, id: u32, reason: Reason) {
-        frame::put_rst(&mut self.out, id, reason);
+        self.put_rst(id, reason);
         if let Some(stream) = self.streams.remove(&id) {
             end_stream_state(stream);
             self.on_stream_removed();
@@ -172,6 +172,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 self.fail(e);
             }
         }
+    }
+
+    /// RST_STREAM for `id`, remembered for a while: what the client sent on it before it
+    /// saw the reset is ignored (RFC 9113 5.4.2).
+    pub(super) fn put_rst(&mut self, id: u32, reason: Reason) {
+        frame::put_rst(&mut self.out, id, reason);
+        self.recent_resets.note(id);
     }
 
     /// One more stream reset before its answer; too many end the connection.

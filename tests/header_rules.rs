@@ -1,0 +1,132 @@
+//! Which client headers reach a worker (issue 13): names with an underscore are dropped
+//! unless `--allow-underscore-headers`, and a request whose `Host` (or HTTP/2
+//! `:authority`) is missing, repeated or malformed is answered 400 with nothing forwarded.
+//! Every front is tried: the direct HTTP/1.1 path, hyper's path (bodyless and with a
+//! body), and HTTP/2 (h2c); the worker echoes the head it got.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{h2_request, raw_request, EchoWorker, Options, TestCluster};
+
+fn cluster(echo: &EchoWorker, extra: &[&str]) -> TestCluster {
+    let mut args = vec!["--upstream".to_string(), echo.addr.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestCluster::start(Options {
+        workers: 1,
+        args,
+        ..Default::default()
+    })
+}
+
+const UNDERSCORED: &[(&str, &str)] = &[
+    ("X_Forwarded_For", "6.6.6.6"),
+    ("X_Forwarded_Proto", "gopher"),
+    ("X_Forwarded_Host", "evil.example"),
+    ("X_Sticky", "forged"),
+    ("Transfer_Encoding", "chunked"),
+    ("Content_Length", "99"),
+    ("x-plain", "kept"),
+];
+
+/// Sends the underscored headers to `path` over every front; returns the heads the worker
+/// got for it, one per front.
+fn heads_over_every_front(c: &TestCluster, echo: &EchoWorker, tag: &str) -> Vec<String> {
+    let fields: String = UNDERSCORED
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    let direct =
+        format!("GET /{tag}-direct HTTP/1.1\r\nHost: x\r\n{fields}Connection: close\r\n\r\n");
+    let hyper_bodyless = format!(
+        "GET /{tag}-hyper HTTP/1.1\r\nHost: x\r\n{fields}Connection: close, x-other\r\n\r\n"
+    );
+    let hyper_upload = format!(
+        "POST /{tag}-upload HTTP/1.1\r\nHost: x\r\n{fields}Connection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+    for raw in [direct, hyper_bodyless, hyper_upload] {
+        let r = raw_request(c.proxy, raw.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{raw}: {}", r.text());
+    }
+    let (status, _, _) = h2_request(c.proxy, "GET", &format!("/{tag}-h2"), UNDERSCORED, b"");
+    assert_eq!(status, 200);
+    ["direct", "hyper", "upload", "h2"]
+        .iter()
+        .map(|front| {
+            let got = echo.received(&format!("/{tag}-{front}"));
+            assert_eq!(got.len(), 1, "{front}: {got:?}");
+            got[0].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn underscored_header_names_are_dropped_on_every_front() {
+    let echo = EchoWorker::start();
+    let c = cluster(&echo, &[]);
+    for head in heads_over_every_front(&c, &echo, "drop") {
+        let names: Vec<&str> = head
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n))
+            .collect();
+        assert!(!names.iter().any(|n| n.contains('_')), "{head}");
+        assert!(head.contains("x-plain: kept\r\n"), "{head}");
+        assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+    }
+}
+
+#[test]
+fn allow_underscore_headers_forwards_them() {
+    let echo = EchoWorker::start();
+    let c = cluster(&echo, &["--allow-underscore-headers"]);
+    for head in heads_over_every_front(&c, &echo, "keep") {
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("x_sticky: forged\r\n"), "{head}");
+        assert!(lower.contains("x_forwarded_for: 6.6.6.6\r\n"), "{head}");
+    }
+}
+
+/// RFC 9112 3.2 over HTTP/1.1, on the direct path's candidates and on hyper's path (a
+/// `Connection` token hands a request over): exactly 400, and the worker gets nothing.
+#[test]
+fn a_missing_repeated_or_malformed_host_is_a_400_and_nothing_is_forwarded() {
+    let echo = EchoWorker::start();
+    let c = cluster(&echo, &[]);
+    let cases = [
+        ("two", "Host: a\r\nHost: b\r\n"),
+        ("none", ""),
+        ("userinfo", "Host: u@evil.com x\r\n"),
+        ("empty", "Host: \r\n"),
+        ("conn", "Host: a\r\nConnection: host\r\n"),
+        ("badport", "Host: a:8o\r\n"),
+    ];
+    for (tag, fields) in cases {
+        for via in ["direct", "hyper"] {
+            let extra = if via == "hyper" {
+                "Connection: x-other\r\n"
+            } else {
+                ""
+            };
+            let raw = format!("GET /host-{tag}-{via} HTTP/1.1\r\n{fields}{extra}\r\n");
+            let r = raw_request(c.proxy, raw.as_bytes()).unwrap();
+            assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
+            assert_eq!(r.json()["error"], "bad_request", "{raw:?}");
+            assert!(r.text().contains("Host"), "{raw:?}: {}", r.text());
+        }
+    }
+    // Good hosts pass, on both paths; HTTP/1.0 may send none.
+    for (tag, host) in [("name", "example.com:8080"), ("v6", "[::1]:80")] {
+        for extra in ["", "Connection: x-other\r\n"] {
+            let raw = format!("GET /host-ok-{tag} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+            let r = raw_request(c.proxy, raw.as_bytes()).unwrap();
+            assert_eq!(r.status, 200, "{raw:?}: {}", r.text());
+        }
+    }
+    let r = raw_request(c.proxy, b"GET /host-ok-http10 HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heads = echo.heads.lock().unwrap().clone();
+    let leaked: Vec<&String> = heads.iter().filter(|h| !h.contains("/host-ok-")).collect();
+    assert!(leaked.is_empty(), "forwarded: {leaked:?}");
+    assert_eq!(heads.len(), 5, "{heads:?}");
+}
