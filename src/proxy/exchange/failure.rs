@@ -15,6 +15,14 @@ use crate::workers::WorkerId;
 /// fresh connection reaches a live worker).
 pub const MAX_SENDS: u8 = 3;
 
+/// True for the methods a proxy may send twice (RFC 9110 section 9.2.2).
+pub fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
+    )
+}
+
 /// Why a worker gave no usable answer.
 #[derive(Debug)]
 pub enum Failure {

@@ -219,14 +219,6 @@ impl Outbound for Outgoing<'_> {
         writer.finish(&self.conn.forwarded(proxy, route));
     }
 
-    fn repeatable(&self) -> bool {
-        self.head.method.is_idempotent()
-    }
-
-    fn is_head(&self) -> bool {
-        self.head.method == Method::HEAD
-    }
-
     fn request_line(&self) -> (&[u8], &[u8]) {
         let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
         (self.head.method.as_str().as_bytes(), target.as_bytes())
@@ -260,7 +252,9 @@ impl HyperExchange<'_> {
         let upgrade = self.client_upgrade.is_some();
         // A bodyless idempotent request (a sniffed handshake) may be sent again after its
         // connection broke: its head is copied before it is rewritten.
-        let repeatable = req.method().is_idempotent() && !upgrade && req.body().is_end_stream();
+        let repeatable = failure::idempotent(req.method().as_str().as_bytes())
+            && !upgrade
+            && req.body().is_end_stream();
         let copy = repeatable.then(|| copy_head(req.headers(), req.method(), req.uri()));
         let (mut head, body) = req.into_parts();
         // For the access log: kept only when it is on.

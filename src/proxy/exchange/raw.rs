@@ -24,12 +24,21 @@ use crate::workers::InFlight;
 pub trait Outbound {
     /// Writes the request for the worker of `route` into `w`, with the one request writer.
     fn write(&self, proxy: &Proxy, route: &Route, w: &mut Vec<u8>);
-    /// Idempotent and without a body: may be repeated after its connection broke.
-    fn repeatable(&self) -> bool;
-    /// A `HEAD` request: its response has no body.
-    fn is_head(&self) -> bool;
-    /// The method and request target, for the access log.
+    /// The method and request target.
     fn request_line(&self) -> (&[u8], &[u8]);
+    /// The request carries a body (the general path and the HTTP/2 direct exchange send
+    /// only bodyless requests this way).
+    fn has_body(&self) -> bool {
+        false
+    }
+    /// Idempotent and without a body: may be repeated after its connection broke.
+    fn repeatable(&self) -> bool {
+        !self.has_body() && failure::idempotent(self.request_line().0)
+    }
+    /// A `HEAD` request: its response has no body.
+    fn is_head(&self) -> bool {
+        self.request_line().0 == b"HEAD"
+    }
     /// Routes the request again after the worker of `failed` could not serve it
     /// ([`Proxy::reroute`] with the front's routing view).
     fn reroute(&mut self, proxy: &Proxy, failed: &Route) -> Option<Route>;

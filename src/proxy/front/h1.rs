@@ -272,7 +272,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             req: &self.req,
             view,
             forwarded_for: self.forwarded_for.as_bytes(),
-            is_head,
             io: &mut self.io,
             out: &mut self.out,
         };
@@ -444,7 +443,6 @@ struct Outgoing<'c, I> {
     req: &'c RequestHead,
     view: &'c http::request::Parts,
     forwarded_for: &'c [u8],
-    is_head: bool,
     /// The client, for interim answers.
     io: &'c mut I,
     out: &'c mut Vec<u8>,
@@ -484,12 +482,8 @@ impl<I: AsyncWrite + Unpin> Outbound for Outgoing<'_, I> {
         w.extend_from_slice(&msg[body..]);
     }
 
-    fn repeatable(&self) -> bool {
-        self.req.idempotent(self.msg) && self.req.content_length == 0
-    }
-
-    fn is_head(&self) -> bool {
-        self.is_head
+    fn has_body(&self) -> bool {
+        self.req.content_length > 0
     }
 
     fn request_line(&self) -> (&[u8], &[u8]) {

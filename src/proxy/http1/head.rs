@@ -153,14 +153,6 @@ impl RequestHead {
         }
         Parse::Complete(len)
     }
-
-    /// True for methods a proxy may send twice (RFC 9110 section 9.2.2).
-    pub fn idempotent(&self, buf: &[u8]) -> bool {
-        matches!(
-            &buf[self.method.clone()],
-            b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
-        )
-    }
 }
 
 /// How a response body is delimited.
@@ -532,7 +524,6 @@ mod tests {
             roles,
             [Role::Replaced, Role::Keep, Role::Replaced, Role::HopByHop]
         );
-        assert!(head.idempotent(raw.as_bytes()));
     }
 
     #[test]

@@ -136,14 +136,6 @@ impl Outbound for Outgoing {
         });
     }
 
-    fn repeatable(&self) -> bool {
-        self.head.method.is_idempotent()
-    }
-
-    fn is_head(&self) -> bool {
-        self.head.method == Method::HEAD
-    }
-
     fn request_line(&self) -> (&[u8], &[u8]) {
         let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
         (self.head.method.as_str().as_bytes(), target.as_bytes())
