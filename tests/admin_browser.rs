@@ -8,25 +8,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 const BROWSER_DEADLINE: Duration = Duration::from_secs(80);
-const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 
 #[test]
 fn the_dashboard_shows_the_workers_and_its_controls_work() {
-    let chromium =
-        std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from(DEFAULT_CHROMIUM), PathBuf::from);
-    assert!(
-        chromium.exists(),
-        "chromium is not installed ({} is missing): run `apt-get install -y chromium` \
-         (CI installs it)",
-        chromium.display()
-    );
-    let browser = npm_ci(&tests_dir().join("browser"));
     let mut port = free_ports(1);
     let admin = SocketAddr::from(([127, 0, 0, 1], port.first));
     port.release();
@@ -40,9 +30,8 @@ fn the_dashboard_shows_the_workers_and_its_controls_work() {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
     let screenshot = target.join("admin-dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
-    let tmp = scratch("admin-browser");
-    let run = NodeRun::run(
-        &browser,
+    let run = browser_run(
+        "admin-browser",
         "admin-browser.js",
         &[
             format!("http://{admin}"),
@@ -51,13 +40,7 @@ fn the_dashboard_shows_the_workers_and_its_controls_work() {
             screenshot.display().to_string(),
             BROWSER_DEADLINE.as_millis().to_string(),
         ],
-        &[
-            ("TMPDIR", &tmp),
-            ("XDG_CONFIG_HOME", &tmp),
-            ("XDG_CACHE_HOME", &tmp),
-            ("CHROMIUM", &chromium),
-        ],
-        BROWSER_DEADLINE + Duration::from_secs(10),
+        BROWSER_DEADLINE,
     );
     let s = run.summary(&cluster);
     assert!(

@@ -22,7 +22,6 @@ const WORKERS: usize = 2;
 /// The Node scripts' own deadline; the test stops them a little later if they hang anyway.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 const BROWSER_DEADLINE: Duration = Duration::from_secs(50);
-const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 
 /// The example's binary, next to the `sticky-cluster` binary cargo built for this test.
 fn example_bin() -> PathBuf {
@@ -300,37 +299,19 @@ fn socketio_needs_a_login_and_chat_crosses_workers() {
 
 #[test]
 fn a_browser_logs_in_and_chats_across_workers() {
-    let chromium =
-        std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from(DEFAULT_CHROMIUM), PathBuf::from);
-    assert!(
-        chromium.exists(),
-        "chromium is not installed ({} is missing): run `apt-get install -y chromium` \
-         (CI installs it)",
-        chromium.display()
-    );
-    let browser = common::npm_ci(&common::tests_dir().join("browser"));
     let c = chat_cluster();
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
     let screenshot = target.join("chat-browser.png");
     let _ = std::fs::remove_file(&screenshot);
-    // Playwright makes the browser's fresh --user-data-dir in TMPDIR; keep it (and
-    // chromium's caches) in a scratch directory.
-    let tmp = common::scratch("chat-browser");
-    let run = NodeRun::run(
-        &browser,
+    let run = common::browser_run(
+        "chat-browser",
         "chat-browser.js",
         &[
             c.url(),
             screenshot.display().to_string(),
             BROWSER_DEADLINE.as_millis().to_string(),
         ],
-        &[
-            ("TMPDIR", &tmp),
-            ("XDG_CONFIG_HOME", &tmp),
-            ("XDG_CACHE_HOME", &tmp),
-            ("CHROMIUM", &chromium),
-        ],
-        BROWSER_DEADLINE + Duration::from_secs(10),
+        BROWSER_DEADLINE,
     );
     let s = passed(&run, &c);
     let report = || run.report(&c);

@@ -140,6 +140,26 @@ fn client(
     seen
 }
 
+/// Two workers of `tests/node/worker.js` that run `gate` (a shell command) before starting
+/// once the returned marker file exists: a test creates it to make later (re)starts fail or
+/// slow, whatever wins any race. Every worker is up when this returns.
+fn gated_workers(tag: &str, gate: &str, args: &[&str]) -> (TestCluster, std::path::PathBuf) {
+    let marker = common::scratch(tag).join("marker");
+    let script = format!(
+        "if [ -e {} ]; then {gate}; fi; exec node {}",
+        marker.display(),
+        common::tests_dir().join("node/worker.js").display()
+    );
+    let c = TestCluster::start(Options {
+        workers: 2,
+        command: vec!["sh".into(), "-c".into(), script],
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    });
+    c.wait_log("2/2 up", Duration::from_secs(30));
+    (c, marker)
+}
+
 fn pid_of(c: &TestCluster, worker: u64) -> u32 {
     let mut pid = None;
     wait_until(
@@ -293,19 +313,7 @@ fn a_request_cut_by_a_rolling_restart_goes_again_to_the_replacement() {
 fn a_replacement_that_fails_to_start_stops_the_reload_and_keeps_the_old_worker() {
     // Workers listen on PORT; the replacement for worker 0 crashes at once (CRASH_WORKER is
     // read at start), and only the replacement sees the marker file.
-    let dir = common::scratch("reload-fail");
-    let marker = dir.join("break");
-    let script = format!(
-        "if [ -e {} ]; then exit 9; fi; exec node {}",
-        marker.display(),
-        common::tests_dir().join("node/worker.js").display()
-    );
-    let c = TestCluster::start(Options {
-        workers: 2,
-        command: vec!["sh".into(), "-c".into(), script],
-        ..Default::default()
-    });
-    c.wait_log("2/2 up", Duration::from_secs(30));
+    let (c, marker) = gated_workers("reload-fail", "exit 9", &[]);
     let old = pid_of(&c, 0);
     std::fs::write(&marker, "").unwrap();
     c.signal("HUP");
@@ -332,23 +340,8 @@ fn sigterm_lets_in_flight_requests_complete() {
 fn hold_waits_for_the_restarting_worker_instead_of_moving() {
     // Once the marker exists, a (re)started worker takes 1.5 s before it listens: the
     // request below is sent while its worker is surely down, whoever wins any race.
-    let dir = common::scratch("hold");
-    let marker = dir.join("slow-start");
-    let script = format!(
-        "if [ -e {} ]; then sleep 1.5; fi; exec node {}",
-        marker.display(),
-        common::tests_dir().join("node/worker.js").display()
-    );
-    let c = TestCluster::start(Options {
-        workers: 2,
-        command: vec!["sh".into(), "-c".into(), script],
-        args: ["--on-worker-down", "hold", "--hold-timeout", "10s"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Default::default()
-    });
-    c.wait_log("2/2 up", Duration::from_secs(30));
+    let args = ["--on-worker-down", "hold", "--hold-timeout", "10s"];
+    let (c, marker) = gated_workers("hold", "sleep 1.5", &args);
     let (first, json) = c.whoami(&[("Cookie", "connect.sid=held")]);
     let home = json["worker"].as_u64().unwrap();
     std::fs::write(&marker, "").unwrap();

@@ -326,6 +326,24 @@ fn start_seed(cwd: &Path) -> (Proc, u16) {
 /// Login, `/me` sticky, socket.io behind the seed's passport.socketio check (polling, then
 /// WebSocket), a worker killed with SIGKILL and respawned; SIGTERM to the master leaves no
 /// process.
+/// A Node script's run against the seed example, and the seed's logs, for a failed assertion.
+fn seed_report(run: &NodeRun, seed: &Proc) -> String {
+    format!(
+        "node {}: {}\n{}\n{}\n--- seed ---\n{}",
+        run.script,
+        run.status,
+        run.stdout,
+        run.stderr,
+        seed.logs()
+    )
+}
+
+/// The JSON summary a Node script prints as its last line.
+fn summary(run: &NodeRun, report: &dyn Fn() -> String) -> Value {
+    serde_json::from_str(run.stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", report()))
+}
+
 #[test]
 fn seed_example_runs_through_the_package() {
     let (mut seed, proxy) = start_seed(installed());
@@ -386,17 +404,8 @@ fn seed_clients_keep_their_sessions(seed: &Proc, proxy: u16) -> Value {
         &[],
         CLIENT_DEADLINE + Duration::from_secs(10),
     );
-    let report = || {
-        format!(
-            "node seed-clients.js: {}\n{}\n{}\n--- seed ---\n{}",
-            run.status,
-            run.stdout,
-            run.stderr,
-            seed.logs()
-        )
-    };
-    let s: Value = serde_json::from_str(run.stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", report()));
+    let report = || seed_report(&run, seed);
+    let s = summary(&run, &report);
     assert!(strings(&s["errors"]).is_empty(), "{}", report());
     assert_eq!(s["timedOut"], false, "{}", report());
     let list = s["users"].as_array().unwrap();
@@ -716,44 +725,20 @@ fn socketio_adapter_works_across_workers() {
 #[test]
 fn a_browser_polls_upgrades_and_stays_on_its_worker() {
     const DEADLINE: Duration = Duration::from_secs(45);
-    let chromium = std::env::var_os("CHROMIUM")
-        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(
-        chromium.exists(),
-        "chromium is not installed ({} is missing): run `apt-get install -y chromium` (CI installs it)",
-        chromium.display()
-    );
-    let browser = common::npm_ci(&common::tests_dir().join("browser"));
     let (seed, proxy) = start_seed(installed());
-    let tmp = scratch("seed-browser");
     let token = format!("browser-{}", std::process::id());
-    let run = NodeRun::run(
-        &browser,
+    let run = common::browser_run(
+        "seed-browser",
         "seed-browser.js",
         &[
             format!("https://127.0.0.1:{proxy}"),
             token.clone(),
             DEADLINE.as_millis().to_string(),
         ],
-        &[
-            ("TMPDIR", &tmp),
-            ("XDG_CONFIG_HOME", &tmp),
-            ("XDG_CACHE_HOME", &tmp),
-            ("CHROMIUM", &chromium),
-        ],
-        DEADLINE + Duration::from_secs(10),
+        DEADLINE,
     );
-    let report = || {
-        format!(
-            "node seed-browser.js: {}\n{}\n{}\n--- seed ---\n{}",
-            run.status,
-            run.stdout,
-            run.stderr,
-            seed.logs()
-        )
-    };
-    let s: Value = serde_json::from_str(run.stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no JSON summary ({e})\n{}", report()));
+    let report = || seed_report(&run, &seed);
+    let s = summary(&run, &report);
     assert!(strings(&s["errors"]).is_empty(), "{}", report());
     assert_eq!(s["login"]["status"], 200, "{}", report());
     assert_eq!(s["first"], "polling", "{}", report());

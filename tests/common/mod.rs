@@ -644,6 +644,41 @@ pub struct NodeRun {
     pub elapsed: Duration,
 }
 
+/// Debian's Chromium (`CHROMIUM` overrides), which must be installed (`.ci/run` does).
+pub fn chromium() -> PathBuf {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        chromium.exists(),
+        "chromium is not installed ({} is missing): run `apt-get install -y chromium` \
+         (CI installs it)",
+        chromium.display()
+    );
+    chromium
+}
+
+/// Runs the playwright-core script `script` of `tests/browser` with `args`, driving
+/// [`chromium`]; its profile and caches go to a scratch directory named after `tag`. The
+/// script's own deadline is its last argument; it is stopped 10 s after `deadline`.
+pub fn browser_run(tag: &str, script: &str, args: &[String], deadline: Duration) -> NodeRun {
+    let chromium = chromium();
+    let browser = npm_ci(&tests_dir().join("browser"));
+    let tmp = scratch(tag);
+    let env: [(&str, &Path); 4] = [
+        ("TMPDIR", &tmp),
+        ("XDG_CONFIG_HOME", &tmp),
+        ("XDG_CACHE_HOME", &tmp),
+        ("CHROMIUM", &chromium),
+    ];
+    NodeRun::run(
+        &browser,
+        script,
+        args,
+        &env,
+        deadline + Duration::from_secs(10),
+    )
+}
+
 impl NodeRun {
     /// Runs `node SCRIPT ARGS` in `dir` with `env`, stopped by PID past `deadline`.
     pub fn run(
