@@ -320,6 +320,22 @@ impl WorkerSet {
             .map_or(0, |s| s.restarts.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
+    /// The worker's stable name, the same on every proxy that reaches it: an upstream is
+    /// named by its address (`ip:port`), a spawned worker by its slot (`worker-N`). The
+    /// shared table and the affinity cookie name workers by it, never by slot index alone.
+    pub fn name(&self, id: WorkerId) -> Option<String> {
+        self.slot(id).map(|s| match s.kind {
+            SlotKind::Upstream => s.addr(0).to_string(),
+            SlotKind::Spawned => format!("worker-{id}"),
+        })
+    }
+
+    /// The slot whose [`name`](Self::name) is `name`, if any.
+    pub fn by_name(&self, name: &str) -> Option<WorkerId> {
+        self.ids()
+            .find(|&id| self.name(id).as_deref() == Some(name))
+    }
+
     /// Ids of all slots.
     pub fn ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
         (0..self.slots.len()).map(|i| i as WorkerId)
@@ -426,6 +442,23 @@ mod tests {
             }),
             [],
         )
+    }
+
+    #[test]
+    fn names_are_addresses_for_upstreams_and_slots_for_spawned_workers() {
+        let up = SocketAddr::from(([127, 0, 0, 1], 7001));
+        let w = WorkerSet::new(
+            [(
+                SocketAddr::from(([127, 0, 0, 1], 9000)),
+                SocketAddr::from(([127, 0, 0, 1], 9100)),
+            )],
+            [up],
+        );
+        assert_eq!(w.name(0).as_deref(), Some("worker-0"));
+        assert_eq!(w.name(1).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(w.by_name("127.0.0.1:7001"), Some(1));
+        assert_eq!(w.by_name("worker-0"), Some(0));
+        assert_eq!(w.by_name("127.0.0.1:7002"), None);
     }
 
     #[test]
