@@ -8,12 +8,13 @@ use clap::Parser;
 
 use crate::settings::{
     format_duration, FileSettings, KeySource, Settings, SettingsError, DEFAULT_AFFINITY_COOKIE,
-    DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_GRACE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT, DEFAULT_KILL_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT,
-    DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX,
-    DEFAULT_SESSION_TTL, DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
+    DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DRAIN_IDLE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_GRACE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT,
+    DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_ON_WORKER_DOWN,
+    DEFAULT_PROXY_PORT, DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE,
+    DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT,
+    DEFAULT_WS_IDLE_TIMEOUT,
 };
 
 /// A flag's help line ending in `[default: VALUE]`, the value taken from the code's
@@ -112,6 +113,13 @@ struct Args {
     hold_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long a replaced worker may finish requests and WebSockets in a reload", format_duration(DEFAULT_DRAIN_TIMEOUT)))]
     drain_timeout: Option<String>,
+    #[arg(
+        long,
+        help = "In a reload, the old process keeps serving the sessions pinned to it until they end (or are handed off); new sessions go to the replacement"
+    )]
+    drain_sessions: bool,
+    #[arg(long, value_name = "DURATION", help = with_default("With --drain-sessions: a session idle this long has ended (the old process stops when all have, or at --drain-timeout)", format_duration(DEFAULT_DRAIN_IDLE)))]
+    drain_idle: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("Upstream connect timeout", format_duration(DEFAULT_CONNECT_TIMEOUT)))]
     connect_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long a worker may take to send response headers", format_duration(DEFAULT_RESPONSE_TIMEOUT)))]
@@ -350,6 +358,8 @@ impl Args {
             on_worker_down: self.on_worker_down.map(|v| v.parse()).transpose()?,
             hold_timeout: self.hold_timeout,
             drain_timeout: self.drain_timeout,
+            drain_sessions: self.drain_sessions.then_some(true),
+            drain_idle: self.drain_idle,
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             header_timeout: self.header_timeout,

@@ -10,6 +10,9 @@
 //!   this worker (after login rotated the session id) or forget it (logout).
 //!
 //! - `{"type":"watch"}`: from now on, also send this connection the worker notices below.
+//! - Session hand-off (rolling restart with `--drain-sessions`, see the README's bus
+//!   section): `{"type":"handoff","key":K,"data":...}` and `{"type":"handoff-end"}` from the
+//!   retiring process, `{"type":"adopt","key":K}` from its replacement.
 //!
 //! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`, and, to connections
 //! that sent `watch`, `{"type":"worker","id":N,"state":"down"|"up"}` when another worker's
@@ -17,7 +20,9 @@
 //! socket.io adapter) forgets a dead peer at once.
 //!
 //! A worker is identified by the socket it connected to (the directory is 0700), never by
-//! what it claims. Lines over [`MAX_LINE`] or a run of garbage disconnect it; a flood is
+//! what it claims: each slot has one socket per address (`worker-N.sock` for address 0,
+//! `worker-N.1.sock` for address 1), so the old and the new process of a rolling restart
+//! are told apart. Lines over [`MAX_LINE`] or a run of garbage disconnect it; a flood is
 //! throttled to [`RATE_PER_SEC`] lines per second. Nothing a worker sends can stop the bus.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::routing::table::Pin;
 use crate::routing::Router;
 use crate::workers::{WorkerId, WorkerSet, WorkerState};
 
@@ -70,7 +76,16 @@ pub struct IpcError {
 #[derive(Debug)]
 pub struct Bus {
     dir: PathBuf,
-    outboxes: Vec<broadcast::Sender<Arc<str>>>,
+    /// Per slot, one outbox per address (the process running there).
+    outboxes: Vec<[broadcast::Sender<Arc<str>>; 2]>,
+    workers: Arc<WorkerSet>,
+}
+
+/// Which connection a line came from: a slot and the address its process runs on.
+#[derive(Debug, Clone, Copy)]
+struct Sender {
+    id: WorkerId,
+    index: usize,
 }
 
 impl Bus {
@@ -81,6 +96,7 @@ impl Bus {
     /// When the directory or a socket cannot be created.
     pub fn start(
         workers: usize,
+        set: Arc<WorkerSet>,
         router: Arc<Router>,
         inbox: mpsc::UnboundedSender<Incoming>,
         stop: CancellationToken,
@@ -89,46 +105,94 @@ impl Bus {
             path: std::env::temp_dir(),
             source,
         })?;
-        let outboxes: Vec<_> = (0..workers).map(|_| broadcast::channel(QUEUE).0).collect();
-        let bus = Arc::new(Self { dir, outboxes });
+        let outboxes: Vec<_> = (0..workers)
+            .map(|_| [broadcast::channel(QUEUE).0, broadcast::channel(QUEUE).0])
+            .collect();
+        let bus = Arc::new(Self {
+            dir,
+            outboxes,
+            workers: set,
+        });
         for id in 0..workers {
-            let path = bus.socket_path(id as WorkerId);
-            let listener = UnixListener::bind(&path).map_err(|source| IpcError {
-                path: path.clone(),
-                source,
-            })?;
-            tokio::spawn(accept_loop(
-                id as WorkerId,
-                listener,
-                bus.clone(),
-                router.clone(),
-                inbox.clone(),
-                stop.clone(),
-            ));
+            for index in 0..2 {
+                let from = Sender {
+                    id: id as WorkerId,
+                    index,
+                };
+                let path = bus.socket_path_at(from.id, index);
+                let listener = UnixListener::bind(&path).map_err(|source| IpcError {
+                    path: path.clone(),
+                    source,
+                })?;
+                tokio::spawn(accept_loop(
+                    from,
+                    listener,
+                    bus.clone(),
+                    router.clone(),
+                    inbox.clone(),
+                    stop.clone(),
+                ));
+            }
         }
         Ok(bus)
     }
 
-    /// The socket path of worker `id` (what its `STICKY_CLUSTER_IPC` holds).
+    /// The socket path of worker `id`'s address 0 (what its `STICKY_CLUSTER_IPC` holds).
     pub fn socket_path(&self, id: WorkerId) -> PathBuf {
-        self.dir.join(format!("worker-{id}.sock"))
+        self.socket_path_at(id, 0)
+    }
+
+    /// The socket path for the process on address `index` of worker `id`.
+    pub fn socket_path_at(&self, id: WorkerId, index: usize) -> PathBuf {
+        match index {
+            0 => self.dir.join(format!("worker-{id}.sock")),
+            _ => self.dir.join(format!("worker-{id}.1.sock")),
+        }
+    }
+
+    /// Queues `line` for both processes of slot `to` (old and new during a rolling restart).
+    fn to_slot(&self, to: usize, line: &Arc<str>) {
+        if let Some(outboxes) = self.outboxes.get(to) {
+            for outbox in outboxes {
+                let _ = outbox.send(line.clone());
+            }
+        }
+    }
+
+    /// Queues `line` for the process on address `index` of slot `to`; false when no
+    /// process is connected there.
+    fn to_process(&self, to: WorkerId, index: usize, line: String) -> bool {
+        self.outboxes
+            .get(usize::from(to))
+            .is_some_and(|o| o[index & 1].send(Arc::from(line)).is_ok())
+    }
+
+    /// True when the process on address `index` of worker `id` is connected to the bus.
+    pub fn connected(&self, id: WorkerId, index: usize) -> bool {
+        self.outboxes
+            .get(usize::from(id))
+            .is_some_and(|o| o[index & 1].receiver_count() > 0)
+    }
+
+    /// Tells the process on address `index` of worker `id` that it is retiring:
+    /// `{"type":"drain"}`. False when it is not connected to the bus.
+    pub fn drain(&self, id: WorkerId, index: usize) -> bool {
+        self.to_process(id, index, json!({"type": "drain"}).to_string())
     }
 
     /// Sends `data` to worker `to` (from the supervisor when `from` is `None`).
     pub fn send(&self, to: WorkerId, from: Option<WorkerId>, data: &Value) {
-        if let Some(outbox) = self.outboxes.get(usize::from(to)) {
-            let line = json!({"type": "message", "from": from, "data": data}).to_string();
-            let _ = outbox.send(Arc::from(line));
-        }
+        let line = json!({"type": "message", "from": from, "data": data}).to_string();
+        self.to_slot(usize::from(to), &Arc::from(line));
     }
 
     /// Sends `data` to every worker except `from`.
     pub fn broadcast(&self, from: Option<WorkerId>, data: &Value) {
         let line: Arc<str> =
             Arc::from(json!({"type": "message", "from": from, "data": data}).to_string());
-        for (id, outbox) in self.outboxes.iter().enumerate() {
+        for id in 0..self.outboxes.len() {
             if from != Some(id as WorkerId) {
-                let _ = outbox.send(line.clone());
+                self.to_slot(id, &line);
             }
         }
     }
@@ -141,9 +205,9 @@ impl Bus {
         let line: Arc<str> = Arc::from(format!(
             "{WORKER_NOTICE}\"id\":{id},\"state\":\"{state}\"}}"
         ));
-        for (other, outbox) in self.outboxes.iter().enumerate() {
+        for other in 0..self.outboxes.len() {
             if other != usize::from(id) {
-                let _ = outbox.send(line.clone());
+                self.to_slot(other, &line);
             }
         }
     }
@@ -201,7 +265,7 @@ fn private_dir() -> std::io::Result<PathBuf> {
 }
 
 async fn accept_loop(
-    id: WorkerId,
+    from: Sender,
     listener: UnixListener,
     bus: Arc<Bus>,
     router: Arc<Router>,
@@ -213,16 +277,16 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!(worker = id, error = %e, "bus accept failed");
+                    tracing::warn!(worker = from.id, error = %e, "bus accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = stop.cancelled() => return,
         };
-        let outbox = bus.outboxes[usize::from(id)].subscribe();
+        let outbox = bus.outboxes[usize::from(from.id)][from.index].subscribe();
         tokio::spawn(serve_worker(
-            id,
+            from,
             stream,
             outbox,
             bus.clone(),
@@ -234,7 +298,7 @@ async fn accept_loop(
 }
 
 async fn serve_worker(
-    id: WorkerId,
+    from: Sender,
     stream: UnixStream,
     mut outbox: broadcast::Receiver<Arc<str>>,
     bus: Arc<Bus>,
@@ -242,6 +306,7 @@ async fn serve_worker(
     inbox: mpsc::UnboundedSender<Incoming>,
     stop: CancellationToken,
 ) {
+    let id = from.id;
     let (read, mut write) = stream.into_split();
     let watch = Arc::new(AtomicBool::new(false));
     let watching = watch.clone();
@@ -290,7 +355,7 @@ async fn serve_worker(
             tracing::debug!(worker = id, "bus flood; throttling");
             tokio::time::sleep(wait).await;
         }
-        match handle_line(id, &line, &bus, &router, &inbox, &watch) {
+        match handle_line(from, &line, &bus, &router, &inbox, &watch) {
             Ok(()) => garbage = 0,
             Err(why) => {
                 garbage += 1;
@@ -336,7 +401,7 @@ async fn read_line_limited(
 }
 
 fn handle_line(
-    id: WorkerId,
+    from: Sender,
     line: &[u8],
     bus: &Bus,
     router: &Router,
@@ -350,6 +415,7 @@ fn handle_line(
     let msg: Value = serde_json::from_slice(trimmed).map_err(|_| "not JSON")?;
     let kind = msg.get("type").and_then(Value::as_str).ok_or("no type")?;
     let data = msg.get("data").cloned().unwrap_or(Value::Null);
+    let id = from.id;
     match kind {
         "message" => {
             tracing::debug!(worker = id, %data, "message from worker");
@@ -373,7 +439,7 @@ fn handle_line(
             if kind == "bind" {
                 router.learn_key(
                     key.as_bytes(),
-                    id,
+                    bus.pin_of(from),
                     router.table().now(),
                     crate::metrics::Learned::Bus,
                 );
@@ -383,9 +449,80 @@ fn handle_line(
             tracing::debug!(worker = id, kind, "session key {kind}");
         }
         "watch" => watch.store(true, Ordering::Relaxed),
+        "handoff" | "handoff-end" | "adopt" => {
+            return handoff::handle(from, kind, &msg, bus, router)
+        }
         _ => return Err("unknown type"),
     }
     Ok(())
+}
+
+impl Bus {
+    /// Where a key bound by the process behind `from` is pinned.
+    fn pin_of(&self, from: Sender) -> Pin {
+        Pin {
+            worker: from.id,
+            generation: self.workers.generation_at(from.id, from.index),
+        }
+    }
+}
+
+/// Session hand-off between the retiring process of a slot and its replacement.
+mod handoff {
+    use super::{json, Bus, Router, Sender, Value};
+
+    /// Handles `handoff`, `handoff-end` (from the retiring process) and `adopt` (from the
+    /// process on the active address).
+    pub(super) fn handle(
+        from: Sender,
+        kind: &str,
+        msg: &Value,
+        bus: &Bus,
+        router: &Router,
+    ) -> Result<(), &'static str> {
+        let id = from.id;
+        let retiring = bus.workers.retiring(id).map(|r| r.index);
+        let key = || {
+            msg.get("key")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty())
+                .ok_or("handoff/adopt need a \"key\" string")
+        };
+        match kind {
+            "handoff" if retiring == Some(from.index) => {
+                let key = key()?;
+                let data = msg.get("data").cloned().unwrap_or(Value::Null);
+                let line = json!({"type": "handoff", "key": key, "data": data, "from": id});
+                if bus.to_process(id, 1 - from.index, line.to_string()) {
+                    bus.workers.count_handoff(id);
+                } else {
+                    tracing::warn!(
+                        worker = id,
+                        "hand-off dropped: the replacement is not on the bus"
+                    );
+                }
+            }
+            "handoff-end" if retiring == Some(from.index) => {
+                bus.workers.set_handed_off(id);
+                tracing::info!(worker = id, "retiring worker handed off its sessions");
+            }
+            "adopt" if retiring.is_some_and(|r| r != from.index) => {
+                let key = key()?;
+                let now = router.table().now();
+                router.learn_key(
+                    key.as_bytes(),
+                    bus.pin_of(from),
+                    now,
+                    crate::metrics::Learned::Bus,
+                );
+                bus.workers.count_adopt(id);
+                let line = json!({"type": "adopted", "key": key});
+                bus.to_process(id, 1 - from.index, line.to_string());
+            }
+            _ => return Err("hand-off outside a session drain"),
+        }
+        Ok(())
+    }
 }
 
 struct TokenBucket {

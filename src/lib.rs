@@ -822,6 +822,7 @@ fn start_bus(
     let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
     let bus = ipc::Bus::start(
         settings.spawned_workers(),
+        workers.clone(),
         router,
         inbox_tx,
         stop_workers.clone(),
@@ -871,12 +872,17 @@ fn proxy_config(
     })
 }
 
-fn supervisor_config(settings: &Settings, launch: Launch, bus: &ipc::Bus) -> Arc<SupervisorConfig> {
+fn supervisor_config(
+    settings: &Settings,
+    launch: Launch,
+    bus: &Arc<ipc::Bus>,
+) -> Arc<SupervisorConfig> {
+    let env = |id: usize, index: usize| {
+        let path = bus.socket_path_at(id as WorkerId, index).into_os_string();
+        vec![(ipc::IPC_ENV.to_string(), path)]
+    };
     let worker_env = (0..settings.spawned_workers())
-        .map(|id| {
-            let path = bus.socket_path(id as WorkerId).into_os_string();
-            vec![(ipc::IPC_ENV.to_string(), path)]
-        })
+        .map(|id| [env(id, 0), env(id, 1)])
         .collect();
     Arc::new(SupervisorConfig {
         launch,
@@ -888,6 +894,9 @@ fn supervisor_config(settings: &Settings, launch: Launch, bus: &ipc::Bus) -> Arc
             .drain_timeout
             .min(std::time::Duration::from_secs(10)),
         worker_env,
+        drain_sessions: settings.drain_sessions,
+        drain_idle: settings.drain_idle,
+        bus: Some(bus.clone()),
     })
 }
 

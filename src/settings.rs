@@ -52,6 +52,8 @@ pub const DEFAULT_ON_WORKER_DOWN: WorkerDownPolicy = WorkerDownPolicy::Redispatc
 pub const DEFAULT_HOLD_QUEUE: usize = 1024;
 /// How long a replaced worker may finish its requests and WebSockets during a reload.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--drain-idle`: a session idle this long counts as ended during a session drain.
+pub const DEFAULT_DRAIN_IDLE: Duration = Duration::from_secs(180);
 /// Upstream TCP connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a worker may take to send response headers.
@@ -404,6 +406,10 @@ pub struct Settings {
     pub hold_timeout: Duration,
     /// How long a replaced worker may finish its requests during a reload.
     pub drain_timeout: Duration,
+    /// `--drain-sessions`: a replaced worker keeps serving its sessions until they end.
+    pub drain_sessions: bool,
+    /// `--drain-idle`: during a session drain, a session idle this long has ended.
+    pub drain_idle: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Upstream response-header timeout.
@@ -479,6 +485,8 @@ impl Default for Settings {
             on_worker_down: DEFAULT_ON_WORKER_DOWN,
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_sessions: false,
+            drain_idle: DEFAULT_DRAIN_IDLE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -738,6 +746,10 @@ pub struct FileSettings {
     pub hold_timeout: Option<String>,
     /// `--drain-timeout`.
     pub drain_timeout: Option<String>,
+    /// `--drain-sessions`.
+    pub drain_sessions: Option<bool>,
+    /// `--drain-idle`.
+    pub drain_idle: Option<String>,
     /// `--connect-timeout`.
     pub connect_timeout: Option<String>,
     /// `--response-timeout`.
@@ -859,6 +871,8 @@ impl FileSettings {
         set_duration(&mut s.health_timeout, "health-timeout", self.health_timeout)?;
         set_duration(&mut s.hold_timeout, "hold-timeout", self.hold_timeout)?;
         set_duration(&mut s.drain_timeout, "drain-timeout", self.drain_timeout)?;
+        set(&mut s.drain_sessions, self.drain_sessions);
+        set_duration(&mut s.drain_idle, "drain-idle", self.drain_idle)?;
         set_duration(
             &mut s.connect_timeout,
             "connect-timeout",

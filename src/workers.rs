@@ -79,6 +79,44 @@ pub struct Slot {
     in_flight: [AtomicUsize; 2],
     /// Cancelled to close the tunnels of one address at the end of a drain.
     tunnels: Mutex<[CancellationToken; 2]>,
+    /// Process generation on each address (wrapping): a replacement runs the next one.
+    generations: [AtomicU8; 2],
+    /// The old process of a rolling restart, still serving the sessions pinned to it
+    /// (`--drain-sessions`, hand-off) on the address that is not active.
+    retiring: Retiring,
+}
+
+/// The retiring (old) process of a slot during a session drain. Not the operator's
+/// `drained` flag, which keeps a running worker from getting new sessions.
+#[derive(Debug, Default)]
+struct Retiring {
+    on: AtomicBool,
+    pid: AtomicU32,
+    /// Milliseconds since the set's epoch of the last request or tunnel on its address.
+    active_ms: AtomicU64,
+    /// Sessions handed off to the replacement and not yet adopted.
+    unadopted: AtomicU32,
+    /// Sessions adopted by the replacement.
+    adopted: AtomicU32,
+    /// The old process said it handed off everything (`handoff-end`).
+    handed_off: AtomicBool,
+}
+
+/// A slot's retiring process, as the admin and the supervisor see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetiringView {
+    /// Its address index.
+    pub index: usize,
+    /// Its generation.
+    pub generation: u8,
+    /// Its pid (0: unknown).
+    pub pid: u32,
+    /// Sessions handed off and not yet adopted.
+    pub unadopted: u32,
+    /// Sessions adopted by the replacement.
+    pub adopted: u32,
+    /// It said it handed off everything.
+    pub handed_off: bool,
 }
 
 /// All worker slots. The set of slots is fixed for the life of the cluster; only their
@@ -88,6 +126,7 @@ pub struct WorkerSet {
     slots: Box<[Slot]>,
     next: AtomicUsize,
     changed: Notify,
+    epoch: std::time::Instant,
 }
 
 impl WorkerSet {
@@ -112,6 +151,8 @@ impl WorkerSet {
             drained: AtomicBool::new(false),
             in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
             tunnels: Mutex::new([CancellationToken::new(), CancellationToken::new()]),
+            generations: [AtomicU8::new(0), AtomicU8::new(0)],
+            retiring: Retiring::default(),
         };
         let slots = spawned
             .into_iter()
@@ -127,6 +168,7 @@ impl WorkerSet {
             slots,
             next: AtomicUsize::new(0),
             changed: Notify::new(),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -372,6 +414,144 @@ impl WorkerSet {
         self.changed.notified()
     }
 
+    /// The process generation new requests for `id` go to (that of its active address).
+    pub fn generation(&self, id: WorkerId) -> u8 {
+        self.active(id)
+            .map_or(0, |(i, _)| self.generation_at(id, i))
+    }
+
+    /// The process generation on address `index` of `id`.
+    pub fn generation_at(&self, id: WorkerId, index: usize) -> u8 {
+        self.slot(id)
+            .map_or(0, |s| s.generations[index & 1].load(Ordering::Acquire))
+    }
+
+    /// Records the generation of the process about to start on address `index` of `id`.
+    pub fn set_generation(&self, id: WorkerId, index: usize, generation: u8) {
+        if let Some(s) = self.slot(id) {
+            s.generations[index & 1].store(generation, Ordering::Release);
+        }
+    }
+
+    /// The address index that serves sessions pinned under `generation` of `id`: the
+    /// active one for its generation, the retiring one for the retiring generation while
+    /// it serves, `None` for a generation whose process is gone.
+    #[inline]
+    pub fn index_of(&self, id: WorkerId, generation: u8) -> Option<usize> {
+        let s = self.slot(id)?;
+        let active = usize::from(s.active.load(Ordering::Acquire) & 1);
+        if s.generations[active].load(Ordering::Acquire) == generation {
+            return Some(active);
+        }
+        let old = 1 - active;
+        (s.retiring.on.load(Ordering::Acquire)
+            && s.generations[old].load(Ordering::Acquire) == generation)
+            .then_some(old)
+    }
+
+    /// True when the retiring process of `id` serves sessions of `generation`.
+    #[inline]
+    pub fn retiring_serves(&self, id: WorkerId, generation: u8) -> bool {
+        self.index_of(id, generation)
+            .zip(self.active(id))
+            .is_some_and(|(i, (active, _))| i != active)
+    }
+
+    /// Marks the process on the address that is not active as retiring: it keeps serving
+    /// the sessions pinned to its generation.
+    pub fn begin_retiring(&self, id: WorkerId, pid: u32) {
+        if let Some(s) = self.slot(id) {
+            let r = &s.retiring;
+            r.pid.store(pid, Ordering::Relaxed);
+            r.unadopted.store(0, Ordering::Relaxed);
+            r.adopted.store(0, Ordering::Relaxed);
+            r.handed_off.store(false, Ordering::Relaxed);
+            r.active_ms.store(self.now_ms(), Ordering::Relaxed);
+            r.on.store(true, Ordering::Release);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The retiring process is gone: its sessions now go to the active process.
+    pub fn end_retiring(&self, id: WorkerId) {
+        if let Some(s) = self.slot(id) {
+            s.retiring.on.store(false, Ordering::Release);
+            s.retiring.pid.store(0, Ordering::Relaxed);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The retiring process of `id`, if one serves.
+    pub fn retiring(&self, id: WorkerId) -> Option<RetiringView> {
+        let s = self.slot(id)?;
+        let r = &s.retiring;
+        if !r.on.load(Ordering::Acquire) {
+            return None;
+        }
+        let index = 1 - usize::from(s.active.load(Ordering::Acquire) & 1);
+        Some(RetiringView {
+            index,
+            generation: s.generations[index].load(Ordering::Acquire),
+            pid: r.pid.load(Ordering::Relaxed),
+            unadopted: r.unadopted.load(Ordering::Relaxed),
+            adopted: r.adopted.load(Ordering::Relaxed),
+            handed_off: r.handed_off.load(Ordering::Relaxed),
+        })
+    }
+
+    /// How long the retiring process of `id` has had nothing to do (no request or tunnel
+    /// in flight, none started or ended since).
+    pub fn retiring_idle(&self, id: WorkerId) -> std::time::Duration {
+        let Some(s) = self.slot(id) else {
+            return std::time::Duration::MAX;
+        };
+        let index = 1 - usize::from(s.active.load(Ordering::Acquire) & 1);
+        if s.in_flight[index].load(Ordering::Acquire) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let last = s.retiring.active_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+
+    /// Counts one session handed off by the retiring process of `id`.
+    pub fn count_handoff(&self, id: WorkerId) {
+        if let Some(s) = self.slot(id) {
+            s.retiring.unadopted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one session adopted by the replacement of `id`.
+    pub fn count_adopt(&self, id: WorkerId) {
+        if let Some(s) = self.slot(id) {
+            let r = &s.retiring;
+            let _ = r
+                .unadopted
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            r.adopted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The retiring process of `id` handed off all its sessions.
+    pub fn set_handed_off(&self, id: WorkerId) {
+        if let Some(s) = self.slot(id) {
+            s.retiring.handed_off.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records activity on address `index` of `id` when a retiring process serves there.
+    #[inline]
+    fn note_activity(&self, s: &Slot, index: usize) {
+        if s.retiring.on.load(Ordering::Relaxed)
+            && usize::from(s.active.load(Ordering::Relaxed) & 1) != index & 1
+        {
+            s.retiring.active_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
     /// Requests and tunnels in flight on address `index` of `id`.
     pub fn in_flight(&self, id: WorkerId, index: usize) -> usize {
         self.slot(id)
@@ -415,6 +595,7 @@ impl InFlight {
     pub fn new(workers: Arc<WorkerSet>, id: WorkerId, index: usize) -> Self {
         if let Some(s) = workers.slot(id) {
             s.in_flight[index & 1].fetch_add(1, Ordering::AcqRel);
+            workers.note_activity(s, index);
         }
         Self { workers, id, index }
     }
@@ -424,6 +605,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(s) = self.workers.slot(self.id) {
             s.in_flight[self.index & 1].fetch_sub(1, Ordering::AcqRel);
+            self.workers.note_activity(s, self.index);
         }
     }
 }
@@ -520,6 +702,32 @@ mod tests {
         w.set_drained(1, false);
         assert_eq!(w.next_up(), Some(1));
         assert!(!w.set_drained(7, true), "no such slot");
+    }
+
+    #[test]
+    fn a_retiring_generation_keeps_its_address_until_it_ends() {
+        let w = Arc::new(set(1));
+        w.set_state(0, WorkerState::Up);
+        w.set_generation(0, 1, 1);
+        w.set_active(0, 1);
+        assert_eq!(w.index_of(0, 1), Some(1), "new generation: active address");
+        assert_eq!(w.index_of(0, 0), None, "old generation not retiring: gone");
+        w.begin_retiring(0, 42);
+        assert_eq!(w.index_of(0, 0), Some(0), "old generation: old address");
+        assert!(w.retiring_serves(0, 0) && !w.retiring_serves(0, 1));
+        let busy = InFlight::new(w.clone(), 0, 0);
+        assert_eq!(w.retiring_idle(0), std::time::Duration::ZERO);
+        drop(busy);
+        w.count_handoff(0);
+        w.count_handoff(0);
+        w.count_adopt(0);
+        let view = w
+            .retiring(0)
+            .map(|r| (r.index, r.pid, r.unadopted, r.adopted));
+        assert_eq!(view, Some((0, 42, 1, 1)));
+        w.end_retiring(0);
+        assert_eq!(w.index_of(0, 0), None);
+        assert_eq!(w.retiring(0), None);
     }
 
     #[test]

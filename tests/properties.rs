@@ -418,7 +418,7 @@ proptest! {
                             http::HeaderValue::from_str(&format!("connect.sid=s{k}; Path=/; HttpOnly"))
                                 .expect("ascii"),
                         );
-                        router.learn_from_response(&resp, w, now);
+                        router.learn_from_response(&resp, sticky_cluster::internal::routing::table::Pin::worker(w), now);
                         placed.insert(k, (w, now));
                     }
                 }

@@ -9,10 +9,11 @@ var express = require('express'),
 var app = express();
 
 var sessionFileStore = require('session-file-store')(session);
-global.sessionStore = new sessionFileStore({
+// ADDED: session hand-off on rolling restarts (sticky-cluster --drain-sessions); a no-op elsewhere.
+global.sessionStore = require('@sticky-cluster/node/session').handoff(new sessionFileStore({
     path : path.join(__dirname, '/sessions'),
     logFn: function () {}
-});    
+}), { secret: 'keyboard-cat' });
 app.use(express.urlencoded({ extended: false })); // FILLED
 require('./passport')(passport);
 // FIXED: the session middleware comes before passport.session(), which reads the session.

@@ -321,7 +321,7 @@ pub fn key_extraction(data: &[u8]) {
                     }
                 }
                 last = (!d.wait).then_some((now, d.worker));
-                router.learn_from_response(&response, d.worker, now);
+                router.learn_from_response(&response, d.pin(), now);
                 let _ = d.outcome.header_value();
                 if let Some(a) = router.affinity() {
                     let _ = a.set_cookie(d.worker);
@@ -331,7 +331,7 @@ pub fn key_extraction(data: &[u8]) {
         assert!(router.table().len() <= router.table().capacity());
     }
     if let Some(s) = &sid {
-        router.learn_key(s, 0, 31, sticky_cluster::internal::metrics::Learned::EngineIo);
+        router.learn_key(s, sticky_cluster::internal::routing::table::Pin::worker(0), 31, sticky_cluster::internal::metrics::Learned::EngineIo);
         router.forget_key(s);
     }
     let _ = router.table().sweep(1000);

@@ -238,6 +238,30 @@ fn workers(out: &mut String, admin: &Admin) {
             w.in_flight_total(id)
         );
     }
+    retiring(out, admin);
+}
+
+/// The retiring processes of session drains: their live sessions, labelled with the pid.
+fn retiring(out: &mut String, admin: &Admin) {
+    family(
+        out,
+        "sticky_cluster_worker_retiring_sessions",
+        "gauge",
+        "Sessions pinned to a worker's retiring (old) process and active within --drain-idle.",
+    );
+    for id in admin.workers.ids() {
+        let (Some(r), Some(live)) = (
+            admin.workers.retiring(id),
+            super::status::live_sessions(admin, id),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "sticky_cluster_worker_retiring_sessions{{worker=\"{id}\",pid=\"{}\"}} {live}",
+            r.pid
+        );
+    }
 }
 
 fn connections(out: &mut String) {

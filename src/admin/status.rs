@@ -32,6 +32,7 @@ pub fn status(admin: &Admin) -> Value {
                 "replacements": w.replacements(id),
                 "started_at": w.started_at(id),
                 "last_exit": w.last_exit(id),
+                "retiring": retiring(admin, id),
                 "requests": sum(|c| c.codes.iter().map(|n| n.load(Ordering::Relaxed)).sum()),
                 "errors": sum(|c| c.errors.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>()
                     + c.codes[4].load(Ordering::Relaxed)),
@@ -56,12 +57,45 @@ pub fn status(admin: &Admin) -> Value {
             "on_worker_down": s.on_worker_down.to_string(),
             "websocket": s.websocket,
             "respawn": s.respawn,
+            "drain_sessions": s.drain_sessions,
+            "drain_idle_seconds": s.drain_idle.as_secs_f64(),
             "max_connections": s.max_connections,
             "threads": s.threads,
         },
         "sessions": admin.table.len(),
         "workers": workers,
     })
+}
+
+/// The retiring (old) process of a session drain on slot `id`, or null.
+fn retiring(admin: &Admin, id: crate::workers::WorkerId) -> Value {
+    let Some(r) = admin.workers.retiring(id) else {
+        return Value::Null;
+    };
+    json!({
+        "pid": r.pid,
+        "generation": r.generation,
+        "address": admin.workers.addrs(id).map(|a| a[r.index].to_string()),
+        "live_sessions": live_sessions(admin, id).unwrap_or(0),
+        "in_flight": admin.workers.in_flight(id, r.index),
+        "handed_off": r.handed_off,
+        "unadopted": r.unadopted,
+        "adopted": r.adopted,
+    })
+}
+
+/// Sessions pinned to the retiring process of `id` and active within `--drain-idle`.
+pub fn live_sessions(admin: &Admin, id: crate::workers::WorkerId) -> Option<usize> {
+    let r = admin.workers.retiring(id)?;
+    let table = &admin.table;
+    let since = std::time::Instant::now()
+        .checked_sub(admin.settings.drain_idle)
+        .map_or(0, |at| table.tick_at(at));
+    let pin = crate::routing::table::Pin {
+        worker: id,
+        generation: r.generation,
+    };
+    Some(table.count_live(pin, since))
 }
 
 /// A state's name in `/status`.

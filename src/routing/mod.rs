@@ -20,7 +20,7 @@ use crate::metrics::Learned;
 use crate::settings::{KeySource, Settings};
 use crate::workers::{WorkerId, WorkerSet};
 use affinity::Affinity;
-use table::{StickyTable, Tick};
+use table::{Pin, StickyTable, Tick};
 
 /// How the chosen worker relates to the client's earlier requests; forwarded to the app
 /// as `X-Sticky` so it knows when to rebuild session state.
@@ -68,6 +68,19 @@ pub struct Decision {
     /// `worker` is not up: wait for it to come back (`--on-worker-down hold`) before
     /// sending, and route again (without holding) if it does not come back in time.
     pub wait: bool,
+    /// The worker's process generation that serves the request: the active one, or the
+    /// retiring one for a session pinned to it during a session drain.
+    pub generation: u8,
+}
+
+impl Decision {
+    /// Where keys learned from this request's response are pinned.
+    pub fn pin(&self) -> Pin {
+        Pin {
+            worker: self.worker,
+            generation: self.generation,
+        }
+    }
 }
 
 /// A custom session-key function (seed: `session.hash` as a function), consulted before the
@@ -82,6 +95,8 @@ pub struct Router {
     learn_cookies: Vec<String>,
     table: Arc<StickyTable>,
     affinity: Option<Affinity>,
+    /// `--drain-sessions`: a session whose process generation is gone is told it moved.
+    drain_sessions: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -115,6 +130,7 @@ impl Router {
             learn_cookies,
             table,
             affinity: affinity.filter(|_| sticky),
+            drain_sessions: settings.drain_sessions,
         }
     }
 
@@ -156,6 +172,7 @@ impl Router {
                 outcome: Outcome::New,
                 set_affinity: false,
                 wait: false,
+                generation: workers.generation(worker),
             });
         }
         let hash = match key::engineio_sid(uri) {
@@ -176,14 +193,22 @@ impl Router {
             .and_then(|a| key::cookie(headers, a.name()).and_then(|v| a.verify(v)));
         let mut pinned_elsewhere = false;
         if let Some(h) = hash {
-            if let Some(w) = self.table.get(h, now) {
+            if let Some(pin) = self.table.get_pin(h, now) {
+                let w = pin.worker;
+                if workers.retiring_serves(w, pin.generation) {
+                    let d = self.decided(w, Outcome::Kept, cookie_worker, workers);
+                    return Some(Decision {
+                        generation: pin.generation,
+                        ..d
+                    });
+                }
                 if workers.is_up(w) {
-                    return Some(self.decided(w, Outcome::Kept, cookie_worker));
+                    return Some(self.kept(h, pin, cookie_worker, workers, now));
                 }
                 if hold {
                     return Some(Decision {
                         wait: true,
-                        ..self.decided(w, Outcome::Kept, cookie_worker)
+                        ..self.decided(w, Outcome::Kept, cookie_worker, workers)
                     });
                 }
                 pinned_elsewhere = true;
@@ -192,7 +217,7 @@ impl Router {
         if let Some(w) = cookie_worker.filter(|&w| hold && !workers.is_up(w)) {
             return Some(Decision {
                 wait: true,
-                ..self.decided(w, Outcome::Kept, cookie_worker)
+                ..self.decided(w, Outcome::Kept, cookie_worker, workers)
             });
         }
         let (worker, outcome) = match cookie_worker {
@@ -214,10 +239,36 @@ impl Router {
                 (w, outcome)
             }
         };
+        let d = self.decided(worker, outcome, cookie_worker, workers);
         if let Some(h) = hash {
-            self.table.insert(h, worker, now);
+            self.table.insert_pin(h, d.pin(), now);
         }
-        Some(self.decided(worker, outcome, cookie_worker))
+        Some(d)
+    }
+
+    /// A key pinned to a worker that is up: kept on its process generation, or, when that
+    /// process is gone (replaced), re-pinned to the current one; with `--drain-sessions`
+    /// the client is then told it moved (the process that held its session is gone).
+    fn kept(
+        &self,
+        hash: table::KeyHash,
+        pin: Pin,
+        cookie: Option<WorkerId>,
+        workers: &WorkerSet,
+        now: Tick,
+    ) -> Decision {
+        let d = self.decided(pin.worker, Outcome::Kept, cookie, workers);
+        if d.generation == pin.generation {
+            return d;
+        }
+        self.table.insert_pin(hash, d.pin(), now);
+        if self.drain_sessions {
+            return Decision {
+                outcome: Outcome::Moved,
+                ..d
+            };
+        }
+        d
     }
 
     /// Routes a request again after the worker of `failed` could not serve it (and was
@@ -242,36 +293,43 @@ impl Router {
         Some(Decision { outcome, ..d })
     }
 
-    fn decided(&self, worker: WorkerId, outcome: Outcome, cookie: Option<WorkerId>) -> Decision {
+    fn decided(
+        &self,
+        worker: WorkerId,
+        outcome: Outcome,
+        cookie: Option<WorkerId>,
+        workers: &WorkerSet,
+    ) -> Decision {
         Decision {
             worker,
             outcome,
             set_affinity: self.affinity.is_some() && cookie != Some(worker),
             wait: false,
+            generation: workers.generation(worker),
         }
     }
 
     /// Learns from a worker's response: every session cookie it sets is remembered on it,
     /// so the very next request carrying that cookie lands on the worker that made it.
-    pub fn learn_from_response(&self, headers: &HeaderMap, worker: WorkerId, now: Tick) {
+    pub fn learn_from_response(&self, headers: &HeaderMap, pin: Pin, now: Tick) {
         if !self.sticky || self.learn_cookies.is_empty() {
             return;
         }
         for value in headers.get_all(SET_COOKIE) {
-            self.learn_set_cookie(value.as_bytes(), worker, now);
+            self.learn_set_cookie(value.as_bytes(), pin, now);
         }
     }
 
     /// Learns from one `Set-Cookie` value of a worker's response (see
     /// [`Router::learn_from_response`]).
-    pub fn learn_set_cookie(&self, value: &[u8], worker: WorkerId, now: Tick) {
+    pub fn learn_set_cookie(&self, value: &[u8], pin: Pin, now: Tick) {
         if !self.sticky {
             return;
         }
         for name in &self.learn_cookies {
             if let Some(v) = key::set_cookie_value(value, name) {
                 crate::metrics::learned(crate::metrics::Learned::SetCookie);
-                self.table.insert(self.table.hash(v), worker, now);
+                self.table.insert_pin(self.table.hash(v), pin, now);
             }
         }
     }
@@ -290,10 +348,10 @@ impl Router {
     }
 
     /// Remembers a key found elsewhere (an engine.io handshake reply, a worker's `bind`).
-    pub fn learn_key(&self, key: &[u8], worker: WorkerId, now: Tick, from: Learned) {
+    pub fn learn_key(&self, key: &[u8], pin: Pin, now: Tick, from: Learned) {
         if self.sticky {
             crate::metrics::learned(from);
-            self.table.insert(self.table.hash(key), worker, now);
+            self.table.insert_pin(self.table.hash(key), pin, now);
         }
     }
 
@@ -391,7 +449,7 @@ mod tests {
             SET_COOKIE,
             HeaderValue::from_static("connect.sid=s%3Anew; Path=/; HttpOnly"),
         );
-        r.learn_from_response(&resp, 2, 0);
+        r.learn_from_response(&resp, Pin::worker(2), 0);
         for t in 0..8 {
             let d = r
                 .route(&req(Some("connect.sid=s%3Anew")), PEER, &w, t, false)
@@ -447,7 +505,7 @@ mod tests {
     #[test]
     fn table_beats_affinity_cookie() {
         let (r, w) = setup(4, |_| {});
-        r.learn_key(b"k", 1, 0, Learned::Bus);
+        r.learn_key(b"k", Pin::worker(1), 0, Learned::Bus);
         let token = r
             .affinity()
             .expect("on")
@@ -462,7 +520,7 @@ mod tests {
     #[test]
     fn rule5_down_worker_is_never_chosen_and_its_keys_move_once() {
         let (r, w) = setup(3, |_| {});
-        r.learn_key(b"k", 1, 0, Learned::Bus);
+        r.learn_key(b"k", Pin::worker(1), 0, Learned::Bus);
         w.set_state(1, WorkerState::Down);
         let h = req(Some("connect.sid=k"));
         let moved = r.route(&h, PEER, &w, 1, false).expect("a worker");
@@ -484,7 +542,7 @@ mod tests {
     #[test]
     fn hold_waits_for_the_pinned_worker_instead_of_moving() {
         let (r, w) = setup(2, |_| {});
-        r.learn_key(b"k", 1, 0, Learned::Bus);
+        r.learn_key(b"k", Pin::worker(1), 0, Learned::Bus);
         w.set_state(1, WorkerState::Starting);
         let h = req(Some("connect.sid=k"));
         let held = r.route(&h, PEER, &w, 1, true).expect("a decision");

@@ -36,6 +36,29 @@ struct Node {
     next: u32,
     last: Tick,
     worker: WorkerId,
+    /// The worker's process generation the key was pinned under (fits the padding: the
+    /// node stays 24 bytes).
+    generation: u8,
+}
+
+/// Where a key is pinned: a worker slot and the generation of its process (a rolling
+/// restart starts the next generation; see [`crate::workers::WorkerSet::generation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    /// The worker slot.
+    pub worker: WorkerId,
+    /// Its process generation (wrapping).
+    pub generation: u8,
+}
+
+impl Pin {
+    /// A pin to `worker` under generation 0 (tables that never see a rolling restart).
+    pub fn worker(worker: WorkerId) -> Self {
+        Self {
+            worker,
+            generation: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -115,9 +138,11 @@ impl Shard {
         self.maybe_compact();
     }
 
-    fn insert(&mut self, hash: KeyHash, worker: WorkerId, now: Tick) {
+    fn insert(&mut self, hash: KeyHash, pin: Pin, now: Tick) {
         if let Some(i) = self.find(hash) {
-            self.nodes[i as usize].worker = worker;
+            let node = &mut self.nodes[i as usize];
+            node.worker = pin.worker;
+            node.generation = pin.generation;
             self.touch(i, now);
             return;
         }
@@ -130,7 +155,8 @@ impl Shard {
             prev: NIL,
             next: NIL,
             last: now,
-            worker,
+            worker: pin.worker,
+            generation: pin.generation,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -262,6 +288,11 @@ impl StickyTable {
     /// The worker remembered for `hash`, touching the entry (the TTL slides). An expired
     /// entry is removed and reads as absent.
     pub fn get(&self, hash: KeyHash, now: Tick) -> Option<WorkerId> {
+        self.get_pin(hash, now).map(|p| p.worker)
+    }
+
+    /// Like [`get`](Self::get), with the generation the key was pinned under.
+    pub fn get_pin(&self, hash: KeyHash, now: Tick) -> Option<Pin> {
         let mut shard = self.shard(hash);
         let i = shard.find(hash)?;
         if now.saturating_sub(shard.nodes[i as usize].last) >= self.ttl {
@@ -269,12 +300,21 @@ impl StickyTable {
             return None;
         }
         shard.touch(i, now);
-        Some(shard.nodes[i as usize].worker)
+        let node = &shard.nodes[i as usize];
+        Some(Pin {
+            worker: node.worker,
+            generation: node.generation,
+        })
     }
 
     /// Remembers `hash -> worker`, evicting the least recently used key of the shard when it
     /// is full, and dropping a few expired ones on the way.
     pub fn insert(&self, hash: KeyHash, worker: WorkerId, now: Tick) {
+        self.insert_pin(hash, Pin::worker(worker), now);
+    }
+
+    /// Remembers `hash -> pin` (see [`insert`](Self::insert)).
+    pub fn insert_pin(&self, hash: KeyHash, pin: Pin, now: Tick) {
         let mut shard = self.shard(hash);
         // Amortized cleanup: expiry costs O(1) per insert even with no sweeper running.
         for _ in 0..2 {
@@ -284,7 +324,7 @@ impl StickyTable {
             }
             shard.remove_at(tail);
         }
-        shard.insert(hash, worker, now);
+        shard.insert(hash, pin, now);
     }
 
     /// The worker remembered for `hash`, without touching the entry (the admin's look-up).
@@ -310,6 +350,29 @@ impl StickyTable {
             }
         }
         counts
+    }
+
+    /// Keys pinned to `pin` and used at `since` or later: the live sessions of one process
+    /// generation. Walks every shard under its lock: for the admin listener, not the request
+    /// path.
+    pub fn count_live(&self, pin: Pin, since: Tick) -> usize {
+        let mut count = 0;
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            // The list runs from the most recent use: stop at the first older entry.
+            let mut i = shard.head;
+            while i != NIL {
+                let node = &shard.nodes[i as usize];
+                if node.last < since {
+                    break;
+                }
+                if node.worker == pin.worker && node.generation == pin.generation {
+                    count += 1;
+                }
+                i = node.next;
+            }
+        }
+        count
     }
 
     /// Forgets `hash`; returns the worker it was bound to.
@@ -421,6 +484,29 @@ mod tests {
         assert_eq!(t.peek(t.hash(b"z"), 5), None);
         assert_eq!(t.peek(t.hash(b"a"), 10), None, "expired");
         assert_eq!(t.count_by_worker(3), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn pins_carry_their_generation_without_growing_the_node() {
+        assert_eq!(std::mem::size_of::<Node>(), 24);
+        let t = table(100, 10);
+        let (a, b) = (t.hash(b"a"), t.hash(b"b"));
+        let old = Pin {
+            worker: 1,
+            generation: 4,
+        };
+        let new = Pin {
+            worker: 1,
+            generation: 5,
+        };
+        t.insert_pin(a, old, 0);
+        t.insert_pin(b, new, 3);
+        assert_eq!(t.get_pin(a, 2), Some(old));
+        assert_eq!(t.count_live(old, 2), 1, "a was used at 2");
+        assert_eq!(t.count_live(old, 4), 0, "a was not used since 4");
+        assert_eq!(t.count_live(new, 0), 1);
+        t.insert_pin(a, new, 5);
+        assert_eq!(t.get_pin(a, 6), Some(new), "re-pinned (adopted)");
     }
 
     #[test]

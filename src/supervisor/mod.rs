@@ -8,7 +8,12 @@
 //! connections, point new requests at it, let the old process finish its requests and
 //! WebSockets (bounded by the drain time; tunnels still open then are closed with jittered
 //! delays), then stop the old process and hold its address as the next spare.
+//!
+//! With `--drain-sessions` the old process retires instead (see [`retire`]): it keeps
+//! serving the sessions pinned to its generation, may hand them off over the bus, and is
+//! stopped once they have ended, were adopted, or at the drain time.
 
+pub mod retire;
 pub mod spare;
 pub mod worker;
 
@@ -49,8 +54,15 @@ pub struct SupervisorConfig {
     pub drain_timeout: Duration,
     /// Upper bound of the jittered close of a replaced worker's WebSockets.
     pub close_jitter: Duration,
-    /// Extra environment per worker slot (the message bus socket, say).
-    pub worker_env: Vec<Vec<(String, std::ffi::OsString)>>,
+    /// Extra environment per worker slot and address (the message bus socket, say).
+    pub worker_env: Vec<[Vec<(String, std::ffi::OsString)>; 2]>,
+    /// `--drain-sessions`: a replaced process retires (keeps its sessions) instead of
+    /// draining its in-flight requests only.
+    pub drain_sessions: bool,
+    /// `--drain-idle`: a retiring process whose sessions were all idle this long stops.
+    pub drain_idle: Duration,
+    /// The bus, to tell a retiring process to hand its sessions off.
+    pub bus: Option<Arc<crate::ipc::Bus>>,
 }
 
 /// How the first start of a slot went.
@@ -132,6 +144,7 @@ impl Supervisor {
                 replace: rx,
                 reported: false,
                 spare: Some(spare),
+                retiring: None,
             };
             tasks.spawn(slot.run());
         }
@@ -179,6 +192,8 @@ struct SlotTask {
     /// Holds the address that is not active free for the next replacement; `None` while a
     /// process runs there, or when it could not be held.
     spare: Option<Spare>,
+    /// The retiring process of a session drain, if one runs.
+    retiring: Option<retire::Handle>,
 }
 
 enum Exit {
@@ -209,7 +224,10 @@ impl SlotTask {
             self.workers.set_state(id, WorkerState::Down);
             self.workers.set_pid(id, 0);
             let failure = match outcome {
-                Exit::Stopped => return,
+                Exit::Stopped => {
+                    self.finish_retiring().await;
+                    return;
+                }
                 Exit::Failed(e) => e,
             };
             if !self.reported {
@@ -240,7 +258,10 @@ impl SlotTask {
             loop {
                 tokio::select! {
                     _ = &mut sleep => break,
-                    _ = self.stop.cancelled() => return,
+                    _ = self.stop.cancelled() => {
+                        self.finish_retiring().await;
+                        return;
+                    }
                     Some(r) = self.replace.recv() => {
                         let _ = r.done.send(Err(format!("worker {id} is down (restarting in {delay:?})")));
                     }
@@ -259,7 +280,7 @@ impl SlotTask {
             .config
             .worker_env
             .get(usize::from(id))
-            .map_or(&[][..], Vec::as_slice);
+            .map_or(&[][..], |env| env[index & 1].as_slice());
         let mut child = self.config.launch.spawn(id, addr.port(), env)?;
         let port = addr.port();
         tokio::select! {
@@ -346,7 +367,12 @@ impl SlotTask {
             return Err("no such worker".into());
         };
         let new_index = 1 - old_index;
+        // A session drain still running (a second SIGHUP) ends first: its address is the
+        // one the replacement needs.
+        self.finish_retiring().await;
         self.free_spare(new_index);
+        let generation = self.workers.generation_at(id, old_index).wrapping_add(1);
+        self.workers.set_generation(id, new_index, generation);
         let mut replacement = match self.start_process(new_index).await {
             Ok(c) => c,
             Err(e) => {
@@ -359,6 +385,20 @@ impl SlotTask {
         self.workers.set_pid(id, new_pid);
         self.workers.set_active(id, new_index);
         let new_port = self.workers.addr(id).map_or(0, |a| a.port());
+        if self.config.drain_sessions {
+            tracing::info!(
+                worker = id,
+                old_pid,
+                new_pid,
+                port = new_port,
+                generation,
+                "replacement ready; the old worker retires and keeps serving its sessions"
+            );
+            std::mem::swap(child, &mut replacement);
+            self.retiring = Some(self.retire(replacement, old_index, old_pid));
+            self.workers.count_replacement(id);
+            return Ok(new_pid);
+        }
         tracing::info!(
             worker = id,
             old_pid,
@@ -379,6 +419,28 @@ impl SlotTask {
         self.hold_spare(old_index);
         self.workers.count_replacement(id);
         Ok(new_pid)
+    }
+
+    /// Starts retiring the old process `child` on address `index`.
+    fn retire(&self, child: Child, index: usize, pid: u32) -> retire::Handle {
+        self.workers.begin_retiring(self.id, pid);
+        retire::Retire {
+            id: self.id,
+            index,
+            pid,
+            config: self.config.clone(),
+            workers: self.workers.clone(),
+            stop: self.stop.clone(),
+        }
+        .spawn(child)
+    }
+
+    /// Ends the session drain of this slot, if one runs, and waits until its old process
+    /// stopped.
+    async fn finish_retiring(&mut self) {
+        if let Some(handle) = self.retiring.take() {
+            handle.finish().await;
+        }
     }
 
     /// Frees spare address `index` for the replacement about to start there. When it was
@@ -435,7 +497,7 @@ impl SlotTask {
 }
 
 /// Polls `done` every 20 ms until it holds (true), `timeout` passes or `stop` fires (false).
-async fn wait_until(
+pub(crate) async fn wait_until(
     workers: &WorkerSet,
     timeout: Duration,
     stop: &CancellationToken,

@@ -18,6 +18,12 @@ interface Bus extends EventEmitter {
   bind(key: string): void;
   /** Forgets session key `key`. */
   unbind(key: string): void;
+  /** Session hand-off, retiring side: hands session `key` and its `data` to the replacement. */
+  handoff(key: string, data: unknown): void;
+  /** Session hand-off, retiring side: every session was handed off. */
+  handoffEnd(): void;
+  /** Session hand-off, replacement side: session `key` is stored here now; re-pin it. */
+  adopt(key: string): void;
   /** Connects now (sending or listening connects too). */
   connect(): void;
   /** Closes the connection for good. */
@@ -27,6 +33,12 @@ interface Bus extends EventEmitter {
   /** Another worker's process exited (`down`) or came (back) up. */
   on(event: 'worker', listener: (change: { id: number; state: 'up' | 'down' }) => void): this;
   on(event: 'connect' | 'disconnect', listener: () => void): this;
+  /** This process is retiring (rolling restart with --drain-sessions): hand sessions off. */
+  on(event: 'drain', listener: () => void): this;
+  /** A session handed off by the retiring process of this slot; `from` is the slot. */
+  on(event: 'handoff', listener: (key: string, data: any, from: number) => void): this;
+  /** The replacement adopted session `key`: this (retiring) process may forget it. */
+  on(event: 'adopted', listener: (key: string) => void): this;
 }
 }
 

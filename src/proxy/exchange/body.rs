@@ -14,28 +14,28 @@ use crate::proxy::io::BoxError;
 use crate::proxy::upstream::client::RawBody;
 use crate::proxy::upstream::pool::{Lease, Pool};
 use crate::routing::Router;
-use crate::workers::{InFlight, WorkerId};
+use crate::workers::InFlight;
 
 /// Reads the engine.io session id out of the first frame of a polling handshake reply
 /// (`0{"sid":"...",...}` for EIO 4, `96:0{"sid":...}` for EIO 3) and teaches it to the router.
 #[derive(Debug)]
 pub struct SidSniffer {
     router: Arc<Router>,
-    worker: WorkerId,
+    pin: crate::routing::table::Pin,
 }
 
 impl SidSniffer {
     /// A sniffer that binds the sid it finds to `worker`.
-    pub fn new(router: Arc<Router>, worker: WorkerId) -> Self {
-        Self { router, worker }
+    pub fn new(router: Arc<Router>, pin: crate::routing::table::Pin) -> Self {
+        Self { router, pin }
     }
 
     fn inspect(&self, chunk: &[u8]) {
         if let Some(sid) = handshake_sid(chunk) {
             let now = self.router.table().now();
             self.router
-                .learn_key(sid, self.worker, now, crate::metrics::Learned::EngineIo);
-            tracing::debug!(worker = self.worker, sid = %String::from_utf8_lossy(sid), "learned engine.io sid");
+                .learn_key(sid, self.pin, now, crate::metrics::Learned::EngineIo);
+            tracing::debug!(worker = self.pin.worker, sid = %String::from_utf8_lossy(sid), "learned engine.io sid");
         }
     }
 }

@@ -5,6 +5,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use super::Proxy;
+use crate::routing::table::Pin;
 use crate::routing::Decision;
 use crate::workers::WorkerId;
 
@@ -88,15 +89,15 @@ impl Proxy {
     /// Learns from one `Set-Cookie` value of `worker`'s response: a session cookie it set is
     /// remembered on it.
     #[inline]
-    pub fn learn_set_cookie(&self, value: &[u8], worker: WorkerId) {
+    pub fn learn_set_cookie(&self, value: &[u8], pin: Pin) {
         let now = self.router.table().now();
-        self.router.learn_set_cookie(value, worker, now);
+        self.router.learn_set_cookie(value, pin, now);
     }
 
     /// Learns from every `Set-Cookie` of a response head held as a header map.
-    pub fn learn_response(&self, headers: &HeaderMap, worker: WorkerId) {
+    pub fn learn_response(&self, headers: &HeaderMap, pin: Pin) {
         let now = self.router.table().now();
-        self.router.learn_from_response(headers, worker, now);
+        self.router.learn_from_response(headers, pin, now);
     }
 }
 

@@ -370,7 +370,7 @@ impl HyperExchange<'_> {
             // Once a connection switches protocols its bytes are no longer HTTP/1.
             self.conn.framing.stop();
         }
-        proxy.learn_response(resp.headers(), worker);
+        proxy.learn_response(resp.headers(), route.decision.pin());
         proxy.decorations(&route.decision).apply(resp.headers_mut());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = self.client_upgrade.take() {
@@ -388,7 +388,7 @@ impl HyperExchange<'_> {
         }
         strip_hop_by_hop(resp.headers_mut());
         let sniffer = (self.sniff && resp.status() == StatusCode::OK)
-            .then(|| SidSniffer::new(proxy.router.clone(), worker));
+            .then(|| SidSniffer::new(proxy.router.clone(), route.decision.pin()));
         resp.map(|body| ProxyBody::upstream(body, sniffer, in_flight, giveback))
     }
 }

@@ -67,7 +67,7 @@ impl Reply<'_> {
     /// it set are remembered on it. Every front calls this once per answer.
     pub fn learn(&self, proxy: &Proxy, head: &ResponseHead) {
         for value in head.set_cookies(&self.up.rbuf[..self.head_len]) {
-            proxy.learn_set_cookie(value, self.route.worker());
+            proxy.learn_set_cookie(value, self.route.decision.pin());
         }
     }
 }

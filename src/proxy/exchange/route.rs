@@ -104,7 +104,12 @@ impl Proxy {
 
     #[inline]
     fn located(&self, view: &Parts, decision: Decision, client: IpAddr) -> Option<Route> {
-        let (index, _) = self.workers.active(decision.worker)?;
+        let (active, _) = self.workers.active(decision.worker)?;
+        // A session pinned to the retiring process of a session drain goes to its address.
+        let index = self
+            .workers
+            .index_of(decision.worker, decision.generation)
+            .unwrap_or(active);
         if self.debug {
             tracing::debug!(worker = decision.worker, outcome = ?decision.outcome, uri = %view.uri, "route");
         }

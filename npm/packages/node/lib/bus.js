@@ -63,6 +63,21 @@ class Bus extends EventEmitter {
     this.write({ type: 'unbind', key: String(key) });
   }
 
+  /** Session hand-off, retiring side: hands session `key` and its `data` to the replacement. */
+  handoff(key, data) {
+    this.write({ type: 'handoff', key: String(key), data });
+  }
+
+  /** Session hand-off, retiring side: every session was handed off. */
+  handoffEnd() {
+    this.write({ type: 'handoff-end' });
+  }
+
+  /** Session hand-off, replacement side: session `key` is stored here now; re-pin it. */
+  adopt(key) {
+    this.write({ type: 'adopt', key: String(key) });
+  }
+
   /** Closes the connection for good. */
   close() {
     this.closed = true;
@@ -139,6 +154,9 @@ class Bus extends EventEmitter {
       }
       if (msg.type === 'message') this.emit('message', msg.data, msg.from);
       else if (msg.type === 'worker') this.emit('worker', { id: msg.id, state: msg.state });
+      else if (msg.type === 'drain') this.emit('drain');
+      else if (msg.type === 'handoff') this.emit('handoff', msg.key, msg.data, msg.from);
+      else if (msg.type === 'adopted') this.emit('adopted', msg.key);
     }
   }
 }
@@ -146,7 +164,8 @@ class Bus extends EventEmitter {
 // Listening for messages or worker events connects.
 function autoConnect(bus) {
   bus.on('newListener', (event) => {
-    if ((event === 'message' || event === 'worker') && bus.available) process.nextTick(() => bus.connect());
+    const listens = ['message', 'worker', 'drain', 'handoff', 'adopted'].includes(event);
+    if (listens && bus.available) process.nextTick(() => bus.connect());
     if (event === 'worker' && bus.connected && bus.socket.writable) bus.socket.write(WATCH);
   });
   return bus;

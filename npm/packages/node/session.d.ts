@@ -1,0 +1,24 @@
+import type { Store } from 'express-session';
+import type bus = require('./bus');
+
+declare namespace session {
+  interface HandoffOptions {
+    /** The session middleware's secret: sessions are handed off under their signed cookie value. */
+    secret?: string | string[];
+    /** The proxy's session key for a session id, instead of the signed cookie value. */
+    key?: (sid: string) => string;
+    /** The bus to use (default: this worker's). */
+    bus?: bus.Bus;
+  }
+  /**
+   * Session hand-off on rolling restarts (--drain-sessions): a retiring process hands every
+   * session of `store` to its replacement, which stores and adopts them. Returns `store`.
+   */
+  function handoff<S extends Store>(store: S, options?: HandoffOptions): S;
+  /** express-session's cookie value for session id `sid` signed with `secret`. */
+  function signedCookie(sid: string, secret: string): string;
+  /** Longest bus line in bytes; a larger session is not handed off. */
+  const MAX_LINE: number;
+}
+
+export = session;

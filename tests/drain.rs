@@ -1,0 +1,224 @@
+//! Rolling restarts that log nobody out (issue 18): the seed's session stack (express,
+//! express-session's MemoryStore, passport; `tests/node/session-app.js`) behind the real
+//! binary, users logged in before a SIGHUP, a bounded load of their requests during the roll,
+//! and what they see afterwards in each of the three modes:
+//! - today's (no flag): the replacement has an empty store: logged out;
+//! - `--drain-sessions`: the old process keeps serving them while they stay active, and
+//!   stops once they were idle for `--drain-idle`;
+//! - hand-off (`--drain-sessions` + the `@sticky-cluster/node/session` wrapper): their
+//!   sessions move to the replacement and the old process exits at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Options, TestCluster};
+use serde_json::Value;
+
+const WORKERS: usize = 2;
+const USERS: usize = 6;
+/// The load during a roll: at most this many requests, for at most this long.
+const LOAD_MAX: usize = 3000;
+const LOAD_TIME: Duration = Duration::from_secs(40);
+
+/// The cluster of session-app workers with `args`, store wrapped for hand-off when `handoff`.
+fn cluster(args: &[&str], handoff: bool) -> TestCluster {
+    let seed = common::npm_ci(&common::tests_dir().join("../examples/seed"));
+    let script = common::tests_dir().join("node/session-app.js");
+    let c = TestCluster::start(Options {
+        workers: WORKERS,
+        command: vec!["node".into(), script.display().to_string()],
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![
+            (
+                "NODE_PATH".into(),
+                seed.join("node_modules").display().to_string(),
+            ),
+            ("HANDOFF".into(), if handoff { "1" } else { "0" }.into()),
+        ],
+        ..Default::default()
+    });
+    c.wait_log(&format!("{WORKERS}/{WORKERS} up"), Duration::from_secs(30));
+    c
+}
+
+/// A logged-in user: the cookie to send and the pid that logged them in.
+#[derive(Debug, Clone)]
+struct User {
+    cookie: String,
+    pid: u64,
+}
+
+fn log_in(c: &TestCluster, name: &str) -> User {
+    let body = format!("username={name}&password=x");
+    let r = c.request(
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "login of {name}: {}\n{}", r.text(), c.logs());
+    let cookie = r.cookie_header();
+    assert!(cookie.contains("connect.sid="), "{cookie}");
+    let me = me(c, &cookie);
+    assert_eq!(me.0, 200, "{name} is logged in: {}", me.1);
+    User {
+        cookie,
+        pid: me.1["pid"].as_u64().unwrap(),
+    }
+}
+
+/// GET /me: status and body.
+fn me(c: &TestCluster, cookie: &str) -> (u16, Value) {
+    let r = c.get("/me", &[("Cookie", cookie)]);
+    (r.status, r.json())
+}
+
+/// Requests of every user in turn until stopped (bounded in count and time); returns the
+/// failures: transport errors and every status other than 200.
+fn load(c: &TestCluster, users: &[User], stop: Arc<AtomicBool>) -> JoinHandle<Vec<String>> {
+    let proxy = c.proxy;
+    let users = users.to_vec();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut failures = Vec::new();
+        for i in 0..LOAD_MAX {
+            if stop.load(Ordering::Relaxed) || started.elapsed() > LOAD_TIME {
+                break;
+            }
+            let u = &users[i % users.len()];
+            match common::request(proxy, "GET", "/me", &[("Cookie", &u.cookie)], b"") {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => failures.push(format!("{} {}", r.status, r.text())),
+                Err(e) => failures.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        failures
+    })
+}
+
+fn log_in_all(c: &TestCluster) -> Vec<User> {
+    let users: Vec<User> = (0..USERS).map(|i| log_in(c, &format!("user{i}"))).collect();
+    let mut pids: Vec<u64> = users.iter().map(|u| u.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), WORKERS, "users spread over both workers");
+    users
+}
+
+/// Waits until the old process of every worker stopped.
+fn wait_old_stopped(c: &TestCluster, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while c.count_log("retiring worker stopped") < WORKERS {
+        assert!(
+            Instant::now() < deadline,
+            "old processes still run\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    common::alive(pid as u32)
+}
+
+#[test]
+fn handoff_keeps_users_logged_in_and_the_old_processes_exit_at_once() {
+    let c = cluster(&["--drain-sessions", "--drain-timeout", "60s"], true);
+    let users = log_in_all(&c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(&c, &users, stop.clone());
+    let rolled = Instant::now();
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    wait_old_stopped(&c, Duration::from_secs(30));
+    let took = rolled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let failures = loader.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", c.logs());
+    assert_eq!(c.count_log("reason=HandedOff"), WORKERS, "{}", c.logs());
+    assert!(
+        took < Duration::from_secs(20),
+        "old processes exit once their sessions are adopted, not at the drain time ({took:?})"
+    );
+    for u in &users {
+        assert!(!alive(u.pid), "old process {} is gone", u.pid);
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 200, "still logged in on the replacement: {body}");
+        assert_ne!(body["pid"].as_u64(), Some(u.pid), "{body}");
+        assert_eq!(
+            body["sticky"], "kept",
+            "adopted sessions are re-pinned: {body}"
+        );
+    }
+}
+
+#[test]
+fn drain_sessions_keeps_active_users_on_the_old_process_until_idle() {
+    let c = cluster(
+        &[
+            "--drain-sessions",
+            "--drain-idle",
+            "2s",
+            "--drain-timeout",
+            "60s",
+        ],
+        false,
+    );
+    let users = log_in_all(&c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(&c, &users, stop.clone());
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    // Active for longer than --drain-idle after the roll: still served by the old processes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.count_log("retiring worker stopped"), 0, "{}", c.logs());
+    for u in &users {
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 200, "logged in while active: {body}");
+        assert_eq!(
+            body["pid"].as_u64(),
+            Some(u.pid),
+            "served by its old process: {body}"
+        );
+    }
+    let newcomer = log_in(&c, "newcomer");
+    assert!(
+        users.iter().all(|u| u.pid != newcomer.pid),
+        "new sessions go to the replacements"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let failures = loader.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", c.logs());
+    // Idle now: the old processes stop after --drain-idle.
+    wait_old_stopped(&c, Duration::from_secs(15));
+    assert_eq!(c.count_log("reason=Idle"), WORKERS, "{}", c.logs());
+    for u in &users {
+        assert!(!alive(u.pid), "old process {} is gone", u.pid);
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 401, "its session ended with its process: {body}");
+        assert_eq!(body["sticky"], "moved", "the app is told: {body}");
+    }
+}
+
+#[test]
+fn without_drain_sessions_a_roll_logs_everyone_out() {
+    let c = cluster(&[], true);
+    let users = log_in_all(&c);
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    for u in &users {
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(
+            status, 401,
+            "today's roll: a fresh process, an empty store: {body}"
+        );
+        assert_ne!(body["pid"].as_u64(), Some(u.pid), "{body}");
+    }
+}
