@@ -222,3 +222,108 @@ fn without_drain_sessions_a_roll_logs_everyone_out() {
         assert_ne!(body["pid"].as_u64(), Some(u.pid), "{body}");
     }
 }
+
+/// `(old_pid, new_pid)` of every replacement logged so far.
+fn replacements(c: &TestCluster) -> Vec<(u64, u64)> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let rest = line.split(&format!(" {name}=")).nth(1)?;
+        rest.split(' ').next()?.parse().ok()
+    };
+    c.stderr()
+        .lines()
+        .filter(|l| l.contains("the old worker retires"))
+        .filter_map(|l| Some((field(l, "old_pid")?, field(l, "new_pid")?)))
+        .collect()
+}
+
+#[test]
+fn crashes_during_a_drain_move_only_what_they_must_and_sigterm_stops_both_generations() {
+    let mut c = cluster(
+        &[
+            "--drain-sessions",
+            "--drain-idle",
+            "60s",
+            "--drain-timeout",
+            "60s",
+        ],
+        false,
+    );
+    let users = log_in_all(&c);
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    let pairs = replacements(&c);
+    assert_eq!(pairs.len(), WORKERS, "{}", c.logs());
+    // The new process of the first slot crashes: it is restarted, and the old one keeps
+    // serving its sessions meanwhile.
+    let (old_a, new_a) = pairs[0];
+    common::kill("KILL", new_a as u32);
+    c.wait_log("worker back up", Duration::from_secs(20));
+    for u in users.iter().filter(|u| u.pid == old_a) {
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 200, "the old process still serves: {body}");
+        assert_eq!(body["pid"].as_u64(), Some(old_a), "{body}");
+    }
+    // The old process of the second slot crashes: its sessions move to the replacement.
+    let (old_b, new_b) = pairs[1];
+    common::kill("KILL", old_b as u32);
+    c.wait_log("retiring worker died", Duration::from_secs(10));
+    for u in users.iter().filter(|u| u.pid == old_b) {
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 401, "the session died with its process: {body}");
+        assert_eq!(body["pid"].as_u64(), Some(new_b), "{body}");
+        assert_eq!(body["sticky"], "moved", "{body}");
+    }
+    // SIGTERM during the drain stops both generations and exits 0.
+    let running: Vec<u32> = replacements(&c)
+        .iter()
+        .flat_map(|&(o, n)| [o as u32, n as u32])
+        .filter(|&p| common::alive(p))
+        .collect();
+    assert!(running.contains(&(old_a as u32)), "{running:?}");
+    c.signal("TERM");
+    let status = c.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", c.logs());
+    for p in running {
+        assert!(!common::alive(p), "pid {p} stopped\n{}", c.logs());
+    }
+}
+
+#[test]
+fn a_second_sighup_ends_the_running_drain_before_replacing_again() {
+    let c = cluster(
+        &[
+            "--drain-sessions",
+            "--drain-idle",
+            "60s",
+            "--drain-timeout",
+            "60s",
+        ],
+        false,
+    );
+    let users = log_in_all(&c);
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    let first = replacements(&c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(&c, &users, stop.clone());
+    c.signal("HUP");
+    common::wait_until("second roll", Duration::from_secs(30), || {
+        c.count_log("rolling restart done") == 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    let failures = loader.join().unwrap();
+    // The first generation's sessions lose their process: they are logged out (moved),
+    // but no request fails.
+    let transport: Vec<_> = failures.iter().filter(|f| !f.starts_with("401")).collect();
+    assert!(transport.is_empty(), "{transport:?}\n{}", c.logs());
+    assert_eq!(c.count_log("reason=Hurried"), WORKERS, "{}", c.logs());
+    for (old, _) in first {
+        assert!(!common::alive(old as u32), "first generation {old} stopped");
+    }
+    let second = replacements(&c);
+    assert_eq!(second.len(), 2 * WORKERS);
+    for &(old, new) in &second[WORKERS..] {
+        assert!(common::alive(old as u32), "second generation {old} retires");
+        assert!(common::alive(new as u32), "third generation {new} serves");
+    }
+}

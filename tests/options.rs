@@ -281,6 +281,7 @@ fn help_shows_the_defaults_of_the_code() {
         ("--health-timeout", DEFAULT_HEALTH_TIMEOUT),
         ("--hold-timeout", DEFAULT_HOLD_TIMEOUT),
         ("--drain-timeout", DEFAULT_DRAIN_TIMEOUT),
+        ("--drain-idle", DEFAULT_DRAIN_IDLE),
         ("--connect-timeout", DEFAULT_CONNECT_TIMEOUT),
         ("--response-timeout", DEFAULT_RESPONSE_TIMEOUT),
         ("--header-timeout", DEFAULT_HEADER_TIMEOUT),
@@ -322,5 +323,5 @@ fn help_shows_the_defaults_of_the_code() {
         assert_eq!(shown[flag], want, "{flag}");
     }
     // Every default shown is checked above: a new flag with a default needs a line here.
-    assert_eq!(shown.len(), 13 + 6 + 11, "{shown:#?}");
+    assert_eq!(shown.len(), 14 + 6 + 11, "{shown:#?}");
 }
