@@ -24,7 +24,10 @@
 //!   cookie, so the proxy pins it to this worker) and answers `303 See Other` to `/chat`.
 //! - `GET /chat`: the chat page, naming the user and the worker that served it; `303` to `/`
 //!   without a logged-in session.
-//! - `GET /me`: `{"user":...,"worker":...}` with a logged-in session, `401` without.
+//! - `GET /me`: `{"user":...,"worker":...,"pid":...}` with a logged-in session, `401` without.
+//!
+//! Sessions survive rolling restarts (`kill -HUP`) with `--drain-sessions`: the store is a
+//! [`HandoffStore`], so a retiring worker process hands its sessions to its replacement.
 //! - `POST /logout`: ends the session, `303` to `/`.
 //! - socket.io on `/socket.io/`, namespace `/`: a connection whose `connect.sid` cookie names
 //!   no logged-in session is refused (`connect_error`). A client emits `chat` with
@@ -46,6 +49,7 @@ use serde_json::json;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
+use sticky_cluster::sessions::HandoffStore;
 use sticky_cluster::{Cluster, Error, Worker, WorkerBus, WorkerId};
 use tower_sessions::cookie::time::Duration as CookieDuration;
 use tower_sessions::cookie::SameSite;
@@ -119,14 +123,18 @@ fn init_logging() {
 #[derive(Clone)]
 struct App {
     worker: WorkerId,
-    store: MemoryStore,
+    store: HandoffStore<MemoryStore>,
     io: SocketIo,
     bus: Option<WorkerBus>,
 }
 
 /// The worker: one axum server with sessions and socket.io, relaying the bus to its sockets.
 async fn serve(worker: Worker, port: u16) -> std::io::Result<()> {
-    let store = MemoryStore::default();
+    // Hands its sessions to the next process of this worker on a rolling restart.
+    let store = HandoffStore::new(MemoryStore::default());
+    if let Some(bus) = worker.bus() {
+        tokio::spawn(store.clone().run(bus.clone()));
+    }
     let sessions = SessionManagerLayer::new(store.clone())
         .with_name(SESSION_COOKIE)
         .with_secure(false)
@@ -303,7 +311,7 @@ async fn me(State(app): State<App>, session: Session) -> Response {
     match current_user(&session).await {
         Some(user) => (
             [(header::CACHE_CONTROL, "no-store")],
-            Json(json!({"user": user, "worker": app.worker})),
+            Json(json!({"user": user, "worker": app.worker, "pid": std::process::id()})),
         )
             .into_response(),
         None => (

@@ -604,11 +604,48 @@ fn spawn_listener(command: &str) -> Option<(tokio::process::Child, tokio::proces
     }
 }
 
+/// A session hand-off line for this worker (see the README's bus section).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandoffEvent {
+    /// This process is retiring: hand its sessions off.
+    Drain,
+    /// A session handed off by the retiring process of this slot.
+    Handoff {
+        /// The session key the proxy pins.
+        key: String,
+        /// The session, as the retiring process sent it.
+        data: Value,
+    },
+    /// The replacement adopted `key`: this retiring process may forget it.
+    Adopted {
+        /// The session key.
+        key: String,
+    },
+}
+
+impl HandoffEvent {
+    fn parse(msg: &Value) -> Option<Self> {
+        let key = || msg.get("key").and_then(Value::as_str).map(str::to_string);
+        match msg.get("type").and_then(Value::as_str)? {
+            "drain" => Some(Self::Drain),
+            "handoff" => Some(Self::Handoff {
+                key: key()?,
+                data: msg.get("data").cloned().unwrap_or(Value::Null),
+            }),
+            "adopted" => Some(Self::Adopted { key: key()? }),
+            _ => None,
+        }
+    }
+}
+
+type Shared<T> = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<T>>>;
+
 /// A worker's end of the bus (library mode).
 #[derive(Debug, Clone)]
 pub struct WorkerBus {
     out: mpsc::UnboundedSender<String>,
-    incoming: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>>,
+    incoming: Shared<Incoming>,
+    handoffs: Shared<HandoffEvent>,
 }
 
 impl WorkerBus {
@@ -628,12 +665,17 @@ impl WorkerBus {
             }
         });
         let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let Ok(msg) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
+                if let Some(event) = HandoffEvent::parse(&msg) {
+                    let _ = handoff_tx.send(event);
+                    continue;
+                }
                 if msg.get("type").and_then(Value::as_str) != Some("message") {
                     continue;
                 }
@@ -652,6 +694,7 @@ impl WorkerBus {
         Ok(Self {
             out,
             incoming: Arc::new(tokio::sync::Mutex::new(in_rx)),
+            handoffs: Arc::new(tokio::sync::Mutex::new(handoff_rx)),
         })
     }
 
@@ -682,6 +725,26 @@ impl WorkerBus {
     /// Forgets session key `key`.
     pub fn unbind(&self, key: &str) {
         self.push(json!({"type": "unbind", "key": key}));
+    }
+
+    /// Session hand-off, retiring side: hands session `key` and its `data` over.
+    pub fn handoff(&self, key: &str, data: Value) {
+        self.push(json!({"type": "handoff", "key": key, "data": data}));
+    }
+
+    /// Session hand-off, retiring side: every session was handed off.
+    pub fn handoff_end(&self) {
+        self.push(json!({"type": "handoff-end"}));
+    }
+
+    /// Session hand-off, replacement side: session `key` is stored here now; re-pin it.
+    pub fn adopt(&self, key: &str) {
+        self.push(json!({"type": "adopt", "key": key}));
+    }
+
+    /// The next session hand-off line for this worker; `None` once the bus closed.
+    pub async fn recv_handoff(&self) -> Option<HandoffEvent> {
+        self.handoffs.lock().await.recv().await
     }
 
     /// The next message from another worker or the supervisor; `None` once the bus closed.

@@ -48,6 +48,8 @@ mod ipfilter;
 mod metrics;
 mod proxy;
 mod routing;
+#[cfg(feature = "tower-sessions")]
+pub mod sessions;
 mod settings;
 mod shutdown;
 mod supervisor;
@@ -64,7 +66,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use demo::serve as demo_worker;
-pub use ipc::{Incoming as BusMessage, IpcError, MessageHandler, WorkerBus};
+pub use ipc::{HandoffEvent, Incoming as BusMessage, IpcError, MessageHandler, WorkerBus};
 pub use ipfilter::IpFilterError;
 pub use routing::affinity::SecretError;
 pub use routing::SessionHash;

@@ -7,6 +7,9 @@
 //!   stops once they were idle for `--drain-idle`;
 //! - hand-off (`--drain-sessions` + the `@sticky-cluster/node/session` wrapper): their
 //!   sessions move to the replacement and the old process exits at once.
+//!
+//! The same for the Rust chat example (`examples/chat.rs`: tower-sessions' MemoryStore in a
+//! `sticky_cluster::sessions::HandoffStore`), whose binary a plain `cargo test` builds.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -325,5 +328,92 @@ fn a_second_sighup_ends_the_running_drain_before_replacing_again() {
     for &(old, new) in &second[WORKERS..] {
         assert!(common::alive(old as u32), "second generation {old} retires");
         assert!(common::alive(new as u32), "third generation {new} serves");
+    }
+}
+
+/// The chat example running as a cluster of `WORKERS` with `args`.
+fn chat_cluster(args: &[&str]) -> TestCluster {
+    let bin = std::path::Path::new(common::BIN)
+        .parent()
+        .unwrap()
+        .join("examples/chat");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --example chat` (a plain `cargo test` does)",
+        bin.display()
+    );
+    let c = TestCluster::start(Options {
+        program: bin,
+        workers: WORKERS,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        wait_ready: false,
+        ..Default::default()
+    });
+    c.wait_log(&format!("{WORKERS}/{WORKERS} up"), Duration::from_secs(30));
+    c.wait_log("proxy listening", Duration::from_secs(30));
+    c
+}
+
+/// Logs `name` in to the chat example (`303` to `/chat` with the session cookie).
+fn chat_log_in(c: &TestCluster, name: &str) -> User {
+    let body = format!("username={name}&password=x");
+    let r = c.request(
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 303, "login of {name}: {}\n{}", r.text(), c.logs());
+    let cookie = r.cookie_header();
+    assert!(cookie.contains("connect.sid="), "{cookie}");
+    let (status, body) = me(c, &cookie);
+    assert_eq!(status, 200, "{name} is logged in: {body}");
+    User {
+        cookie,
+        pid: body["pid"].as_u64().unwrap(),
+    }
+}
+
+fn chat_users(c: &TestCluster) -> Vec<User> {
+    let users: Vec<User> = (0..USERS)
+        .map(|i| chat_log_in(c, &format!("user{i}")))
+        .collect();
+    let mut pids: Vec<u64> = users.iter().map(|u| u.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), WORKERS, "users spread over both workers");
+    users
+}
+
+#[test]
+fn chat_example_hands_its_sessions_off_and_nobody_is_logged_out() {
+    let c = chat_cluster(&["--drain-sessions", "--drain-timeout", "60s"]);
+    let users = chat_users(&c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(&c, &users, stop.clone());
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    wait_old_stopped(&c, Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    let failures = loader.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", c.logs());
+    assert_eq!(c.count_log("reason=HandedOff"), WORKERS, "{}", c.logs());
+    for u in &users {
+        assert!(!alive(u.pid), "old process {} is gone", u.pid);
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 200, "still logged in on the replacement: {body}");
+        assert_ne!(body["pid"].as_u64(), Some(u.pid), "{body}");
+    }
+}
+
+#[test]
+fn chat_example_without_drain_sessions_logs_everyone_out() {
+    let c = chat_cluster(&[]);
+    let users = chat_users(&c);
+    c.signal("HUP");
+    c.wait_log("rolling restart done", Duration::from_secs(30));
+    for u in &users {
+        let (status, body) = me(&c, &u.cookie);
+        assert_eq!(status, 401, "a fresh process, an empty store: {body}");
     }
 }
