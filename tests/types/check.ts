@@ -3,6 +3,7 @@
 import esc = require('@sticky-cluster/node');
 import bus = require('@sticky-cluster/node/bus');
 import { createAdapter } from '@sticky-cluster/node/socket.io';
+import session = require('@sticky-cluster/node/session');
 import * as fs from 'fs';
 import * as https from 'https';
 import { Server } from 'socket.io';
@@ -53,3 +54,15 @@ bus.unbind('sid');
 esc.bus.broadcast(null);
 const path: string = esc.binaryPath();
 console.log(path, esc.isWorker());
+
+// Session hand-off: any store with all() and set(); the bus's hand-off lines.
+const store = session.handoff(
+  { all(cb: (err: any, s?: { [sid: string]: any }) => void) { cb(null, {}); }, set(_sid: string, _s: any, cb?: () => void) { if (cb) cb(); } },
+  { secret: 'keyboard-cat' },
+);
+store.all(() => {});
+const cookieValue: string = session.signedCookie('sid', 'secret');
+bus.on('handoff', (key: string, data: unknown, from: number) => bus.adopt(`${key}${from}${String(data)}${cookieValue}`));
+bus.on('drain', () => bus.handoffEnd());
+// @ts-expect-error: a store needs all() to hand its sessions off
+session.handoff({ set() {} });

@@ -1,7 +1,11 @@
-import type { Store } from 'express-session';
 import type bus = require('./bus');
 
 declare namespace session {
+  /** What handoff() needs of an express-session store (MemoryStore, session-file-store, ...). */
+  interface ListableStore {
+    all(callback: (err: any, sessions?: { [sid: string]: any } | any[] | null) => void): void;
+    set(sid: string, session: any, callback?: (err?: any) => void): void;
+  }
   interface HandoffOptions {
     /** The session middleware's secret: sessions are handed off under their signed cookie value. */
     secret?: string | string[];
@@ -14,7 +18,7 @@ declare namespace session {
    * Session hand-off on rolling restarts (--drain-sessions): a retiring process hands every
    * session of `store` to its replacement, which stores and adopts them. Returns `store`.
    */
-  function handoff<S extends Store>(store: S, options?: HandoffOptions): S;
+  function handoff<S extends ListableStore>(store: S, options?: HandoffOptions): S;
   /** express-session's cookie value for session id `sid` signed with `secret`. */
   function signedCookie(sid: string, secret: string): string;
   /** Longest bus line in bytes; a larger session is not handed off. */
