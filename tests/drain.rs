@@ -114,6 +114,45 @@ fn log_in_all(c: &TestCluster) -> Vec<User> {
     users
 }
 
+/// `/status` and `/metrics` show each worker's retiring process, its pid and the live
+/// sessions pinned to it (the users it logged in, all active).
+fn shows_the_retiring_processes(c: &TestCluster, admin: std::net::SocketAddr, users: &[User]) {
+    let get = |path: &str| {
+        let r = common::request(admin, "GET", path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r
+    };
+    let status = get("/status").json();
+    let metrics = get("/metrics").text();
+    for worker in status["workers"].as_array().unwrap() {
+        let retiring = &worker["retiring"];
+        let pid = retiring["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{worker}\n{}", c.logs()));
+        let held = users.iter().filter(|u| u.pid == pid).count();
+        assert_eq!(
+            held,
+            USERS / WORKERS,
+            "the old pid {pid} logged users in: {worker}"
+        );
+        assert_eq!(
+            retiring["live_sessions"].as_u64(),
+            Some(held as u64),
+            "{worker}"
+        );
+        assert_ne!(
+            worker["pid"].as_u64(),
+            Some(pid),
+            "the current pid is the replacement's"
+        );
+        let sample = format!(
+            "sticky_cluster_worker_retiring_sessions{{worker=\"{}\",pid=\"{pid}\"}} {held}",
+            worker["id"]
+        );
+        assert!(metrics.contains(&sample), "{sample} in\n{metrics}");
+    }
+}
+
 /// Waits until the old process of every worker stopped.
 fn wait_old_stopped(c: &TestCluster, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -164,6 +203,10 @@ fn handoff_keeps_users_logged_in_and_the_old_processes_exit_at_once() {
 
 #[test]
 fn drain_sessions_keeps_active_users_on_the_old_process_until_idle() {
+    let mut ports = common::free_ports(1);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], ports.first));
+    ports.release();
+    let admin_arg = admin.to_string();
     let c = cluster(
         &[
             "--drain-sessions",
@@ -171,6 +214,8 @@ fn drain_sessions_keeps_active_users_on_the_old_process_until_idle() {
             "2s",
             "--drain-timeout",
             "60s",
+            "--admin",
+            &admin_arg,
         ],
         false,
     );
@@ -191,6 +236,7 @@ fn drain_sessions_keeps_active_users_on_the_old_process_until_idle() {
             "served by its old process: {body}"
         );
     }
+    shows_the_retiring_processes(&c, admin, &users);
     let newcomer = log_in(&c, "newcomer");
     assert!(
         users.iter().all(|u| u.pid != newcomer.pid),

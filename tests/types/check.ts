@@ -64,5 +64,5 @@ store.all(() => {});
 const cookieValue: string = session.signedCookie('sid', 'secret');
 bus.on('handoff', (key: string, data: unknown, from: number) => bus.adopt(`${key}${from}${String(data)}${cookieValue}`));
 bus.on('drain', () => bus.handoffEnd());
-// @ts-expect-error: a store needs all() to hand its sessions off
+// @ts-expect-error: a store needs all() (or list() and get()) to hand its sessions off
 session.handoff({ set() {} });

@@ -1,11 +1,18 @@
 import type bus = require('./bus');
 
 declare namespace session {
-  /** What handoff() needs of an express-session store (MemoryStore, session-file-store, ...). */
-  interface ListableStore {
+  /** What handoff() needs of an express-session store: set(), and all() (MemoryStore) ... */
+  interface AllStore {
     all(callback: (err: any, sessions?: { [sid: string]: any } | any[] | null) => void): void;
     set(sid: string, session: any, callback?: (err?: any) => void): void;
   }
+  /** ... or list() of session ids and get() (session-file-store). */
+  interface ListStore {
+    list(callback: (err: any, ids?: string[]) => void): void;
+    get(sid: string, callback: (err: any, session?: any) => void): void;
+    set(sid: string, session: any, callback?: (err?: any) => void): void;
+  }
+  type ListableStore = AllStore | ListStore;
   interface HandoffOptions {
     /** The session middleware's secret: sessions are handed off under their signed cookie value. */
     secret?: string | string[];

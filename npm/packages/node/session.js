@@ -19,25 +19,48 @@ function entries(sessions) {
   return Object.entries(sessions || {});
 }
 
+/** Every session of `store`: all(), or list() of ids then get() of each (session-file-store). */
+function everySession(store, callback) {
+  if (typeof store.all === 'function') {
+    store.all((err, sessions) => callback(err, err ? [] : entries(sessions)));
+    return;
+  }
+  store.list((err, files) => {
+    if (err) return callback(err, []);
+    const ids = (files || []).map((f) => String(f).replace(/\.json$/, ''));
+    const found = [];
+    let left = ids.length;
+    if (left === 0) return callback(null, found);
+    for (const sid of ids) {
+      store.get(sid, (e, session) => {
+        if (!e && session) found.push([sid, session]);
+        if (--left === 0) callback(null, found);
+      });
+    }
+  });
+}
+
 /**
- * Wraps an express-session store (it needs all(), set()) for session hand-off.
+ * Wraps an express-session store (it needs set(), and all() or list() and get()) for session
+ * hand-off.
  * options.secret: the session middleware's secret, so each session is handed off under its
  * cookie value, the key the proxy pins (without it the key is the session id, and sessions
  * still move but are re-pinned only when the old process is gone).
  * options.key(sid): the proxy's key for a session id, instead of the signed cookie.
  */
 function handoff(store, options = {}) {
-  if (!store || typeof store.all !== 'function' || typeof store.set !== 'function') {
-    throw new TypeError('session.handoff(store): the store needs all() and set() (express-session MemoryStore has both)');
+  const listable = store && (typeof store.all === 'function' || (typeof store.list === 'function' && typeof store.get === 'function'));
+  if (!listable || typeof store.set !== 'function') {
+    throw new TypeError('session.handoff(store): the store needs set() and all() (or list() and get()); express-session MemoryStore has them');
   }
   const bus = options.bus || defaultBus;
   const secret = Array.isArray(options.secret) ? options.secret[0] : options.secret;
   const keyOf = options.key || (secret ? (sid) => signedCookie(sid, secret) : (sid) => sid);
   if (!bus.available) return store;
   bus.on('drain', () => {
-    store.all((err, sessions) => {
+    everySession(store, (err, sessions) => {
       if (!err) {
-        for (const [sid, session] of entries(sessions)) {
+        for (const [sid, session] of sessions) {
           try {
             bus.handoff(keyOf(sid), { sid, session });
           } catch (e) {
