@@ -17,7 +17,9 @@
 //! Supervisor -> worker lines: `{"type":"message","from":N,"data":...}`, and, to connections
 //! that sent `watch`, `{"type":"worker","id":N,"state":"down"|"up"}` when another worker's
 //! process exits or comes (back) up, so a worker-side cluster layer (the npm package's
-//! socket.io adapter) forgets a dead peer at once.
+//! socket.io adapter) forgets a dead peer at once. During a session drain: `{"type":"drain"}`
+//! to the retiring process, `{"type":"handoff","key":K,"data":...,"from":N}` to its
+//! replacement, `{"type":"adopted","key":K}` back to the retiring process.
 //!
 //! A worker is identified by the socket it connected to (the directory is 0700), never by
 //! what it claims: each slot has one socket per address (`worker-N.sock` for address 0,

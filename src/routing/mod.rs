@@ -459,6 +459,48 @@ mod tests {
     }
 
     #[test]
+    fn a_session_drain_keeps_old_keys_on_the_retiring_generation_and_moves_them_after() {
+        for drain_sessions in [true, false] {
+            let (r, w) = setup(1, |s| s.drain_sessions = drain_sessions);
+            let old = req(Some("connect.sid=old"));
+            let first = r.route(&old, PEER, &w, 0, false).expect("a worker");
+            assert_eq!(first.generation, 0);
+            // A rolling restart: generation 1 on address 1, the old process retires.
+            w.set_generation(0, 1, 1);
+            w.set_active(0, 1);
+            w.begin_retiring(0, 7);
+            let d = r.route(&old, PEER, &w, 1, false).expect("a worker");
+            assert_eq!(
+                (d.generation, d.outcome),
+                (0, Outcome::Kept),
+                "old key, old process"
+            );
+            let new = r.route(&req(Some("connect.sid=new")), PEER, &w, 1, false);
+            assert_eq!(
+                new.map(|d| d.generation),
+                Some(1),
+                "a new key goes to the replacement"
+            );
+            // A key the old process sets meanwhile is pinned to it.
+            r.learn_set_cookie(b"connect.sid=rotated", first.pin(), 2);
+            let rotated = r.route(&req(Some("connect.sid=rotated")), PEER, &w, 2, false);
+            assert_eq!(rotated.map(|d| d.generation), Some(0));
+            // The old process is gone: its keys move to the replacement, told so with
+            // --drain-sessions, and are re-pinned there.
+            w.end_retiring(0);
+            let d = r.route(&old, PEER, &w, 3, false).expect("a worker");
+            let told = if drain_sessions {
+                Outcome::Moved
+            } else {
+                Outcome::Kept
+            };
+            assert_eq!((d.generation, d.outcome), (1, told));
+            let again = r.route(&old, PEER, &w, 4, false).expect("a worker");
+            assert_eq!((again.generation, again.outcome), (1, Outcome::Kept));
+        }
+    }
+
+    #[test]
     fn rule4_keyless_clients_are_spread_and_get_an_affinity_cookie() {
         let (r, w) = setup(4, |_| {});
         let picks: Vec<_> = (0..8)
