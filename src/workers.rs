@@ -457,8 +457,8 @@ impl WorkerSet {
             .is_some_and(|(i, (active, _))| i != active)
     }
 
-    /// Marks the process on the address that is not active as retiring: it keeps serving
-    /// the sessions pinned to its generation.
+    /// Marks the process on the address that is about to stop being active (or is not
+    /// active any more) as retiring: it keeps serving the sessions pinned to its generation.
     pub fn begin_retiring(&self, id: WorkerId, pid: u32) {
         if let Some(s) = self.slot(id) {
             let r = &s.retiring;

@@ -383,6 +383,11 @@ impl SlotTask {
         };
         let new_pid = replacement.id().unwrap_or(0);
         self.workers.set_pid(id, new_pid);
+        if self.config.drain_sessions {
+            // Before the flip, so no request of an old session sees the old generation
+            // without its process (it would be moved to the replacement).
+            self.workers.begin_retiring(id, old_pid);
+        }
         self.workers.set_active(id, new_index);
         let new_port = self.workers.addr(id).map_or(0, |a| a.port());
         if self.config.drain_sessions {
@@ -421,9 +426,9 @@ impl SlotTask {
         Ok(new_pid)
     }
 
-    /// Starts retiring the old process `child` on address `index`.
+    /// Runs the session drain of the old process `child` on address `index` (marked
+    /// retiring before the flip).
     fn retire(&self, child: Child, index: usize, pid: u32) -> retire::Handle {
-        self.workers.begin_retiring(self.id, pid);
         retire::Retire {
             id: self.id,
             index,
