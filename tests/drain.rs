@@ -151,6 +151,12 @@ fn shows_the_retiring_processes(c: &TestCluster, admin: std::net::SocketAddr, us
         );
         assert!(metrics.contains(&sample), "{sample} in\n{metrics}");
     }
+    let addr = admin.to_string();
+    let (code, table, err) =
+        common::run_to_exit(&["status", "--admin", &addr], Duration::from_secs(10));
+    assert_eq!(code.code(), Some(0), "{err}");
+    let shown = format!("retiring: {} sessions", USERS / WORKERS);
+    assert_eq!(table.matches(&shown).count(), WORKERS, "{table}");
 }
 
 /// Waits until the old process of every worker stopped.

@@ -121,11 +121,19 @@ fn table(status: &Value) -> String {
                 .as_u64()
                 .filter(|_| w["pid"].is_number())
                 .map_or_else(|| "-".to_string(), |t| duration(now.saturating_sub(t)));
-            let state = if w["drained"] == Value::Bool(true) {
+            let mut state = if w["drained"] == Value::Bool(true) {
                 format!("{} (drained)", shown(&w["state"]))
             } else {
                 shown(&w["state"])
             };
+            let retiring = &w["retiring"];
+            if !retiring.is_null() {
+                state.push_str(&format!(
+                    " (old pid {} retiring: {} sessions)",
+                    shown(&retiring["pid"]),
+                    shown(&retiring["live_sessions"])
+                ));
+            }
             [
                 shown(&w["id"]),
                 state,
