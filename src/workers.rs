@@ -415,9 +415,12 @@ impl WorkerSet {
     }
 
     /// The process generation new requests for `id` go to (that of its active address).
+    #[inline]
     pub fn generation(&self, id: WorkerId) -> u8 {
-        self.active(id)
-            .map_or(0, |(i, _)| self.generation_at(id, i))
+        self.slot(id).map_or(0, |s| {
+            let active = usize::from(s.active.load(Ordering::Acquire) & 1);
+            s.generations[active].load(Ordering::Acquire)
+        })
     }
 
     /// The process generation on address `index` of `id`.
@@ -452,9 +455,16 @@ impl WorkerSet {
     /// True when the retiring process of `id` serves sessions of `generation`.
     #[inline]
     pub fn retiring_serves(&self, id: WorkerId, generation: u8) -> bool {
-        self.index_of(id, generation)
-            .zip(self.active(id))
-            .is_some_and(|(i, (active, _))| i != active)
+        let Some(s) = self.slot(id) else {
+            return false;
+        };
+        // The common case, no session drain: one load.
+        if !s.retiring.on.load(Ordering::Acquire) {
+            return false;
+        }
+        let old = 1 - usize::from(s.active.load(Ordering::Acquire) & 1);
+        s.generations[old].load(Ordering::Acquire) == generation
+            && s.generations[1 - old].load(Ordering::Acquire) != generation
     }
 
     /// Marks the process on the address that is about to stop being active (or is not

@@ -104,12 +104,11 @@ impl Proxy {
 
     #[inline]
     fn located(&self, view: &Parts, decision: Decision, client: IpAddr) -> Option<Route> {
-        let (active, _) = self.workers.active(decision.worker)?;
         // A session pinned to the retiring process of a session drain goes to its address.
-        let index = self
-            .workers
-            .index_of(decision.worker, decision.generation)
-            .unwrap_or(active);
+        let index = match self.workers.index_of(decision.worker, decision.generation) {
+            Some(index) => index,
+            None => self.workers.active(decision.worker)?.0,
+        };
         if self.debug {
             tracing::debug!(worker = decision.worker, outcome = ?decision.outcome, uri = %view.uri, "route");
         }
