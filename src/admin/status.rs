@@ -57,6 +57,7 @@ pub fn status(admin: &Admin) -> Value {
             "websocket": s.websocket,
             "respawn": s.respawn,
             "max_connections": s.max_connections,
+            "max_pending": s.max_pending,
             "threads": s.threads,
         },
         "sessions": admin.table.len(),
