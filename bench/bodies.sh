@@ -19,7 +19,8 @@
 # CPU (utime+stime of its process tree from /proc, clock ticks) per MiB moved, and its
 # user-space part (the rest is the kernel: socket reads and writes).
 # Knobs (env): ROUNDS=3, DURATION=5, CONNS=8, CASES="down-1m down-16m up-1m up-16m",
-#   CANDIDATES="nginx sticky-cluster haproxy", PROXY_CPU=0, LOAD_CPU=1, OUT_DIR (default
+#   CANDIDATES="nginx sticky-cluster haproxy" (add sticky-base with BASE_BIN=<binary> to
+#   compare two builds of ours, :18081), PROXY_CPU=0, LOAD_CPU=1, OUT_DIR (default
 #   /tmp/sticky-bodies/<UTC stamp>), BIN, SKIP_BUILD=1.
 # Every process started here is stopped by PID on exit; every run is bounded in time.
 set -euo pipefail
@@ -36,7 +37,7 @@ RUN_DIR=$(mktemp -d /tmp/sticky-bodies.XXXXXX)
 mkdir -p "$OUT_DIR/logs"
 
 for b in node wrk nginx haproxy curl taskset ss; do command -v $b >/dev/null || die "missing $b"; done
-declare -A PORT=([sticky-cluster]=18080 [nginx]=18082 [haproxy]=18083)
+declare -A PORT=([sticky-cluster]=18080 [sticky-base]=18081 [nginx]=18082 [haproxy]=18083)
 for p in 18000 18001 "${PORT[@]}"; do port_busy "$p" && die "port $p already in use"; done
 if [[ -z ${SKIP_BUILD:-} ]]; then
   log "building: cargo build --release"
@@ -60,7 +61,9 @@ declare -A PID
 for c in $CANDIDATES; do
   port=${PORT[$c]:-}; [[ -n $port ]] || die "unknown candidate $c"
   case $c in
-    sticky-cluster) start_bg "$PROXY_CPU" "$OUT_DIR/logs/proxy-$c.log" "$BIN" --threads 1 \
+    sticky-cluster|sticky-base)
+      bin=$BIN; [[ $c == sticky-base ]] && bin=${BASE_BIN:?sticky-base needs BASE_BIN}
+      start_bg "$PROXY_CPU" "$OUT_DIR/logs/proxy-$c.log" "$bin" --threads 1 \
         --bind 127.0.0.1 --proxy-port "$port" --upstream 127.0.0.1:18000 --upstream 127.0.0.1:18001 \
         --secret-file "$RUN_DIR/affinity.key" --delay 0s ;;
     nginx) write_nginx_proxy_conf nginx-proxy "$port"
