@@ -11,10 +11,10 @@ use crate::settings::{
     DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DRAIN_IDLE,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_GRACE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT,
-    DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_ON_WORKER_DOWN,
-    DEFAULT_PROXY_PORT, DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE,
-    DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT,
-    DEFAULT_WS_IDLE_TIMEOUT,
+    DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PENDING,
+    DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT, DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_TLS_PROXY_PORT,
+    DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
 };
 
 /// A flag's help line ending in `[default: VALUE]`, the value taken from the code's
@@ -130,6 +130,8 @@ struct Args {
     max_header_size: Option<usize>,
     #[arg(long, value_name = "N", help = with_default("Most client connections at once; more wait to be accepted", DEFAULT_MAX_CONNECTIONS))]
     max_connections: Option<usize>,
+    #[arg(long, value_name = "N", help = with_default("Most requests one worker may have unanswered; more get 503 with Retry-After (0: no bound)", DEFAULT_MAX_PENDING))]
+    max_pending: Option<usize>,
     #[arg(long, value_name = "DURATION", help = with_default("A WebSocket idle both ways for this long is closed", format_duration(DEFAULT_WS_IDLE_TIMEOUT)))]
     ws_idle_timeout: Option<String>,
     #[arg(long, value_name = "FILE", help = format!("PEM certificate (chain) file: the proxy speaks HTTPS, h2 and http/1.1 [default port: {DEFAULT_TLS_PROXY_PORT}]"))]
@@ -365,6 +367,7 @@ impl Args {
             header_timeout: self.header_timeout,
             max_header_size: self.max_header_size,
             max_connections: self.max_connections,
+            max_pending: self.max_pending,
             ws_idle_timeout: self.ws_idle_timeout,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,

@@ -857,6 +857,7 @@ fn proxy_config(
         header_timeout: settings.header_timeout,
         max_header_size: settings.max_header_size,
         max_connections: settings.max_connections,
+        max_pending: settings.max_pending,
         ws_idle_timeout: settings.ws_idle_timeout,
         drain_timeout: settings.drain_timeout,
         tls,

@@ -67,11 +67,13 @@ pub enum Refused {
     Limit,
     /// A request the proxy would not pass on (smuggling-prone framing, a bad head).
     BadRequest,
+    /// Shed: its worker had `--max-pending` requests unanswered (answered 503).
+    Overloaded,
 }
 
 impl Refused {
     /// The label values, in index order.
-    pub const LABELS: [&'static str; 3] = ["ip_filter", "limit", "bad_request"];
+    pub const LABELS: [&'static str; 4] = ["ip_filter", "limit", "bad_request", "overloaded"];
 }
 
 /// What a client connection speaks (`sticky_cluster_connections{protocol}`).
@@ -148,7 +150,7 @@ pub struct Counters {
     /// Keys the sticky table dropped because it was full.
     pub evicted: AtomicU64,
     /// By [`Refused`].
-    pub refused: [AtomicU64; 3],
+    pub refused: [AtomicU64; 4],
     /// Open connections by [`Protocol`].
     pub connections: [AtomicI64; 3],
     /// Completed TLS handshakes.
@@ -162,7 +164,7 @@ static COUNTERS: Counters = Counters {
     routing: [const { AtomicU64::new(0) }; 4],
     learned: [const { AtomicU64::new(0) }; 3],
     evicted: AtomicU64::new(0),
-    refused: [const { AtomicU64::new(0) }; 3],
+    refused: [const { AtomicU64::new(0) }; 4],
     connections: [const { AtomicI64::new(0) }; 3],
     tls_handshakes: AtomicU64::new(0),
     tls_failures: AtomicU64::new(0),

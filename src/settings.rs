@@ -64,6 +64,12 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Most client connections open at once; more wait in the kernel's accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Most requests one worker may have unanswered; more are shed with 503 (0: no bound).
+/// As many as the default client connections: far above what a healthy worker holds (long
+/// polls included, and an h2load run of 64 connections x 100 streams on one session, which
+/// 4096 did shed), it bounds the queue of a worker that stopped keeping up (HTTP/2 would
+/// otherwise allow 16384 connections x 256 streams), it does not throttle a normal one.
+pub const DEFAULT_MAX_PENDING: usize = 16_384;
 /// A WebSocket with no traffic either way for this long is closed.
 pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Environment variable holding the affinity-cookie secret.
@@ -420,6 +426,8 @@ pub struct Settings {
     pub max_header_size: usize,
     /// Most concurrent client connections.
     pub max_connections: usize,
+    /// Most requests one worker may have unanswered (0: no bound).
+    pub max_pending: usize,
     /// Idle timeout of a WebSocket tunnel.
     pub ws_idle_timeout: Duration,
     /// PEM certificate chain: with `tls_key`, the proxy speaks HTTPS (h2 and http/1.1).
@@ -492,6 +500,7 @@ impl Default for Settings {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending: DEFAULT_MAX_PENDING,
             ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
             tls_cert: None,
             tls_key: None,
@@ -760,6 +769,8 @@ pub struct FileSettings {
     pub max_header_size: Option<usize>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
+    /// `--max-pending`.
+    pub max_pending: Option<usize>,
     /// `--ws-idle-timeout`.
     pub ws_idle_timeout: Option<String>,
     /// `--tls-cert`.
@@ -863,6 +874,7 @@ impl FileSettings {
         set(&mut s.on_worker_down, self.on_worker_down);
         set(&mut s.max_header_size, self.max_header_size);
         set(&mut s.max_connections, self.max_connections);
+        set(&mut s.max_pending, self.max_pending);
         set_duration(
             &mut s.health_interval,
             "health-interval",

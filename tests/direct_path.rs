@@ -290,3 +290,39 @@ fn http2_requests_reach_workers_over_plain_sockets_with_every_framing() {
         assert!(body.starts_with("until close from worker"), "{body}");
     });
 }
+
+/// The worker's `/big` pattern: 8 KiB of `0-9a-z` repeated.
+fn big_pattern(len: usize) -> Vec<u8> {
+    let unit = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let block: Vec<u8> = unit.iter().cycle().take(8192).copied().collect();
+    block.iter().cycle().take(len).copied().collect()
+}
+
+#[test]
+fn large_bodies_pass_byte_for_byte_both_ways_on_one_connection() {
+    let c = framing_workers(1, &[]);
+    let mut client = Client::connect(&c);
+    // Twice on one connection: the worker connection whose buffer grew for the first body
+    // goes back to the pool and carries the second.
+    for kb in [5 * 1024, 3 * 1024 + 5] {
+        let r = client.get(&format!("/big?kb={kb}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), kb * 1024, "the whole body");
+        assert!(r.body == big_pattern(kb * 1024), "the body byte for byte");
+    }
+    let body: Vec<u8> = (0..(5usize << 20)).map(|i| (i % 251) as u8).collect();
+    let sha = ring::digest::digest(&ring::digest::SHA256, &body);
+    let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.writer.write_all(head.as_bytes()).unwrap();
+    client.writer.write_all(&body).unwrap();
+    let r = client.response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["body_bytes"], body.len());
+    assert_eq!(echo["body_sha256"], hex.as_str());
+    assert_eq!(client.get("/hits?path=/big").text(), "2");
+}

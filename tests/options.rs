@@ -296,6 +296,7 @@ fn help_shows_the_defaults_of_the_code() {
         ("--health-fall", u64::from(DEFAULT_HEALTH_FALL)),
         ("--max-header-size", DEFAULT_MAX_HEADER_SIZE as u64),
         ("--max-connections", DEFAULT_MAX_CONNECTIONS as u64),
+        ("--max-pending", DEFAULT_MAX_PENDING as u64),
     ] {
         assert_eq!(number(flag), want, "{flag}");
     }
@@ -323,5 +324,5 @@ fn help_shows_the_defaults_of_the_code() {
         assert_eq!(shown[flag], want, "{flag}");
     }
     // Every default shown is checked above: a new flag with a default needs a line here.
-    assert_eq!(shown.len(), 14 + 6 + 11, "{shown:#?}");
+    assert_eq!(shown.len(), 14 + 7 + 11, "{shown:#?}");
 }

@@ -160,7 +160,7 @@ fn routing(out: &mut String, admin: &Admin) {
         out,
         "sticky_cluster_refused_total",
         "counter",
-        "Requests or connections refused before routing, by reason.",
+        "Requests or connections refused, by reason (overloaded: shed at --max-pending).",
     );
     for (label, n) in Refused::LABELS.iter().zip(&c.refused) {
         let _ = writeln!(

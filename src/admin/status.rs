@@ -60,6 +60,7 @@ pub fn status(admin: &Admin) -> Value {
             "drain_sessions": s.drain_sessions,
             "drain_idle_seconds": s.drain_idle.as_secs_f64(),
             "max_connections": s.max_connections,
+            "max_pending": s.max_pending,
             "threads": s.threads,
         },
         "sessions": admin.table.len(),

@@ -4,6 +4,7 @@
 // GET /close           -> stops listening and drops open connections (process stays alive)
 // GET /exit            -> exits with code 3
 // GET /slow?ms=N        -> answers after N ms
+// GET /hold             -> answers on /release (or after 30 s); GET /held -> how many wait
 // GET /health           -> 200, or 500 after /sick (until /heal)
 // env CRASH_WORKER=N    -> worker N exits 300 ms after it starts listening
 // GET /bus/send?msg=X  -> {"type":"message"} to the supervisor (the message bus)
@@ -19,6 +20,8 @@ const { cookieValue } = require('./lib');
 const id = process.env.WORKER_ID;
 
 const inbox = [];
+const held = [];
+const release = () => { for (const done of held.splice(0)) done(); };
 let sick = false;
 let bus = null;
 if (process.env.STICKY_CLUSTER_IPC) {
@@ -67,6 +70,13 @@ const server = serve((req, res) => {
     }
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(url.pathname === '/bus/inbox' ? inbox : { ok: true, connected: !!bus && !bus.destroyed }));
+  } else if (url.pathname === '/hold') {
+    const timer = setTimeout(release, 30000);
+    held.push(() => { clearTimeout(timer); res.end(`worker ${id} held`); });
+  } else if (url.pathname === '/held' || url.pathname === '/release') {
+    const waiting = held.length;
+    if (url.pathname === '/release') release();
+    res.end(String(waiting));
   } else if (url.pathname === '/slow') {
     setTimeout(() => res.end(`worker ${id} slow`), Number(url.searchParams.get('ms') || 1000));
   } else if (url.pathname === '/health') {

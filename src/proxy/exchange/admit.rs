@@ -1,10 +1,13 @@
-//! Who may enter, and which requests are refused before routing.
+//! Who may enter, which requests are refused before routing, and which are shed because
+//! their worker has too many unanswered (`--max-pending`).
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{header, HeaderMap, Version};
 
 use super::answer::Answer;
+use super::route::Route;
 use super::Proxy;
 use crate::metrics::{self, Refused};
 use crate::proxy::http1::head::valid_host;
@@ -79,5 +82,39 @@ impl Proxy {
             return Err(Answer::websocket_off());
         }
         Ok(client)
+    }
+}
+
+/// A request sent to its worker and not answered yet: counted against `--max-pending` until
+/// the worker's response head arrives (or the attempt fails).
+#[derive(Debug)]
+pub struct Pending<'p>(&'p AtomicUsize);
+
+impl Drop for Pending<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Proxy {
+    /// Admits a request to the worker of `route`, or sheds it when that worker already has
+    /// `--max-pending` requests unanswered: past capacity the excess is answered at once
+    /// (503, `Retry-After`) instead of waiting in an unbounded queue. Every front's requests
+    /// pass here before each send.
+    #[inline]
+    pub fn admit_to(&self, route: &Route) -> Result<Pending<'_>, Answer> {
+        let count = &self.pending[usize::from(route.worker())];
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        let pending = Pending(count);
+        if self.config.max_pending != 0 && before >= self.config.max_pending {
+            drop(pending);
+            metrics::refused(Refused::Overloaded);
+            if self.debug {
+                tracing::debug!(worker = route.worker(), "shed: --max-pending reached");
+            }
+            return Err(Answer::overloaded());
+        }
+        Ok(pending)
     }
 }

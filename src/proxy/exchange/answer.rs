@@ -17,7 +17,7 @@ pub struct Answer {
     pub code: &'static str,
     /// The `reason`.
     pub reason: Cow<'static, str>,
-    /// `Retry-After: 1` (no worker up).
+    /// `Retry-After: 1` (no worker up, or the worker is overloaded).
     pub retry_after: bool,
     /// The connection closes after it (the request cannot be followed safely, or a refused
     /// client asked for an upgrade).
@@ -48,6 +48,18 @@ impl Answer {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_worker",
                 "no worker is up; retry shortly",
+            )
+        }
+    }
+
+    /// The worker has `--max-pending` requests unanswered: this one is shed, not queued.
+    pub fn overloaded() -> Self {
+        Self {
+            retry_after: true,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the worker has too many requests unanswered (--max-pending); retry shortly",
             )
         }
     }

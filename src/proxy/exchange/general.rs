@@ -279,9 +279,15 @@ impl HyperExchange<'_> {
         loop {
             sends += 1;
             set_sticky(req.headers_mut(), route.decision.outcome);
+            let pending = match proxy.admit_to(&route) {
+                Ok(pending) => pending,
+                Err(shed) => return shed.response(),
+            };
             let (pool, in_flight) = proxy.target(&route);
             let sent = std::time::Instant::now();
-            let (failure, back) = match pool.send(req, proxy.response_timeout).await {
+            let sending = pool.send(req, proxy.response_timeout).await;
+            drop(pending);
+            let (failure, back) = match sending {
                 Ok((resp, lease)) => {
                     let took = sent.elapsed();
                     metrics::response(route.worker(), resp.status().as_u16(), took);

@@ -47,6 +47,8 @@ pub struct ProxyConfig {
     pub max_header_size: usize,
     /// Most concurrent client connections.
     pub max_connections: usize,
+    /// Most requests one worker may have unanswered; more are answered 503 (0: no bound).
+    pub max_pending: usize,
     /// WebSocket idle timeout.
     pub ws_idle_timeout: Duration,
     /// How long a replaced worker may drain (bounds the close jitter of its tunnels).
@@ -76,6 +78,8 @@ pub struct Proxy {
     pub(in crate::proxy) hold: Option<Duration>,
     pub(in crate::proxy) hold_queue: usize,
     pub(in crate::proxy) holding: AtomicUsize,
+    /// Per worker slot, the requests sent and not yet answered (`--max-pending`).
+    pub(in crate::proxy) pending: Box<[AtomicUsize]>,
     pub(in crate::proxy) response_timeout: Duration,
     pub(in crate::proxy) ws_idle_timeout: Duration,
     pub(in crate::proxy) close_jitter: Duration,
@@ -102,7 +106,8 @@ impl Proxy {
             };
             Arc::new(Pool::new(addr, connector.clone()))
         };
-        let pools = workers.ids().map(|id| [pool(id, 0), pool(id, 1)]).collect();
+        let pools: Vec<_> = workers.ids().map(|id| [pool(id, 0), pool(id, 1)]).collect();
+        let pending = pools.iter().map(|_| AtomicUsize::new(0)).collect();
         Self {
             direct: !router.has_custom_hash(),
             router,
@@ -114,6 +119,7 @@ impl Proxy {
             hold: config.hold,
             hold_queue: config.hold_queue,
             holding: AtomicUsize::new(0),
+            pending,
             response_timeout: config.response_timeout,
             ws_idle_timeout: config.ws_idle_timeout,
             close_jitter: config.drain_timeout.min(MAX_CLOSE_JITTER),

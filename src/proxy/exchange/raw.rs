@@ -90,8 +90,19 @@ pub async fn exchange<'p, O: Outbound>(
     let started = access_log::get().map(|_| Instant::now());
     loop {
         sends += 1;
+        let pending = match proxy.admit_to(&route) {
+            Ok(pending) => pending,
+            Err(shed) => {
+                if let Some(started) = started {
+                    log_access(out, &route, shed.status.as_u16(), false, started);
+                }
+                return Err(Some(shed));
+            }
+        };
         let (pool, in_flight) = proxy.target(&route);
-        let failure = match attempt(proxy, pool, &route, out, head, fresh).await {
+        let attempted = attempt(proxy, pool, &route, out, head, fresh).await;
+        drop(pending);
+        let failure = match attempted {
             Ok((up, head_len)) => {
                 if let Some(started) = started {
                     log_access(out, &route, head.status, true, started);

@@ -206,6 +206,10 @@ impl Pool {
     /// Gives back a raw connection whose exchange is complete.
     pub fn put_raw(&self, mut conn: RawConn) {
         conn.rbuf.clear();
+        if conn.rbuf.capacity() > RAW_READ_BUFFER {
+            // Grown for a large body: an idle connection holds only the usual buffer.
+            conn.rbuf = BytesMut::with_capacity(RAW_READ_BUFFER);
+        }
         conn.wbuf.clear();
         let mut idle = self.raw_idle.lock().unwrap_or_else(|e| e.into_inner());
         // Taken last in, first out: the oldest is looked at here, so connections the worker
@@ -291,9 +295,11 @@ impl Pool {
     async fn connect(&self) -> std::io::Result<Sender> {
         let stream = self.open().await?;
         let (sender, conn) = http1::Builder::new()
-            // One flat buffer per request head (and body chunk): fewer instructions than a
-            // queue of slices for the small requests that dominate.
-            .writev(false)
+            // Body chunks are queued and written with the head in one vectored write, not
+            // copied into a flat buffer: the connections of this pool carry the uploads
+            // (bodyless requests take the raw connections), and a 16 MiB upload was copied
+            // once more in user space (callgrind, bench/bodies-callgrind.sh).
+            .writev(true)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
