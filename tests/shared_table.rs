@@ -295,3 +295,60 @@ fn a_header_key_is_placed_alike_by_proxies_that_share_nothing() {
     }
     assert!(seen.len() >= 2, "users spread over the workers: {seen:?}");
 }
+
+/// Three socket.io workers (`tests/node/socketio-server.js`) as upstreams.
+fn socketio_workers() -> Vec<Upstream> {
+    let dir = common::node_modules();
+    let ports = free_ports(3);
+    let first = ports.first;
+    drop(ports);
+    (0..3u16)
+        .map(|i| {
+            let port = first + i;
+            let child = Command::new("node")
+                .arg(dir.join("socketio-server.js"))
+                .env("PORT", port.to_string())
+                .env("WORKER_ID", i.to_string())
+                .env_remove("STICKY_CLUSTER_IPC")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("node starts");
+            wait_until(
+                "the socket.io worker to listen",
+                Duration::from_secs(20),
+                || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            );
+            Upstream { child, port }
+        })
+        .collect()
+}
+
+/// Cookie-less polling clients alternating between the proxies: every round trip answered.
+fn alternate(a: &TestCluster, b: &TestCluster) -> common::NodeRun {
+    common::NodeRun::run(
+        &common::node_modules(),
+        "socketio-alternate.js",
+        &[a.url(), b.url(), "8".into(), "5".into(), "20000".into()],
+        &[],
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn a_cookieless_socketio_client_alternating_between_proxies_stays_connected() {
+    let ports = free_ports(1);
+    let port = ports.first;
+    drop(ports);
+    let redis = Redis::start(port);
+    let workers = socketio_workers();
+    let (a, b) = two_proxies(&workers, &shared_flags(&redis));
+    let run = alternate(&a, &b);
+    assert!(run.status.success(), "{}\n{}", run.report(&a), b.logs());
+    let summary = run.summary(&a);
+    assert_eq!(summary["roundTrips"], 40, "{}", run.report(&a));
+    assert!(
+        summary["forwarded"]["b"].as_u64() > Some(8),
+        "B took requests"
+    );
+}
