@@ -828,6 +828,11 @@ fn router(
     }
     let shared = match (&settings.shared_table, &secret) {
         (Some(url), Some(secret)) => {
+            if settings.affinity_secret.is_none() {
+                tracing::warn!(
+                    "--shared-table with the secret of --secret-file: every proxy sharing the table needs the same secret (give them all --affinity-secret or STICKY_CLUSTER_SECRET)"
+                );
+            }
             let config = shared_table::SharedConfig {
                 url: url.clone(),
                 password: std::env::var("STICKY_CLUSTER_REDIS_PASSWORD").ok(),

@@ -198,6 +198,14 @@ pub enum SettingsError {
         /// The address.
         addr: SocketAddr,
     },
+    /// A `--shared-table` that is not a Redis URL.
+    #[error("invalid --shared-table {url:?}: {reason} (expected redis://HOST:PORT[/DB] or rediss://HOST:PORT[/DB])")]
+    BadSharedTable {
+        /// The URL, password hidden.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A duration without a known unit.
     #[error("invalid duration {value:?} for {field}: write a number with a unit, e.g. 1500ms, 30s, 5m or 1h")]
     BadDuration {
@@ -845,8 +853,14 @@ impl FileSettings {
         set(&mut s.session_max, self.session_max);
         set(&mut s.threads, self.threads);
         set(&mut s.secret_file, self.secret_file);
-        if self.shared_table.is_some() {
-            s.shared_table = self.shared_table;
+        if let Some(url) = self.shared_table {
+            crate::shared_table::check_url(&url).map_err(|reason| {
+                SettingsError::BadSharedTable {
+                    url: crate::shared_table::redact(&url),
+                    reason,
+                }
+            })?;
+            s.shared_table = Some(url);
         }
         set(&mut s.command, self.command);
         if self.on_message.is_some() {

@@ -433,8 +433,21 @@ fn clone_write(w: &Write) -> Write {
     }
 }
 
+/// Checks that `url` is a Redis URL (`redis://` or `rediss://`); the reason when not.
+///
+/// # Errors
+/// The URL's scheme is not redis/rediss, or the client cannot parse it.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("not a redis:// or rediss:// URL".to_string());
+    }
+    url.into_connection_info()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***{}", &url[..scheme], &url[at..])

@@ -352,3 +352,24 @@ fn a_cookieless_socketio_client_alternating_between_proxies_stays_connected() {
         "B took requests"
     );
 }
+
+#[test]
+fn a_bad_shared_table_url_is_a_one_line_usage_error() {
+    let (_, last) = common::exit_code_2(
+        &[
+            "--upstream",
+            "127.0.0.1:9",
+            "--shared-table",
+            "http://user:hunter2@db:1",
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(
+        last.contains("--shared-table") && last.contains("redis://"),
+        "{last}"
+    );
+    assert!(
+        !last.contains("hunter2"),
+        "the password stays out of messages: {last}"
+    );
+}

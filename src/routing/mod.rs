@@ -95,6 +95,7 @@ pub struct Router {
     table: Arc<StickyTable>,
     affinity: Option<Affinity>,
     shared: Option<Arc<dyn SharedSink>>,
+    names: rendezvous::NameCache,
 }
 
 impl std::fmt::Debug for Router {
@@ -129,6 +130,7 @@ impl Router {
             table,
             affinity: affinity.filter(|_| sticky),
             shared: None,
+            names: rendezvous::NameCache::default(),
         }
     }
 
@@ -141,20 +143,31 @@ impl Router {
     /// The session key of a request, if any: engine.io's `sid`, then the custom function,
     /// then the configured sources.
     pub fn key_bytes<'h>(&self, head: &'h Parts, peer: IpAddr) -> Option<Cow<'h, [u8]>> {
+        self.key_of(head, peer).map(|(k, _)| k)
+    }
+
+    /// The session key, and whether a key new to this proxy is placed by rendezvous: true
+    /// for keys no response teaches (headers, query, address, a custom function); a session
+    /// cookie or an engine.io `sid` is named by the worker that made it, so a new one goes
+    /// round-robin and is learnt from the response.
+    fn key_of<'h>(&self, head: &'h Parts, peer: IpAddr) -> Option<(Cow<'h, [u8]>, bool)> {
         if !self.sticky {
             return None;
         }
         if let Some(sid) = key::engineio_sid(&head.uri) {
-            return Some(sid);
+            return Some((sid, false));
         }
         if let Some(k) = self.custom.as_ref().and_then(|f| f(head)) {
-            return Some(Cow::Owned(k.into_bytes()));
+            return Some((Cow::Owned(k.into_bytes()), true));
         }
-        key::extract(&self.sources, &head.headers, &head.uri, peer).map(|k| match k {
+        let (k, source) = key::extract_from(&self.sources, &head.headers, &head.uri, peer)?;
+        let placed = !matches!(source, Some(KeySource::Cookie(_)) | None);
+        let bytes = match k {
             key::Key::Bytes(b) => b,
             key::Key::Ip(IpAddr::V4(v4)) => Cow::Owned(v4.octets().to_vec()),
             key::Key::Ip(IpAddr::V6(v6)) => Cow::Owned(v6.octets().to_vec()),
-        })
+        };
+        Some((bytes, placed))
     }
 
     /// True when the request has a session key this proxy's table does not know (the case
@@ -216,7 +229,10 @@ impl Router {
                 wait: false,
             });
         }
-        let key = self.key_bytes(head, peer);
+        let (key, placed) = match self.key_of(head, peer) {
+            Some((k, placed)) => (Some(k), placed),
+            None => (None, false),
+        };
         let hash = key.as_deref().map(|k| self.table.hash(k));
         let cookie_worker = self
             .affinity
@@ -257,8 +273,8 @@ impl Router {
             }
             stale => {
                 let w = match &key {
-                    Some(k) => rendezvous::place(k, workers)?,
-                    None => workers.next_up()?,
+                    Some(k) if placed => rendezvous::place(k, workers, &self.names)?,
+                    _ => workers.next_up()?,
                 };
                 let outcome = if pinned_elsewhere || stale.is_some() {
                     Outcome::Moved

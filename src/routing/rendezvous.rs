@@ -6,6 +6,9 @@
 //! The hash is fixed (FNV-1a, then a 64-bit finalizer), never seeded per process, so every
 //! proxy and every release computes the same placement.
 
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::workers::{WorkerId, WorkerSet};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -27,18 +30,24 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The weight of `key` on the worker named `name`.
-pub fn score(key: &[u8], name: &str) -> u64 {
-    let h = fnv(FNV_OFFSET, key);
-    mix(fnv(h ^ 0xff, name.as_bytes()))
+/// The hash of a session key, for [`score`].
+pub fn key_hash(key: &[u8]) -> u64 {
+    mix(fnv(FNV_OFFSET, key))
 }
 
-/// The candidate (id, name) with the highest score for `key`; ties go to the smaller name,
-/// so the order of `candidates` never matters.
-pub fn place_among<'a>(
-    key: &[u8],
-    candidates: impl IntoIterator<Item = (WorkerId, &'a str)>,
-) -> Option<WorkerId> {
+/// The hash of a worker's name, for [`score`].
+pub fn name_hash(name: &str) -> u64 {
+    mix(fnv(FNV_OFFSET, name.as_bytes()) ^ 0x9e37_79b9_7f4a_7c15)
+}
+
+/// The weight of a key on a worker, from their hashes.
+pub fn score(key: u64, name: u64) -> u64 {
+    mix(key ^ name)
+}
+
+/// The candidate (id, name hash) with the highest score for `key`; ties go to the smaller
+/// name hash, so the order of `candidates` never matters.
+fn best(key: u64, candidates: impl IntoIterator<Item = (WorkerId, u64)>) -> Option<WorkerId> {
     candidates
         .into_iter()
         .map(|(id, name)| (score(key, name), std::cmp::Reverse(name), id))
@@ -46,17 +55,54 @@ pub fn place_among<'a>(
         .map(|(_, _, id)| id)
 }
 
+/// The candidate (id, name) with the highest score for `key`.
+pub fn place_among<'a>(
+    key: &[u8],
+    candidates: impl IntoIterator<Item = (WorkerId, &'a str)>,
+) -> Option<WorkerId> {
+    let k = key_hash(key);
+    best(k, candidates.into_iter().map(|(id, n)| (id, name_hash(n))))
+}
+
+/// The name hash of each slot, computed once per pair of addresses (a name only changes
+/// with them), so placing a key formats no name.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    slots: Mutex<Vec<Named>>,
+}
+
+/// A slot's addresses when its name was hashed, and the hash.
+type Named = Option<([SocketAddr; 2], u64)>;
+
+impl NameCache {
+    fn hashes(&self, workers: &WorkerSet) -> MutexGuard<'_, Vec<Named>> {
+        let mut cache = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.resize(workers.len(), None);
+        for id in workers.ids() {
+            let Some(addrs) = workers.addrs(id) else {
+                continue;
+            };
+            let slot = &mut cache[usize::from(id)];
+            if slot.is_none_or(|(a, _)| a != addrs) {
+                *slot = workers.name(id).map(|n| (addrs, name_hash(&n)));
+            }
+        }
+        cache
+    }
+}
+
 /// The live worker for a key no proxy has pinned yet: among the workers that are up and
 /// take new sessions (drained ones only when every worker that is up is drained).
-pub fn place(key: &[u8], workers: &WorkerSet) -> Option<WorkerId> {
-    let named: Vec<(WorkerId, String)> = workers
-        .ids()
-        .filter(|&id| workers.is_up(id))
-        .filter_map(|id| workers.name(id).map(|n| (id, n)))
-        .collect();
-    let open = named.iter().filter(|(id, _)| !workers.is_drained(*id));
-    place_among(key, open.map(|(id, n)| (*id, n.as_str())))
-        .or_else(|| place_among(key, named.iter().map(|(id, n)| (*id, n.as_str()))))
+pub fn place(key: &[u8], workers: &WorkerSet, names: &NameCache) -> Option<WorkerId> {
+    let k = key_hash(key);
+    let cache = names.hashes(workers);
+    let up = || {
+        workers
+            .ids()
+            .filter(|&id| workers.is_up(id))
+            .filter_map(|id| cache[usize::from(id)].map(|(_, h)| (id, h)))
+    };
+    best(k, up().filter(|&(id, _)| !workers.is_drained(id))).or_else(|| best(k, up()))
 }
 
 #[cfg(test)]
@@ -95,11 +141,9 @@ mod tests {
     #[test]
     fn the_score_is_fixed_across_processes() {
         // Pinned values: a change here re-places every session of a running fleet.
-        assert_eq!(
-            score(b"alice", "10.0.0.1:3000"),
-            score(b"alice", "10.0.0.1:3000")
-        );
         assert_eq!(fnv(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        let pinned = score(key_hash(b"alice"), name_hash("10.0.0.1:3000"));
+        assert_eq!(pinned, 0xaef3_ab85_8f9d_a1ca, "{pinned:#x}");
     }
 
     #[test]
@@ -134,6 +178,31 @@ mod tests {
             if after != more[5] {
                 assert_eq!(place_by_name(key.as_bytes(), &all), after);
             }
+        }
+    }
+
+    #[test]
+    fn the_cached_placement_is_the_placement_by_name() {
+        use crate::workers::WorkerState;
+        let addr = |p: u16| SocketAddr::from(([10, 0, 0, 1], p));
+        let workers = WorkerSet::new([], (0..4).map(|i| addr(3000 + i)));
+        workers
+            .ids()
+            .for_each(|id| workers.set_state(id, WorkerState::Up));
+        let names: Vec<String> = workers.ids().filter_map(|id| workers.name(id)).collect();
+        let cache = NameCache::default();
+        for k in 0..200 {
+            let key = format!("k{k}");
+            let by_name = place_by_name(key.as_bytes(), &names);
+            let placed = place(key.as_bytes(), &workers, &cache).expect("a worker");
+            assert_eq!(workers.name(placed), Some(by_name));
+        }
+        // A worker that goes down takes no new key; drained ones only when all are.
+        workers.set_state(1, WorkerState::Down);
+        workers.set_drained(2, true);
+        for k in 0..50 {
+            let w = place(format!("k{k}").as_bytes(), &workers, &cache).expect("a worker");
+            assert!(w == 0 || w == 3, "{w}");
         }
     }
 
