@@ -373,3 +373,61 @@ fn a_bad_shared_table_url_is_a_one_line_usage_error() {
         "the password stays out of messages: {last}"
     );
 }
+
+#[test]
+fn a_bus_bind_is_published_with_the_session_ttl_and_an_unbind_deletes_it() {
+    let ports = free_ports(1);
+    let port = ports.first;
+    drop(ports);
+    let redis = Redis::start(port);
+    let url = redis.url();
+    let c = common::node_workers(
+        2,
+        &[
+            "--shared-table",
+            &url,
+            "--affinity-secret",
+            SECRET,
+            "--session-ttl",
+            "10m",
+        ],
+        &[],
+    );
+    let (r, json) = c.whoami(&[]);
+    assert_eq!(r.status, 200);
+    let worker = json["worker"].as_u64().expect("a worker id");
+    let cookie = r.cookie_header();
+    let bound = c.get("/bus/bind?key=bus-key-1", &[("Cookie", &cookie)]);
+    assert_eq!(bound.status, 200, "{}", bound.text());
+    redis.wait_key("bus-key-1");
+    let key = redis_key("bus-key-1");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("redis");
+    s.write_all(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes())
+        .expect("GET");
+    let mut reader = BufReader::new(s);
+    let (mut len, mut value) = (String::new(), String::new());
+    reader.read_line(&mut len).expect("length");
+    reader.read_line(&mut value).expect("value");
+    assert_eq!(
+        value.trim_end(),
+        format!("worker-{worker}"),
+        "named, not indexed"
+    );
+    let ttl: u64 = redis
+        .try_cmd(&["PTTL", &key])
+        .expect("PTTL")
+        .trim_start_matches(':')
+        .parse()
+        .expect("a number");
+    assert!(
+        (590_000..=600_000).contains(&ttl),
+        "the session TTL: {ttl} ms"
+    );
+    let unbound = c.get("/bus/unbind?key=bus-key-1", &[("Cookie", &cookie)]);
+    assert_eq!(unbound.status, 200);
+    wait_until(
+        "the unbound key to leave Redis",
+        Duration::from_secs(10),
+        || redis.try_cmd(&["EXISTS", &key]).is_ok_and(|r| r == ":0"),
+    );
+}
