@@ -185,6 +185,21 @@ fn a_session_learnt_from_set_cookie_on_one_proxy_stays_on_its_worker_through_the
         assert_eq!(worker_of(&b, id), worker, "{id} through B\n{}", b.logs());
         assert_eq!(worker_of(&a, id), worker, "{id} through A");
     }
+    // Over HTTP/2 too (B's direct h2 exchange hands a key new to B to the path that asks
+    // Redis): a session B has not seen yet is still found.
+    let late = "h2-late";
+    let worker = login(&a, late);
+    redis.wait_key(late);
+    let cookie = format!("connect.sid={late}");
+    let (status, _, body) =
+        common::h2_request(b.proxy, "GET", "/whoami", &[("cookie", &cookie)], b"");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        json["worker"].as_u64(),
+        Some(worker),
+        "{late} over h2 through B"
+    );
     // And the other way round: learnt on B, kept through A.
     let more: Vec<String> = (0..6).map(|i| format!("v{i}")).collect();
     let on_b: Vec<u64> = more.iter().map(|id| login(&b, id)).collect();
