@@ -460,6 +460,77 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A table whose queue the test reads, on workers named `10.0.0.1:300N`.
+    fn table() -> (SharedTable, mpsc::Receiver<Write>) {
+        let addr = |p: u16| std::net::SocketAddr::from(([10, 0, 0, 1], p));
+        let workers = Arc::new(WorkerSet::new([], (0..3).map(|i| addr(3000 + i))));
+        let client = redis::Client::open("redis://127.0.0.1:1").expect("a url");
+        let conn = ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )
+        .expect("lazy");
+        let (queue, rx) = mpsc::channel(16);
+        let table = SharedTable {
+            conn,
+            hmac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"test-secret-0123456789"),
+            workers,
+            ttl_ms: 1000,
+            timeout: Duration::from_millis(10),
+            recent: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            queue,
+            up: Arc::new(AtomicBool::new(false)),
+        };
+        (table, rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Write>) -> Vec<Write> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_used_key_is_refreshed_at_most_once_per_interval_and_a_learnt_one_always() {
+        let (t, mut rx) = table();
+        let (hash, key) = (0x1234_5678_9abc_def0, b"sid-1".as_slice());
+        let refresh = (REFRESH.as_secs() * TICKS_PER_SEC) as Tick;
+        t.publish(hash, key, 1, 100, true);
+        for tick in 101..100 + refresh {
+            t.publish(hash, key, 1, tick, true);
+        }
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1, "one refresh per interval");
+        assert!(matches!(&sent[0], Write::Set { worker, .. } if worker == "10.0.0.1:3001"));
+        t.publish(hash, key, 1, 100 + refresh, true);
+        assert_eq!(drain(&mut rx).len(), 1, "due again after the interval");
+        t.publish(hash, key, 2, 100 + refresh + 1, false);
+        assert_eq!(drain(&mut rx).len(), 1, "a learnt key is always published");
+        t.forget(key);
+        assert!(matches!(drain(&mut rx).as_slice(), [Write::Del { .. }]));
+    }
+
+    #[tokio::test]
+    async fn keys_are_keyed_hashes_never_the_session_id() {
+        let (t, _rx) = table();
+        let k = t.redis_key(b"s%3Asecret-session");
+        assert!(
+            k.starts_with("sticky-cluster:") && k.len() == PREFIX.len() + 32,
+            "{k}"
+        );
+        assert!(!k.contains("secret"), "{k}");
+        assert_eq!(k, t.redis_key(b"s%3Asecret-session"), "stable");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let (t, _rx) = table();
+        let before = metrics::shared().dropped.load(Ordering::Relaxed);
+        for i in 0..20u64 {
+            t.publish(i << 32, format!("k{i}").as_bytes(), 0, 1, false);
+        }
+        let dropped = metrics::shared().dropped.load(Ordering::Relaxed) - before;
+        assert_eq!(dropped, 4, "16 queued, 4 dropped");
+    }
+
     #[test]
     fn a_password_never_reaches_a_message() {
         assert_eq!(
