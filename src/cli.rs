@@ -13,8 +13,8 @@ use crate::settings::{
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT,
     DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PENDING,
     DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT, DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
-    DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_TLS_PROXY_PORT,
-    DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
+    DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_SHARED_TABLE_TIMEOUT,
+    DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
 };
 
 /// A flag's help line ending in `[default: VALUE]`, the value taken from the code's
@@ -81,6 +81,12 @@ struct Args {
     /// [default: $XDG_STATE_HOME/sticky-cluster/affinity.key]
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// Share the session table with other proxies through Redis: redis://HOST:PORT[/DB] or
+    /// rediss://... (password in the URL or STICKY_CLUSTER_REDIS_PASSWORD)
+    #[arg(long, value_name = "URL")]
+    shared_table: Option<String>,
+    #[arg(long, value_name = "DURATION", help = with_default("Longest a request waits for Redis on a key new to this proxy", format_duration(DEFAULT_SHARED_TABLE_TIMEOUT)))]
+    shared_table_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long a worker may take to accept connections", format_duration(DEFAULT_READY_TIMEOUT)))]
     ready_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long in-flight requests may finish after SIGTERM", format_duration(DEFAULT_GRACE_TIMEOUT)))]
@@ -346,6 +352,8 @@ impl Args {
             affinity: self.no_affinity_cookie.then_some(false),
             affinity_secret: self.affinity_secret,
             secret_file: self.secret_file,
+            shared_table: self.shared_table,
+            shared_table_timeout: self.shared_table_timeout,
             ready_timeout: self.ready_timeout,
             grace_timeout: self.grace_timeout,
             kill_timeout: self.kill_timeout,

@@ -51,6 +51,7 @@ mod routing;
 #[cfg(feature = "tower-sessions")]
 pub mod sessions;
 mod settings;
+mod shared_table;
 mod shutdown;
 mod supervisor;
 mod tls;
@@ -78,6 +79,7 @@ pub use workers::WorkerId;
 use routing::affinity::{load_secret, Affinity};
 use routing::table::StickyTable;
 use routing::Router;
+use shared_table::SharedTable;
 use supervisor::worker::{ROLE_ENV, ROLE_WORKER};
 use supervisor::{FirstStart, Launch, Spare, Supervisor, SupervisorConfig};
 use workers::WorkerSet;
@@ -147,6 +149,9 @@ pub enum Error {
     /// The affinity secret could not be loaded or created.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// `--shared-table` is not a usable Redis URL.
+    #[error(transparent)]
+    SharedTable(#[from] shared_table::SharedTableError),
     /// The proxy port is taken.
     #[error("proxy port {addr} is already in use: stop the program using it or pick another --proxy-port")]
     ProxyPortInUse {
@@ -660,8 +665,8 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
     }
     let (workers, spares) = worker_set(&settings)?;
     metrics::init(workers.len());
-    let (router, table) = router(&settings, &workers, tls.is_some(), session_hash)?;
     let stop = CancellationToken::new();
+    let (router, table, shared) = router(&settings, &workers, tls.is_some(), session_hash, &stop)?;
     let stop_workers = CancellationToken::new();
     let (reload_tx, reloads) = mpsc::unbounded_channel();
     shutdown::listen_with(stop.clone(), reload_tx.clone()).map_err(Error::Runtime)?;
@@ -672,7 +677,8 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         on_message,
         &stop_workers,
     )?;
-    let config = proxy_config(&settings, tls.clone())?;
+    let mut config = proxy_config(&settings, tls.clone())?;
+    config.shared = shared;
     let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), config));
     let (first_tx, first_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::start(
@@ -791,18 +797,30 @@ fn worker_set(settings: &Settings) -> Result<(Arc<WorkerSet>, Vec<Spare>), Error
     Ok((Arc::new(workers), spares))
 }
 
-/// The router over a fresh sticky table, with the affinity cookie unless turned off.
+/// The router, its local table, and the shared table when on.
+type Routing = (Arc<Router>, Arc<StickyTable>, Option<Arc<SharedTable>>);
+
+/// The router over a fresh sticky table, with the affinity cookie unless turned off, and
+/// the table shared through Redis when `--shared-table` is on.
 fn router(
     settings: &Settings,
-    workers: &WorkerSet,
+    workers: &Arc<WorkerSet>,
     https: bool,
     session_hash: Option<SessionHash>,
-) -> Result<(Arc<Router>, Arc<StickyTable>), Error> {
-    let affinity = match (&settings.affinity_cookie, settings.sticky()) {
-        (Some(name), true) => {
-            let secret = load_secret(settings.affinity_secret.as_deref(), &settings.secret_file)?;
-            Some(Affinity::new(name, &secret, workers.len(), https))
-        }
+    stop: &CancellationToken,
+) -> Result<Routing, Error> {
+    let wants_secret = settings.sticky()
+        && (settings.affinity_cookie.is_some() || settings.shared_table.is_some());
+    let secret = if wants_secret {
+        Some(load_secret(
+            settings.affinity_secret.as_deref(),
+            &settings.secret_file,
+        )?)
+    } else {
+        None
+    };
+    let affinity = match (&settings.affinity_cookie, &secret) {
+        (Some(name), Some(secret)) => Some(Affinity::new(name, secret, workers.len(), https)),
         _ => None,
     };
     let table = Arc::new(StickyTable::new(settings.session_max, settings.session_ttl));
@@ -810,7 +828,26 @@ fn router(
     if let Some(f) = session_hash {
         router = router.with_session_hash(f);
     }
-    Ok((Arc::new(router), table))
+    let shared = match (&settings.shared_table, &secret) {
+        (Some(url), Some(secret)) => {
+            if settings.affinity_secret.is_none() {
+                tracing::warn!(
+                    "--shared-table with the secret of --secret-file: every proxy sharing the table needs the same secret (give them all --affinity-secret or STICKY_CLUSTER_SECRET)"
+                );
+            }
+            let config = shared_table::SharedConfig {
+                url: url.clone(),
+                password: std::env::var("STICKY_CLUSTER_REDIS_PASSWORD").ok(),
+                timeout: settings.shared_table_timeout,
+                ttl: settings.session_ttl,
+            };
+            let shared = SharedTable::start(&config, secret, workers.clone(), stop.clone())?;
+            router = router.with_shared(shared.clone());
+            Some(shared)
+        }
+        _ => None,
+    };
+    Ok((Arc::new(router), table, shared))
 }
 
 /// The message bus, and the task that hands worker messages to `--on-message` and the hook.
@@ -866,6 +903,7 @@ fn proxy_config(
             None => None,
         },
         filter: Some(ipfilter::IpFilter::new(&settings.allow, &settings.deny)?),
+        shared: None,
         trusted: Some(ipfilter::TrustedProxies::new(&settings.trust_proxy)?),
         underscores: if settings.allow_underscore_headers {
             proxy::Underscores::Keep

@@ -7,7 +7,7 @@
 //! restarts and in-flight counts are not counted here: [`crate::workers::WorkerSet`] already
 //! holds them.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -279,6 +279,76 @@ impl Drop for Open {
     fn drop(&mut self) {
         COUNTERS.connections[self.0 as usize].fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The result of asking the shared table (`--shared-table`) about a key this proxy did not
+/// know, as `sticky_cluster_shared_table_lookups_total{result}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Another proxy had placed the key: this one adopted its worker.
+    Hit,
+    /// Nobody had: this proxy's choice was claimed.
+    Miss,
+    /// Redis did not answer within `--shared-table-timeout`.
+    Timeout,
+    /// Redis is down or answered an error.
+    Error,
+}
+
+impl Lookup {
+    /// The label values, in index order.
+    pub const LABELS: [&'static str; 4] = ["hit", "miss", "timeout", "error"];
+}
+
+/// The shared table's counters; all zero (and not rendered) without `--shared-table`.
+#[derive(Debug)]
+pub struct SharedCounters {
+    /// A shared table is configured.
+    pub on: AtomicBool,
+    /// Redis answers (1) or not (0).
+    pub up: AtomicBool,
+    /// Lookups by [`Lookup`].
+    pub lookups: [AtomicU64; 4],
+    /// Writes (sets and deletes) Redis acknowledged.
+    pub publishes: AtomicU64,
+    /// Writes dropped: the queue to Redis was full, or too many waited while it was down.
+    pub dropped: AtomicU64,
+}
+
+static SHARED: SharedCounters = SharedCounters {
+    on: AtomicBool::new(false),
+    up: AtomicBool::new(false),
+    lookups: [const { AtomicU64::new(0) }; 4],
+    publishes: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+};
+
+/// The shared table's counters.
+pub fn shared() -> &'static SharedCounters {
+    &SHARED
+}
+
+/// One lookup in the shared table.
+#[inline]
+pub fn shared_lookup(l: Lookup) {
+    SHARED.on.store(true, Ordering::Relaxed);
+    bump(&SHARED.lookups[l as usize]);
+}
+
+/// `n` writes acknowledged by Redis.
+pub fn shared_published(n: u64) {
+    SHARED.publishes.fetch_add(n, Ordering::Relaxed);
+}
+
+/// One write dropped.
+pub fn shared_dropped() {
+    bump(&SHARED.dropped);
+}
+
+/// Redis answers or not.
+pub fn shared_up(up: bool) {
+    SHARED.on.store(true, Ordering::Relaxed);
+    SHARED.up.store(up, Ordering::Relaxed);
 }
 
 #[cfg(test)]

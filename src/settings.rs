@@ -26,6 +26,8 @@ pub const DEFAULT_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_SESSION_COOKIE: &str = "connect.sid";
 /// Sliding lifetime of a remembered session key (seed: `session.ttl`, 1 h).
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+/// Longest a request waits for the shared table (`--shared-table-timeout`).
+pub const DEFAULT_SHARED_TABLE_TIMEOUT: Duration = Duration::from_millis(50);
 /// Cap on remembered session keys.
 pub const DEFAULT_SESSION_MAX: usize = 1_000_000;
 /// Name of the affinity cookie the proxy sets.
@@ -203,6 +205,14 @@ pub enum SettingsError {
     AdminOnProxyPort {
         /// The address.
         addr: SocketAddr,
+    },
+    /// A `--shared-table` that is not a Redis URL.
+    #[error("invalid --shared-table {url:?}: {reason} (expected redis://HOST:PORT[/DB] or rediss://HOST:PORT[/DB])")]
+    BadSharedTable {
+        /// The URL, password hidden.
+        url: String,
+        /// Why.
+        reason: String,
     },
     /// A duration without a known unit.
     #[error("invalid duration {value:?} for {field}: write a number with a unit, e.g. 1500ms, 30s, 5m or 1h")]
@@ -384,6 +394,10 @@ pub struct Settings {
     pub affinity_secret: Option<String>,
     /// Where a generated affinity secret is kept across restarts.
     pub secret_file: PathBuf,
+    /// `--shared-table`: the Redis URL of the session table shared with other proxies.
+    pub shared_table: Option<String>,
+    /// Longest a request waits for the shared table.
+    pub shared_table_timeout: Duration,
     /// How long a worker may take to accept connections.
     pub ready_timeout: Duration,
     /// How long in-flight requests may finish after a stop signal.
@@ -479,6 +493,8 @@ impl Default for Settings {
             affinity_cookie: Some(DEFAULT_AFFINITY_COOKIE.to_string()),
             affinity_secret: None,
             secret_file: default_secret_file(),
+            shared_table: None,
+            shared_table_timeout: DEFAULT_SHARED_TABLE_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             grace_timeout: DEFAULT_GRACE_TIMEOUT,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
@@ -727,6 +743,10 @@ pub struct FileSettings {
     pub affinity_secret: Option<String>,
     /// `--secret-file`.
     pub secret_file: Option<PathBuf>,
+    /// `--shared-table`.
+    pub shared_table: Option<String>,
+    /// `--shared-table-timeout`.
+    pub shared_table_timeout: Option<String>,
     /// `--ready-timeout`.
     pub ready_timeout: Option<String>,
     /// `--grace-timeout`.
@@ -856,6 +876,15 @@ impl FileSettings {
         set(&mut s.session_max, self.session_max);
         set(&mut s.threads, self.threads);
         set(&mut s.secret_file, self.secret_file);
+        if let Some(url) = self.shared_table {
+            crate::shared_table::check_url(&url).map_err(|reason| {
+                SettingsError::BadSharedTable {
+                    url: crate::shared_table::redact(&url),
+                    reason,
+                }
+            })?;
+            s.shared_table = Some(url);
+        }
         set(&mut s.command, self.command);
         if self.on_message.is_some() {
             s.on_message = self.on_message;
@@ -945,6 +974,11 @@ impl FileSettings {
         }
         set_duration(&mut s.delay, "delay", self.delay)?;
         set_duration(&mut s.session_ttl, "session-ttl", self.session_ttl)?;
+        set_duration(
+            &mut s.shared_table_timeout,
+            "shared-table-timeout",
+            self.shared_table_timeout,
+        )?;
         set_duration(&mut s.ready_timeout, "ready-timeout", self.ready_timeout)?;
         set_duration(&mut s.grace_timeout, "grace-timeout", self.grace_timeout)?;
         set_duration(&mut s.kill_timeout, "kill-timeout", self.kill_timeout)?;

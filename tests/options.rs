@@ -286,6 +286,7 @@ fn help_shows_the_defaults_of_the_code() {
         ("--response-timeout", DEFAULT_RESPONSE_TIMEOUT),
         ("--header-timeout", DEFAULT_HEADER_TIMEOUT),
         ("--ws-idle-timeout", DEFAULT_WS_IDLE_TIMEOUT),
+        ("--shared-table-timeout", DEFAULT_SHARED_TABLE_TIMEOUT),
     ] {
         assert_eq!(duration(flag), want, "{flag}");
     }
@@ -324,5 +325,5 @@ fn help_shows_the_defaults_of_the_code() {
         assert_eq!(shown[flag], want, "{flag}");
     }
     // Every default shown is checked above: a new flag with a default needs a line here.
-    assert_eq!(shown.len(), 14 + 7 + 11, "{shown:#?}");
+    assert_eq!(shown.len(), 15 + 7 + 11, "{shown:#?}");
 }

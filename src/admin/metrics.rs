@@ -16,8 +16,53 @@ pub fn render(admin: &Admin) -> String {
     routing(&mut out, admin);
     workers(&mut out, admin);
     connections(&mut out);
+    shared_table(&mut out);
     process(&mut out, admin);
     out
+}
+
+/// The shared table's state and traffic, when `--shared-table` is on.
+fn shared_table(out: &mut String) {
+    let s = crate::metrics::shared();
+    if !s.on.load(Ordering::Relaxed) {
+        return;
+    }
+    family(
+        out,
+        "sticky_cluster_shared_table_up",
+        "gauge",
+        "1 while Redis (--shared-table) answers.",
+    );
+    let up = u8::from(s.up.load(Ordering::Relaxed));
+    let _ = writeln!(out, "sticky_cluster_shared_table_up {up}");
+    family(
+        out,
+        "sticky_cluster_shared_table_lookups_total",
+        "counter",
+        "Keys new to this proxy looked up in the shared table, by result.",
+    );
+    for (label, n) in crate::metrics::Lookup::LABELS.iter().zip(&s.lookups) {
+        let _ = writeln!(
+            out,
+            "sticky_cluster_shared_table_lookups_total{{result=\"{label}\"}} {}",
+            get(n)
+        );
+    }
+    for (name, help, n) in [
+        (
+            "sticky_cluster_shared_table_publishes_total",
+            "Writes (learnt keys, refreshes, deletes) Redis acknowledged.",
+            &s.publishes,
+        ),
+        (
+            "sticky_cluster_shared_table_dropped_total",
+            "Writes dropped: queue full, or too many waiting while Redis was down.",
+            &s.dropped,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", get(n));
+    }
 }
 
 fn get(c: &AtomicU64) -> u64 {

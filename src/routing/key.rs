@@ -130,19 +130,32 @@ pub fn extract<'a>(
     uri: &'a Uri,
     peer: IpAddr,
 ) -> Option<Key<'a>> {
+    extract_from(sources, headers, uri, peer).map(|(k, _)| k)
+}
+
+/// [`extract`], and the source that found the key (`None` for engine.io's `sid`).
+pub fn extract_from<'a, 's>(
+    sources: &'s [KeySource],
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    peer: IpAddr,
+) -> Option<(Key<'a>, Option<&'s KeySource>)> {
     if let Some(sid) = engineio_sid(uri) {
-        return Some(Key::Bytes(sid));
+        return Some((Key::Bytes(sid), None));
     }
-    sources.iter().find_map(|source| match source {
-        KeySource::Cookie(name) => cookie(headers, name).map(|v| Key::Bytes(Cow::Borrowed(v))),
-        KeySource::Header(name) => headers
-            .get(name)
-            .map(|v| v.as_bytes())
-            .filter(|v| !v.is_empty())
-            .map(|v| Key::Bytes(Cow::Borrowed(v))),
-        KeySource::Query(name) => query_param(uri, name).map(Key::Bytes),
-        KeySource::Ip => Some(Key::Ip(canonical_ip(peer))),
-        KeySource::None => None,
+    sources.iter().find_map(|source| {
+        let key = match source {
+            KeySource::Cookie(name) => cookie(headers, name).map(|v| Key::Bytes(Cow::Borrowed(v))),
+            KeySource::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty())
+                .map(|v| Key::Bytes(Cow::Borrowed(v))),
+            KeySource::Query(name) => query_param(uri, name).map(Key::Bytes),
+            KeySource::Ip => Some(Key::Ip(canonical_ip(peer))),
+            KeySource::None => None,
+        };
+        key.map(|k| (k, Some(source)))
     })
 }
 

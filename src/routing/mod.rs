@@ -7,8 +7,10 @@
 
 pub mod affinity;
 pub mod key;
+pub mod rendezvous;
 pub mod table;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use crate::metrics::Learned;
 use crate::settings::{KeySource, Settings};
 use crate::workers::{WorkerId, WorkerSet};
 use affinity::Affinity;
-use table::{Pin, StickyTable, Tick};
+use table::{KeyHash, Pin, StickyTable, Tick};
 
 /// How the chosen worker relates to the client's earlier requests; forwarded to the app
 /// as `X-Sticky` so it knows when to rebuild session state.
@@ -87,6 +89,16 @@ impl Decision {
 /// configured key sources.
 pub type SessionHash = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
+/// Where the router tells a table shared with other proxies what it learnt (`--shared-table`).
+/// Implementations must not block or do I/O on the caller: they hand the work to a task.
+pub trait SharedSink: Send + Sync + std::fmt::Debug {
+    /// `key` (local hash `hash`) is on `worker` as of `now`: publish it. `refresh` is true for
+    /// a key that was only used (the sink may skip it when it published the key recently).
+    fn publish(&self, hash: KeyHash, key: &[u8], worker: WorkerId, now: Tick, refresh: bool);
+    /// `key` is gone (a worker's `unbind`): delete it from the shared table.
+    fn forget(&self, key: &[u8]);
+}
+
 /// The routing rules and the state they remember.
 pub struct Router {
     custom: Option<SessionHash>,
@@ -97,6 +109,8 @@ pub struct Router {
     affinity: Option<Affinity>,
     /// `--drain-sessions`: a session whose process generation is gone is told it moved.
     drain_sessions: bool,
+    shared: Option<Arc<dyn SharedSink>>,
+    names: rendezvous::NameCache,
 }
 
 impl std::fmt::Debug for Router {
@@ -131,7 +145,66 @@ impl Router {
             table,
             affinity: affinity.filter(|_| sticky),
             drain_sessions: settings.drain_sessions,
+            shared: None,
+            names: rendezvous::NameCache::default(),
         }
+    }
+
+    /// Publishes every learnt key to `sink` too (`--shared-table`).
+    pub fn with_shared(mut self, sink: Arc<dyn SharedSink>) -> Self {
+        self.shared = Some(sink);
+        self
+    }
+
+    /// The session key of a request, if any: engine.io's `sid`, then the custom function,
+    /// then the configured sources.
+    pub fn key_bytes<'h>(&self, head: &'h Parts, peer: IpAddr) -> Option<Cow<'h, [u8]>> {
+        self.key_of(head, peer).map(|(k, _)| k)
+    }
+
+    /// The session key, and whether a key new to this proxy is placed by rendezvous: true
+    /// for keys no response teaches (headers, query, address, a custom function); a session
+    /// cookie or an engine.io `sid` is named by the worker that made it, so a new one goes
+    /// round-robin and is learnt from the response.
+    fn key_of<'h>(&self, head: &'h Parts, peer: IpAddr) -> Option<(Cow<'h, [u8]>, bool)> {
+        if !self.sticky {
+            return None;
+        }
+        if let Some(sid) = key::engineio_sid(&head.uri) {
+            return Some((sid, false));
+        }
+        if let Some(k) = self.custom.as_ref().and_then(|f| f(head)) {
+            return Some((Cow::Owned(k.into_bytes()), true));
+        }
+        let (k, source) = key::extract_from(&self.sources, &head.headers, &head.uri, peer)?;
+        let placed = !matches!(source, Some(KeySource::Cookie(_)) | None);
+        let bytes = match k {
+            key::Key::Bytes(b) => b,
+            key::Key::Ip(IpAddr::V4(v4)) => Cow::Owned(v4.octets().to_vec()),
+            key::Key::Ip(IpAddr::V6(v6)) => Cow::Owned(v6.octets().to_vec()),
+        };
+        Some((bytes, placed))
+    }
+
+    /// True when the request has a session key this proxy's table does not know (the case
+    /// where a shared table is asked).
+    pub fn is_local_miss(&self, head: &Parts, peer: IpAddr, now: Tick) -> bool {
+        self.key_bytes(head, peer)
+            .is_some_and(|k| self.table.peek(self.table.hash(&k), now).is_none())
+    }
+
+    /// Pins `key` on `worker`, which another proxy chose first (the shared table said so):
+    /// the decision keeps the client there and sets the affinity cookie to it.
+    pub fn adopt(&self, key: &[u8], worker: WorkerId, workers: &WorkerSet, now: Tick) -> Decision {
+        let d = Decision {
+            worker,
+            outcome: Outcome::Kept,
+            set_affinity: self.affinity.is_some(),
+            wait: false,
+            generation: workers.generation(worker),
+        };
+        self.table.insert_pin(self.table.hash(key), d.pin(), now);
+        d
     }
 
     /// Consults `f` for a session key before the configured sources.
@@ -164,7 +237,7 @@ impl Router {
         now: Tick,
         hold: bool,
     ) -> Option<Decision> {
-        let (headers, uri) = (&head.headers, &head.uri);
+        let headers = &head.headers;
         if !self.sticky {
             let worker = workers.next_up()?;
             return Some(Decision {
@@ -175,18 +248,11 @@ impl Router {
                 generation: workers.generation(worker),
             });
         }
-        let hash = match key::engineio_sid(uri) {
-            Some(sid) => Some(self.table.hash(&sid)),
-            None => self
-                .custom
-                .as_ref()
-                .and_then(|f| f(head))
-                .map(|k| self.table.hash(k.as_bytes()))
-                .or_else(|| {
-                    key::extract(&self.sources, headers, uri, peer)
-                        .map(|k| self.table.hash(&k.hash_input()))
-                }),
+        let (key, placed) = match self.key_of(head, peer) {
+            Some((k, placed)) => (Some(k), placed),
+            None => (None, false),
         };
+        let hash = key.as_deref().map(|k| self.table.hash(k));
         let cookie_worker = self
             .affinity
             .as_ref()
@@ -203,6 +269,9 @@ impl Router {
                     });
                 }
                 if workers.is_up(w) {
+                    if let (Some(sink), Some(k)) = (&self.shared, &key) {
+                        sink.publish(h, k, w, now, true);
+                    }
                     return Some(self.kept(h, pin, cookie_worker, workers, now));
                 }
                 if hold {
@@ -230,7 +299,10 @@ impl Router {
                 (w, outcome)
             }
             stale => {
-                let w = workers.next_up()?;
+                let w = match &key {
+                    Some(k) if placed => rendezvous::place(k, workers, &self.names)?,
+                    _ => workers.next_up()?,
+                };
                 let outcome = if pinned_elsewhere || stale.is_some() {
                     Outcome::Moved
                 } else {
@@ -240,8 +312,13 @@ impl Router {
             }
         };
         let d = self.decided(worker, outcome, cookie_worker, workers);
-        if let Some(h) = hash {
+        if let (Some(h), Some(k)) = (hash, &key) {
             self.table.insert_pin(h, d.pin(), now);
+            // A key new to this proxy is claimed by the caller (the shared table may know
+            // better); a key moved off a down worker is published as moved.
+            if let (Some(sink), true) = (&self.shared, pinned_elsewhere) {
+                sink.publish(h, k, worker, now, false);
+            }
         }
         Some(d)
     }
@@ -329,7 +406,7 @@ impl Router {
         for name in &self.learn_cookies {
             if let Some(v) = key::set_cookie_value(value, name) {
                 crate::metrics::learned(crate::metrics::Learned::SetCookie);
-                self.table.insert_pin(self.table.hash(v), pin, now);
+                self.remember(v, pin, now);
             }
         }
     }
@@ -351,13 +428,25 @@ impl Router {
     pub fn learn_key(&self, key: &[u8], pin: Pin, now: Tick, from: Learned) {
         if self.sticky {
             crate::metrics::learned(from);
-            self.table.insert_pin(self.table.hash(key), pin, now);
+            self.remember(key, pin, now);
+        }
+    }
+
+    /// Pins a learnt key locally and publishes it.
+    fn remember(&self, key: &[u8], pin: Pin, now: Tick) {
+        let h = self.table.hash(key);
+        self.table.insert_pin(h, pin, now);
+        if let Some(sink) = &self.shared {
+            sink.publish(h, key, pin.worker, now, false);
         }
     }
 
     /// Forgets a key (a worker's `unbind`).
     pub fn forget_key(&self, key: &[u8]) {
         self.table.remove(self.table.hash(key));
+        if let Some(sink) = &self.shared {
+            sink.forget(key);
+        }
     }
 }
 

@@ -61,6 +61,8 @@ pub struct ProxyConfig {
     pub filter: Option<IpFilter>,
     /// Front proxies whose X-Forwarded-For names the client.
     pub trusted: Option<TrustedProxies>,
+    /// The session table shared with other proxies (`--shared-table`).
+    pub shared: Option<Arc<crate::shared_table::SharedTable>>,
     /// Client header names with `_`: dropped unless `--allow-underscore-headers`.
     pub underscores: crate::proxy::http1::head::Underscores,
 }
@@ -85,6 +87,8 @@ pub struct Proxy {
     pub(in crate::proxy) close_jitter: Duration,
     pub(in crate::proxy) filter: Option<IpFilter>,
     pub(in crate::proxy) trusted: Option<TrustedProxies>,
+    /// Asked on a key new to this proxy (`--shared-table`); `None`: the local table only.
+    pub(in crate::proxy) shared: Option<Arc<crate::shared_table::SharedTable>>,
     /// Requests may take the direct paths (`h1`, and `h2`'s direct exchange): not with a
     /// custom hash, which reads the whole head.
     pub(in crate::proxy) direct: bool,
@@ -125,6 +129,7 @@ impl Proxy {
             close_jitter: config.drain_timeout.min(MAX_CLOSE_JITTER),
             filter: config.filter.clone().filter(|f| !f.is_empty()),
             trusted: config.trusted.clone().filter(|t| !t.is_empty()),
+            shared: config.shared.clone(),
             config,
         }
     }

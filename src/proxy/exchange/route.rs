@@ -12,6 +12,7 @@ use super::Proxy;
 use crate::metrics::{self, Routed};
 use crate::proxy::upstream::pool::Pool;
 use crate::routing::Decision;
+use crate::shared_table::Claim;
 use crate::workers::{InFlight, WorkerId};
 
 /// A routed request: the decision, the client it was made for, and which of the worker's
@@ -35,6 +36,9 @@ pub enum Routing {
     Wait(Decision),
     /// No worker is up.
     NoWorker,
+    /// The key is new to this proxy and the shared table must be asked: route with
+    /// [`Proxy::route`], which awaits it.
+    Lookup,
 }
 
 impl Route {
@@ -50,6 +54,9 @@ impl Proxy {
     #[inline]
     pub fn route_now(&self, view: &Parts, client: IpAddr) -> Routing {
         let now = self.router.table().now();
+        if self.shared.is_some() && self.router.is_local_miss(view, client, now) {
+            return Routing::Lookup;
+        }
         match self
             .router
             .route(view, client, &self.workers, now, self.hold.is_some())
@@ -72,7 +79,30 @@ impl Proxy {
             Routing::NoWorker => None,
             // Boxed: holding is rare and its wait would otherwise grow every request's future.
             Routing::Wait(decision) => Box::pin(self.hold_then_route(view, client, decision)).await,
+            // Boxed too: only with --shared-table, once per key new to this proxy.
+            Routing::Lookup => Box::pin(self.route_shared(view, client)).await,
         }
+    }
+
+    /// Routes a request whose key this proxy does not know: chooses as usual, then claims
+    /// the key in the shared table; when another proxy placed it first, adopts its worker.
+    async fn route_shared(&self, view: &Parts, client: IpAddr) -> Option<Route> {
+        let shared = self.shared.as_ref()?;
+        let now = self.router.table().now();
+        let hold = self.hold.is_some();
+        let d = self.router.route(view, client, &self.workers, now, hold)?;
+        if d.wait {
+            return self.hold_then_route(view, client, d).await;
+        }
+        let d = match self.router.key_bytes(view, client) {
+            Some(key) => match shared.claim(&key, d.worker).await {
+                Claim::Theirs(w) => self.router.adopt(&key, w, &self.workers, now),
+                Claim::Ours | Claim::Unknown => d,
+            },
+            None => d,
+        };
+        metrics::routed(d.outcome.into());
+        self.located(view, d, client)
     }
 
     /// Routes a request again after the worker of `failed` could not serve it: the move is

@@ -65,7 +65,7 @@ pub fn plan(
     let routed = match proxy.admit(peer.ip(), &view.headers, false, false) {
         Ok(client) => match proxy.route_now(&view, client) {
             Routing::Go(route) => Some(Plan { route }),
-            Routing::Wait(_) | Routing::NoWorker => None,
+            Routing::Wait(_) | Routing::NoWorker | Routing::Lookup => None,
         },
         Err(_) => None,
     };
