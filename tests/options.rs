@@ -246,7 +246,12 @@ fn help_defaults() -> std::collections::BTreeMap<String, String> {
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         // A flag's line starts with `-x, --name` or `--name`; its help may run onto more lines.
-        if let Some(name) = words.iter().take(2).find(|w| w.starts_with("--")) {
+        let name = match words.as_slice() {
+            [short, long, ..] if short.len() == 3 && short.ends_with(',') => Some(long),
+            [long, ..] => Some(long),
+            [] => None,
+        };
+        if let Some(name) = name.filter(|w| w.starts_with("--")) {
             flag = Some(name.trim_end_matches(',').to_string());
         }
         if let (Some(flag), Some(start)) = (&flag, line.find("[default: ")) {
