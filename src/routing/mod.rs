@@ -435,7 +435,7 @@ impl Router {
     /// Pins a learnt key locally and publishes it.
     fn remember(&self, key: &[u8], pin: Pin, now: Tick) {
         let h = self.table.hash(key);
-        self.table.insert_pin(h, pin, now);
+        self.table.learn_pin(h, pin, now);
         if let Some(sink) = &self.shared {
             sink.publish(h, key, pin.worker, now, false);
         }
@@ -574,6 +574,24 @@ mod tests {
             r.learn_set_cookie(b"connect.sid=rotated", first.pin(), 2);
             let rotated = r.route(&req(Some("connect.sid=rotated")), PEER, &w, 2, false);
             assert_eq!(rotated.map(|d| d.generation), Some(0));
+            // Adopted by the replacement, then the old process answers a request that was in
+            // flight and sets the same cookie again: the adoption stands.
+            r.learn_key(
+                b"rotated",
+                Pin {
+                    worker: 0,
+                    generation: 1,
+                },
+                2,
+                Learned::Bus,
+            );
+            r.learn_set_cookie(b"connect.sid=rotated", first.pin(), 2);
+            let adopted = r.route(&req(Some("connect.sid=rotated")), PEER, &w, 2, false);
+            assert_eq!(
+                adopted.map(|d| d.generation),
+                Some(1),
+                "an adoption is not undone"
+            );
             // The old process is gone: its keys move to the replacement, told so with
             // --drain-sessions, and are re-pinned there.
             w.end_retiring(0);

@@ -327,6 +327,25 @@ impl StickyTable {
         shard.insert(hash, pin, now);
     }
 
+    /// Remembers a key a worker named (a response, an engine.io handshake, a bus message):
+    /// as [`insert_pin`](Self::insert_pin), except that it never moves a key back to an
+    /// older process generation of the same worker. A request in flight on a retiring
+    /// process can answer after the replacement adopted its session; the adoption stands.
+    pub fn learn_pin(&self, hash: KeyHash, pin: Pin, now: Tick) {
+        {
+            let mut shard = self.shard(hash);
+            if let Some(i) = shard.find(hash) {
+                let node = shard.nodes[i as usize];
+                let newer = (node.generation.wrapping_sub(pin.generation) as i8) > 0;
+                if node.worker == pin.worker && newer {
+                    shard.touch(i, now);
+                    return;
+                }
+            }
+        }
+        self.insert_pin(hash, pin, now);
+    }
+
     /// The worker remembered for `hash`, without touching the entry (the admin's look-up).
     pub fn peek(&self, hash: KeyHash, now: Tick) -> Option<WorkerId> {
         let shard = self.shard(hash);
