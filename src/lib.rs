@@ -820,7 +820,13 @@ fn router(
         None
     };
     let affinity = match (&settings.affinity_cookie, &secret) {
-        (Some(name), Some(secret)) => Some(Affinity::new(name, secret, workers.len(), https)),
+        (Some(name), Some(secret)) => {
+            let labels: Vec<String> = workers
+                .ids()
+                .filter_map(|id| workers.affinity_label(id))
+                .collect();
+            Some(Affinity::labelled(name, secret, &labels, https))
+        }
         _ => None,
     };
     let table = Arc::new(StickyTable::new(settings.session_max, settings.session_ttl));

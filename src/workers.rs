@@ -372,6 +372,17 @@ impl WorkerSet {
         })
     }
 
+    /// What the affinity cookie's token of a worker is made from: an upstream's
+    /// [`name`](Self::name) (its address, so proxies listing their upstreams in any order
+    /// agree); a spawned worker's slot index, as before names existed (its cookies survive
+    /// an upgrade).
+    pub fn affinity_label(&self, id: WorkerId) -> Option<String> {
+        match self.kind(id)? {
+            SlotKind::Upstream => self.name(id),
+            SlotKind::Spawned => Some(id.to_string()),
+        }
+    }
+
     /// The slot whose [`name`](Self::name) is `name`, if any.
     pub fn by_name(&self, name: &str) -> Option<WorkerId> {
         self.ids()

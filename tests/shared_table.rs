@@ -446,3 +446,27 @@ fn a_bus_bind_is_published_with_the_session_ttl_and_an_unbind_deletes_it() {
         || redis.try_cmd(&["EXISTS", &key]).is_ok_and(|r| r == ":0"),
     );
 }
+
+#[test]
+fn an_affinity_cookie_from_one_proxy_is_honoured_by_another_that_lists_the_workers_otherwise() {
+    let workers = three_workers();
+    let (a, b) = two_proxies(&workers, &[]);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        // No session key: the affinity cookie alone pins the client.
+        let (r, json) = a.whoami(&[]);
+        let on_a = json["worker"].as_u64().expect("a worker id");
+        seen.insert(on_a);
+        let set = r
+            .header("set-cookie")
+            .unwrap_or_else(|| panic!("proxy A sets the affinity cookie: {}", a.logs()));
+        let cookie = set.split(';').next().expect("name=value").to_string();
+        let (_, json) = b.whoami(&[("Cookie", &cookie)]);
+        assert_eq!(json["worker"].as_u64(), Some(on_a), "{cookie} through B");
+        assert_eq!(json["sticky"], "kept", "{json}");
+    }
+    assert!(
+        seen.len() >= 2,
+        "round-robin on A reached several workers: {seen:?}"
+    );
+}

@@ -50,12 +50,25 @@ pub struct Affinity {
 }
 
 impl Affinity {
-    /// Tokens for `workers` workers under `secret`; `secure` adds the `Secure` attribute.
+    /// Tokens for `workers` workers, each labelled by its index, under `secret`; `secure`
+    /// adds the `Secure` attribute.
     pub fn new(name: &str, secret: &[u8], workers: usize, secure: bool) -> Self {
+        let labels: Vec<String> = (0..workers).map(|i| i.to_string()).collect();
+        Self::labelled(name, secret, &labels, secure)
+    }
+
+    /// Tokens for workers labelled `labels` (slot `i` is `labels[i]`): a label that names a
+    /// worker the same way on every proxy (an upstream's address) gives a token every proxy
+    /// with the same secret verifies, whatever the order of its worker list.
+    pub fn labelled(name: &str, secret: &[u8], labels: &[String], secure: bool) -> Self {
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let tokens: Vec<[u8; TOKEN_LEN]> = (0..workers)
-            .map(|i| {
-                let tag = hmac::sign(&key, format!("sticky-cluster/affinity/v1/{i}").as_bytes());
+        let tokens: Vec<[u8; TOKEN_LEN]> = labels
+            .iter()
+            .map(|label| {
+                let tag = hmac::sign(
+                    &key,
+                    format!("sticky-cluster/affinity/v1/{label}").as_bytes(),
+                );
                 hex(&tag.as_ref()[..TOKEN_BYTES])
             })
             .collect();
