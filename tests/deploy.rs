@@ -2,6 +2,8 @@
 //! flag of `sticky-cluster`, the systemd unit verifies without a warning, and the Kubernetes
 //! manifests parse with the kinds and the wiring the README describes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
