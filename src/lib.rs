@@ -47,6 +47,7 @@ mod ipc;
 mod ipfilter;
 mod metrics;
 mod proxy;
+mod redis_url;
 mod routing;
 #[cfg(feature = "tower-sessions")]
 pub mod sessions;

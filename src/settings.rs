@@ -877,11 +877,9 @@ impl FileSettings {
         set(&mut s.threads, self.threads);
         set(&mut s.secret_file, self.secret_file);
         if let Some(url) = self.shared_table {
-            crate::shared_table::check_url(&url).map_err(|reason| {
-                SettingsError::BadSharedTable {
-                    url: crate::shared_table::redact(&url),
-                    reason,
-                }
+            crate::redis_url::check_url(&url).map_err(|reason| SettingsError::BadSharedTable {
+                url: crate::redis_url::redact(&url),
+                reason,
             })?;
             s.shared_table = Some(url);
         }
