@@ -36,18 +36,8 @@ OUT_DIR=${OUT_DIR:-/tmp/sticky-bodies/$STAMP}
 RUN_DIR=$(mktemp -d /tmp/sticky-bodies.XXXXXX)
 mkdir -p "$OUT_DIR/logs"
 
-for b in node wrk nginx haproxy curl taskset ss; do command -v $b >/dev/null || die "missing $b"; done
 declare -A PORT=([sticky-cluster]=18080 [sticky-base]=18081 [nginx]=18082 [haproxy]=18083)
-for p in 18000 18001 "${PORT[@]}"; do port_busy "$p" && die "port $p already in use"; done
-if [[ -z ${SKIP_BUILD:-} ]]; then
-  log "building: cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet)
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
-{
-  machine_info
-  echo "params: rounds=$ROUNDS duration=${DURATION}s conns=$CONNS cases=$CASES"
-} | tee "$OUT_DIR/env.txt" >&2
+prepare_run "rounds=$ROUNDS duration=${DURATION}s conns=$CONNS cases=$CASES" "${PORT[@]}"
 
 # ------------------------------------------------------------------ backends
 for port in 18000 18001; do

@@ -295,6 +295,20 @@ foreign_pct() {     # foreign_pct SNAP0 SNAP1 OUR_TICKS: % of one core used by o
 }
 
 # ------------------------------------------------------------------ stickiness check
+prepare_run() {     # prepare_run "PARAMS" PORT...: tools there, ports 18000/18001 and PORTs free,
+                    # the release build (unless SKIP_BUILD), $OUT_DIR/env.txt with PARAMS
+  local params=$1; shift
+  local b p
+  for b in node wrk nginx haproxy curl taskset ss; do command -v "$b" >/dev/null || die "missing $b"; done
+  for p in 18000 18001 "$@"; do port_busy "$p" && die "port $p already in use"; done
+  if [[ -z ${SKIP_BUILD:-} ]]; then
+    log "building: cargo build --release"
+    (cd "$REPO" && cargo build --release --quiet)
+  fi
+  [[ -x $BIN ]] || die "no binary at $BIN"
+  { machine_info; echo "params: $params"; } | tee "$OUT_DIR/env.txt" >&2
+}
+
 sticky_check() {    # sticky_check URL [curl args]: 40 ids x 3 rounds over ONE keep-alive connection
   local url=$1 ids=40 rounds=3 args=() k out
   for _ in $(seq 1 $rounds); do

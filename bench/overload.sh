@@ -47,18 +47,8 @@ RUN_DIR=$(mktemp -d /tmp/sticky-overload.XXXXXX)
 GEN=$BENCH_DIR/overload/gen.js
 mkdir -p "$OUT_DIR/logs"
 
-for b in node wrk nginx haproxy curl taskset ss; do command -v $b >/dev/null || die "missing $b"; done
 declare -A PORT=([sticky-cluster]=18080 [sticky-shed]=18081 [nginx]=18082 [haproxy]=18083)
-for p in 18000 18001 "${PORT[@]}"; do port_busy "$p" && die "port $p already in use"; done
-if [[ -z ${SKIP_BUILD:-} ]]; then
-  log "building: cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet)
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
-{
-  machine_info
-  echo "params: rounds=$ROUNDS duration=${DURATION}s loads=$LOADS work_us=$WORK_US conns=$CONNS sessions=$SESSIONS shed_pending=$SHED_PENDING timeout_ms=$TIMEOUT_MS"
-} | tee "$OUT_DIR/env.txt" >&2
+prepare_run "rounds=$ROUNDS duration=${DURATION}s loads=$LOADS work_us=$WORK_US conns=$CONNS sessions=$SESSIONS shed_pending=$SHED_PENDING timeout_ms=$TIMEOUT_MS" "${PORT[@]}"
 
 log "starting 2 workers (WORK_US=$WORK_US) on CPU $LOAD_CPU"
 for port in 18000 18001; do

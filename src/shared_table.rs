@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Lookup};
 use crate::redis_url::redact;
-use crate::routing::table::{KeyHash, Tick};
+use crate::routing::table::{self, KeyHash, Tick};
 use crate::routing::SharedSink;
 use crate::workers::{WorkerId, WorkerSet};
 
@@ -36,8 +36,6 @@ use crate::workers::{WorkerId, WorkerSet};
 const PREFIX: &str = "sticky-cluster:";
 /// A used key is re-published at most this often (sliding TTL without a write per request).
 const REFRESH: Duration = Duration::from_secs(5);
-/// Ticks per second of the sticky table's clock.
-const TICKS_PER_SEC: u64 = 10;
 /// Slots of the "published recently" filter (a power of two).
 const RECENT_SLOTS: usize = 1 << 16;
 /// Writes queued between the request path and the publisher.
@@ -268,7 +266,7 @@ impl SharedTable {
         let tag = hash & !0xffff_ffff;
         let entry = slot.load(Ordering::Relaxed);
         let last = (entry & 0xffff_ffff) as Tick;
-        let refresh = (REFRESH.as_secs() * TICKS_PER_SEC) as Tick;
+        let refresh = table::ticks(REFRESH);
         if entry & !0xffff_ffff == tag && entry != 0 && now.wrapping_sub(last) < refresh {
             return true;
         }
@@ -470,7 +468,7 @@ mod tests {
     async fn a_used_key_is_refreshed_at_most_once_per_interval_and_a_learnt_one_always() {
         let (t, mut rx) = table();
         let (hash, key) = (0x1234_5678_9abc_def0, b"sid-1".as_slice());
-        let refresh = (REFRESH.as_secs() * TICKS_PER_SEC) as Tick;
+        let refresh = table::ticks(REFRESH);
         t.publish(hash, key, 1, 100, true);
         for tick in 101..100 + refresh {
             t.publish(hash, key, 1, tick, true);

@@ -291,9 +291,11 @@ fn replacements(c: &TestCluster) -> Vec<(u64, u64)> {
         .collect()
 }
 
-#[test]
-fn crashes_during_a_drain_move_only_what_they_must_and_sigterm_stops_both_generations() {
-    let mut c = cluster(
+/// A session-draining cluster (no hand-off, sessions idle for a minute before they end)
+/// with every user logged in, just after a rolling restart: each slot has a retiring
+/// process.
+fn rolled_while_draining() -> (TestCluster, Vec<User>) {
+    let c = cluster(
         &[
             "--drain-sessions",
             "--drain-idle",
@@ -306,6 +308,12 @@ fn crashes_during_a_drain_move_only_what_they_must_and_sigterm_stops_both_genera
     let users = log_in_all(&c);
     c.signal("HUP");
     c.wait_log("rolling restart done", Duration::from_secs(30));
+    (c, users)
+}
+
+#[test]
+fn crashes_during_a_drain_move_only_what_they_must_and_sigterm_stops_both_generations() {
+    let (mut c, users) = rolled_while_draining();
     let pairs = replacements(&c);
     assert_eq!(pairs.len(), WORKERS, "{}", c.logs());
     // The new process of the first slot crashes: it is restarted, and the old one keeps
@@ -345,19 +353,7 @@ fn crashes_during_a_drain_move_only_what_they_must_and_sigterm_stops_both_genera
 
 #[test]
 fn a_second_sighup_ends_the_running_drain_before_replacing_again() {
-    let c = cluster(
-        &[
-            "--drain-sessions",
-            "--drain-idle",
-            "60s",
-            "--drain-timeout",
-            "60s",
-        ],
-        false,
-    );
-    let users = log_in_all(&c);
-    c.signal("HUP");
-    c.wait_log("rolling restart done", Duration::from_secs(30));
+    let (c, users) = rolled_while_draining();
     let first = replacements(&c);
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(&c, &users, stop.clone());

@@ -19,13 +19,23 @@ const SECRET: &str = "shared-table-test-secret-0123456789";
 struct Redis {
     child: Option<Child>,
     port: u16,
+    password: Option<&'static str>,
 }
 
 impl Redis {
     fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        Self::start_with(port, None)
+    }
+
+    /// A server that requires `password` (`requirepass`) when it is `Some`.
+    fn start_with(port: u16, password: Option<&'static str>) -> Self {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(p) = password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -33,6 +43,7 @@ impl Redis {
         let redis = Self {
             child: Some(child),
             port,
+            password,
         };
         wait_until("redis to answer PING", Duration::from_secs(10), || {
             redis.try_cmd(&["PING"]).is_ok_and(|r| r == "+PONG")
@@ -55,13 +66,16 @@ impl Redis {
     fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes())?;
+        let mut reader = BufReader::new(s.try_clone()?);
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line)?;
+        if let Some(p) = self.password {
+            s.write_all(resp(&["AUTH", p]).as_bytes())?;
+            reader.read_line(&mut line)?;
+            assert_eq!(line.trim_end(), "+OK", "AUTH");
+            line.clear();
+        }
+        s.write_all(resp(args).as_bytes())?;
+        reader.read_line(&mut line)?;
         Ok(line.trim_end().to_string())
     }
 
@@ -79,6 +93,15 @@ impl Redis {
 }
 
 /// The name the proxies give session `id` in Redis: a keyed hash, never the id in clear.
+/// One command in RESP.
+fn resp(args: &[&str]) -> String {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    req
+}
+
 fn redis_key(id: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
     let tag = ring::hmac::sign(&key, id.as_bytes());
@@ -468,5 +491,134 @@ fn an_affinity_cookie_from_one_proxy_is_honoured_by_another_that_lists_the_worke
     assert!(
         seen.len() >= 2,
         "round-robin on A reached several workers: {seen:?}"
+    );
+}
+
+#[test]
+fn the_password_from_the_environment_opens_a_redis_that_requires_one() {
+    let ports = free_ports(1);
+    let port = ports.first;
+    drop(ports);
+    let redis = Redis::start_with(port, Some("table-password-0123"));
+    let workers = three_workers();
+    let with_password = |order: Vec<&Upstream>| {
+        let mut args = vec!["--affinity-secret".to_string(), SECRET.to_string()];
+        for w in order {
+            args.extend(["--upstream".to_string(), w.arg()]);
+        }
+        args.extend(shared_flags(&redis));
+        TestCluster::start(Options {
+            workers: 1,
+            args,
+            env: vec![(
+                "STICKY_CLUSTER_REDIS_PASSWORD".into(),
+                "table-password-0123".into(),
+            )],
+            ..Default::default()
+        })
+    };
+    let a = with_password(workers.iter().collect());
+    let b = with_password(workers.iter().rev().collect());
+    let ids: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    let on_a: Vec<u64> = ids.iter().map(|id| login(&a, id)).collect();
+    ids.iter().for_each(|id| redis.wait_key(id));
+    for (id, &worker) in ids.iter().zip(&on_a) {
+        assert_eq!(worker_of(&b, id), worker, "{id} through B\n{}", b.logs());
+    }
+}
+
+/// A TCP relay to Redis that can be frozen: once frozen it forwards nothing either way
+/// (Redis hung, its connections open). Its threads end with the test process.
+struct Relay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().take(64).flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            if !flag.load(Ordering::Relaxed) && to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_redis_that_stops_answering_delays_a_new_session_by_the_timeout_at_most() {
+    let ports = free_ports(2);
+    let (redis_port, admin) = (ports.first, ports.first + 1);
+    drop(ports);
+    let redis = Redis::start(redis_port);
+    let relay = Relay::start(redis_port);
+    let workers = three_workers();
+    let flags: Vec<String> = [
+        "--no-affinity-cookie".to_string(),
+        "--shared-table".into(),
+        format!("redis://127.0.0.1:{}", relay.port),
+        "--shared-table-timeout".into(),
+        "300ms".into(),
+        "--admin".into(),
+        format!("127.0.0.1:{admin}"),
+    ]
+    .into();
+    let a = proxy(&workers.iter().collect::<Vec<_>>(), &flags);
+    wait_until("the proxy to reach Redis", Duration::from_secs(10), || {
+        metrics(admin).contains("sticky_cluster_shared_table_up 1")
+    });
+    worker_of(&a, "before");
+    redis.wait_key("before");
+    relay.freeze();
+    for i in 0..3 {
+        let started = Instant::now();
+        // A session cookie this proxy never saw: it asks Redis before placing it.
+        let id = format!("hung{i}");
+        let worker = worker_of(&a, &id);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a new key waited {:?} for a Redis that stopped answering (timeout 300ms)",
+            started.elapsed()
+        );
+        assert_eq!(worker_of(&a, &id), worker, "{id} kept locally");
+    }
+    let timed_out = metrics(admin)
+        .lines()
+        .find(|l| l.starts_with("sticky_cluster_shared_table_lookups_total{result=\"timeout\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        timed_out >= 1,
+        "the first lookup after the freeze timed out\n{}",
+        metrics(admin)
     );
 }

@@ -99,6 +99,20 @@ pub trait SharedSink: Send + Sync + std::fmt::Debug {
     fn forget(&self, key: &[u8]);
 }
 
+/// A request whose key this proxy's table does not know, stopped before it was placed
+/// ([`Router::route_known`]): a shared table must be asked first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalMiss;
+
+/// What a request showed before it was placed.
+struct Seen<'k> {
+    key: Option<&'k [u8]>,
+    placed: bool,
+    hash: Option<KeyHash>,
+    cookie_worker: Option<WorkerId>,
+    pinned_elsewhere: bool,
+}
+
 /// The routing rules and the state they remember.
 pub struct Router {
     custom: Option<SessionHash>,
@@ -186,13 +200,6 @@ impl Router {
         Some((bytes, placed))
     }
 
-    /// True when the request has a session key this proxy's table does not know (the case
-    /// where a shared table is asked).
-    pub fn is_local_miss(&self, head: &Parts, peer: IpAddr, now: Tick) -> bool {
-        self.key_bytes(head, peer)
-            .is_some_and(|k| self.table.peek(self.table.hash(&k), now).is_none())
-    }
-
     /// Pins `key` on `worker`, which another proxy chose first (the shared table said so):
     /// the decision keeps the client there and sets the affinity cookie to it.
     pub fn adopt(&self, key: &[u8], worker: WorkerId, workers: &WorkerSet, now: Tick) -> Decision {
@@ -237,16 +244,41 @@ impl Router {
         now: Tick,
         hold: bool,
     ) -> Option<Decision> {
-        let headers = &head.headers;
+        self.decide(head, peer, workers, now, hold, false)
+            .unwrap_or(None)
+    }
+
+    /// As [`route`](Self::route), but a request whose key this proxy's table does not
+    /// know is not placed: [`LocalMiss`] says the shared table must be asked first. One
+    /// key extraction and one table look-up either way.
+    pub fn route_known(
+        &self,
+        head: &Parts,
+        peer: IpAddr,
+        workers: &WorkerSet,
+        now: Tick,
+        hold: bool,
+    ) -> Result<Option<Decision>, LocalMiss> {
+        self.decide(head, peer, workers, now, hold, true)
+    }
+
+    fn decide(
+        &self,
+        head: &Parts,
+        peer: IpAddr,
+        workers: &WorkerSet,
+        now: Tick,
+        hold: bool,
+        stop_at_miss: bool,
+    ) -> Result<Option<Decision>, LocalMiss> {
         if !self.sticky {
-            let worker = workers.next_up()?;
-            return Some(Decision {
+            return Ok(workers.next_up().map(|worker| Decision {
                 worker,
                 outcome: Outcome::New,
                 set_affinity: false,
                 wait: false,
                 generation: workers.generation(worker),
-            });
+            }));
         }
         let (key, placed) = match self.key_of(head, peer) {
             Some((k, placed)) => (Some(k), placed),
@@ -256,33 +288,77 @@ impl Router {
         let cookie_worker = self
             .affinity
             .as_ref()
-            .and_then(|a| key::cookie(headers, a.name()).and_then(|v| a.verify(v)));
+            .and_then(|a| key::cookie(&head.headers, a.name()).and_then(|v| a.verify(v)));
         let mut pinned_elsewhere = false;
-        if let Some(h) = hash {
-            if let Some(pin) = self.table.get_pin(h, now) {
-                let w = pin.worker;
-                if workers.retiring_serves(w, pin.generation) {
-                    let d = self.decided(w, Outcome::Kept, cookie_worker, workers);
-                    return Some(Decision {
-                        generation: pin.generation,
-                        ..d
-                    });
-                }
-                if workers.is_up(w) {
-                    if let (Some(sink), Some(k)) = (&self.shared, &key) {
-                        sink.publish(h, k, w, now, true);
-                    }
-                    return Some(self.kept(h, pin, cookie_worker, workers, now));
-                }
-                if hold {
-                    return Some(Decision {
-                        wait: true,
-                        ..self.decided(w, Outcome::Kept, cookie_worker, workers)
-                    });
-                }
-                pinned_elsewhere = true;
+        if let (Some(h), Some(k)) = (hash, &key) {
+            match self.table.get_pin(h, now) {
+                Some(pin) => match self.pinned(h, k, pin, cookie_worker, workers, now, hold) {
+                    Some(d) => return Ok(Some(d)),
+                    None => pinned_elsewhere = true,
+                },
+                None if stop_at_miss => return Err(LocalMiss),
+                None => {}
             }
         }
+        let seen = Seen {
+            key: key.as_deref(),
+            placed,
+            hash,
+            cookie_worker,
+            pinned_elsewhere,
+        };
+        Ok(self.place(seen, workers, now, hold))
+    }
+
+    /// A key the table pins: its decision, or `None` when its worker is down and the
+    /// client must be placed again (moved).
+    #[allow(clippy::too_many_arguments)]
+    fn pinned(
+        &self,
+        h: KeyHash,
+        k: &[u8],
+        pin: Pin,
+        cookie_worker: Option<WorkerId>,
+        workers: &WorkerSet,
+        now: Tick,
+        hold: bool,
+    ) -> Option<Decision> {
+        let w = pin.worker;
+        if workers.retiring_serves(w, pin.generation) {
+            let d = self.decided(w, Outcome::Kept, cookie_worker, workers);
+            return Some(Decision {
+                generation: pin.generation,
+                ..d
+            });
+        }
+        if workers.is_up(w) {
+            if let Some(sink) = &self.shared {
+                sink.publish(h, k, w, now, true);
+            }
+            return Some(self.kept(h, pin, cookie_worker, workers, now));
+        }
+        hold.then(|| Decision {
+            wait: true,
+            ..self.decided(w, Outcome::Kept, cookie_worker, workers)
+        })
+    }
+
+    /// Places a request the table did not settle: a valid affinity cookie's worker, else
+    /// rendezvous for keys no response names, else round-robin; the key is then pinned.
+    fn place(
+        &self,
+        seen: Seen<'_>,
+        workers: &WorkerSet,
+        now: Tick,
+        hold: bool,
+    ) -> Option<Decision> {
+        let Seen {
+            key,
+            placed,
+            hash,
+            cookie_worker,
+            pinned_elsewhere,
+        } = seen;
         if let Some(w) = cookie_worker.filter(|&w| hold && !workers.is_up(w)) {
             return Some(Decision {
                 wait: true,
@@ -299,7 +375,7 @@ impl Router {
                 (w, outcome)
             }
             stale => {
-                let w = match &key {
+                let w = match key {
                     Some(k) if placed => rendezvous::place(k, workers, &self.names)?,
                     _ => workers.next_up()?,
                 };
@@ -312,7 +388,7 @@ impl Router {
             }
         };
         let d = self.decided(worker, outcome, cookie_worker, workers);
-        if let (Some(h), Some(k)) = (hash, &key) {
+        if let (Some(h), Some(k)) = (hash, key) {
             self.table.insert_pin(h, d.pin(), now);
             // A key new to this proxy is claimed by the caller (the shared table may know
             // better); a key moved off a down worker is published as moved.

@@ -24,6 +24,16 @@ pub type Tick = u32;
 
 const TICK_MS: u64 = 100;
 const TICK: Duration = Duration::from_millis(TICK_MS);
+
+/// A duration in table ticks (rounded down, saturating).
+pub const fn ticks(d: Duration) -> Tick {
+    let t = d.as_millis() / TICK_MS as u128;
+    if t > u32::MAX as u128 {
+        u32::MAX
+    } else {
+        t as Tick
+    }
+}
 const NIL: u32 = u32::MAX;
 const MAX_SHARDS: usize = 64;
 /// Keys per shard below which more shards would only add overhead.

@@ -11,7 +11,7 @@ use http::request::Parts;
 use super::Proxy;
 use crate::metrics::{self, Routed};
 use crate::proxy::upstream::pool::Pool;
-use crate::routing::Decision;
+use crate::routing::{Decision, LocalMiss};
 use crate::shared_table::Claim;
 use crate::workers::{InFlight, WorkerId};
 
@@ -54,20 +54,22 @@ impl Proxy {
     #[inline]
     pub fn route_now(&self, view: &Parts, client: IpAddr) -> Routing {
         let now = self.router.table().now();
-        if self.shared.is_some() && self.router.is_local_miss(view, client, now) {
-            return Routing::Lookup;
-        }
-        match self
-            .router
-            .route(view, client, &self.workers, now, self.hold.is_some())
-        {
-            Some(d) if d.wait => Routing::Wait(d),
-            Some(d) => {
+        let hold = self.hold.is_some();
+        let routed = match self.shared {
+            None => Ok(self.router.route(view, client, &self.workers, now, hold)),
+            Some(_) => self
+                .router
+                .route_known(view, client, &self.workers, now, hold),
+        };
+        match routed {
+            Err(LocalMiss) => Routing::Lookup,
+            Ok(Some(d)) if d.wait => Routing::Wait(d),
+            Ok(Some(d)) => {
                 metrics::routed(d.outcome.into());
                 self.located(view, d, client)
                     .map_or(Routing::NoWorker, Routing::Go)
             }
-            None => Routing::NoWorker,
+            Ok(None) => Routing::NoWorker,
         }
     }
 
