@@ -8,13 +8,14 @@ use clap::Parser;
 
 use crate::settings::{
     format_duration, FileSettings, KeySource, Settings, SettingsError, DEFAULT_AFFINITY_COOKIE,
-    DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DRAIN_IDLE,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_GRACE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL,
-    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT,
-    DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PENDING,
-    DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT, DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
-    DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_SHARED_TABLE_TIMEOUT,
-    DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
+    DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DNS_INTERVAL,
+    DEFAULT_DNS_MAX_WORKERS, DEFAULT_DRAIN_IDLE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_GRACE_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE,
+    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT, DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PENDING, DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT,
+    DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX,
+    DEFAULT_SESSION_TTL, DEFAULT_SHARED_TABLE_TIMEOUT, DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT,
+    DEFAULT_WS_IDLE_TIMEOUT,
 };
 
 /// A flag's help line ending in `[default: VALUE]`, the value taken from the code's
@@ -102,6 +103,14 @@ struct Args {
     /// A worker this process does not start (repeatable); with no COMMAND, nothing is spawned
     #[arg(long = "upstream", value_name = "HOST:PORT")]
     upstreams: Vec<String>,
+    /// A name whose every address (A/AAAA, hosts file) is a worker on PORT, resolved again
+    /// and again (repeatable; a Kubernetes headless Service); with no COMMAND, nothing is spawned
+    #[arg(long = "upstream-dns", value_name = "NAME:PORT")]
+    upstream_dns: Vec<String>,
+    #[arg(long, value_name = "DURATION", help = with_default("Time between two resolutions of the --upstream-dns names", format_duration(DEFAULT_DNS_INTERVAL)))]
+    dns_interval: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("Most workers the --upstream-dns names may list together", DEFAULT_DNS_MAX_WORKERS))]
+    dns_max_workers: Option<usize>,
     /// HTTP path for active health checks (2xx/3xx passes) [default: a TCP connect]
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
@@ -360,6 +369,9 @@ impl Args {
             threads: self.threads,
             on_message: self.on_message,
             upstream: (!self.upstreams.is_empty()).then_some(self.upstreams),
+            upstream_dns: (!self.upstream_dns.is_empty()).then_some(self.upstream_dns),
+            dns_interval: self.dns_interval,
+            dns_max_workers: self.dns_max_workers,
             health_path: self.health_path,
             health_interval: self.health_interval,
             health_timeout: self.health_timeout,

@@ -42,6 +42,7 @@ mod access_log;
 mod admin;
 mod cli;
 mod demo;
+mod discovery;
 mod health;
 mod ipc;
 mod ipfilter;
@@ -678,6 +679,16 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         on_message,
         &stop_workers,
     )?;
+    if !settings.upstream_dns.is_empty() {
+        let discovery = discovery::Discovery::new(
+            settings.upstream_dns.clone(),
+            workers.clone(),
+            router.clone(),
+        );
+        discovery
+            .start(settings.dns_interval, stop_workers.clone())
+            .await;
+    }
     let mut config = proxy_config(&settings, tls.clone())?;
     config.shared = shared;
     let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), config));
@@ -794,7 +805,8 @@ fn worker_set(settings: &Settings) -> Result<(Arc<WorkerSet>, Vec<Spare>), Error
     let workers = WorkerSet::new(
         (0..spare_addrs.len()).map(|i| (settings.worker_addr(i), spare_addrs[i])),
         settings.upstreams.iter().copied(),
-    );
+    )
+    .with_discovered(settings.discovered_slots());
     Ok((Arc::new(workers), spares))
 }
 
@@ -822,11 +834,8 @@ fn router(
     };
     let affinity = match (&settings.affinity_cookie, &secret) {
         (Some(name), Some(secret)) => {
-            let labels: Vec<String> = workers
-                .ids()
-                .filter_map(|id| workers.affinity_label(id))
-                .collect();
-            Some(Affinity::labelled(name, secret, &labels, https))
+            let labels = workers.ids().map(|id| workers.affinity_label(id));
+            Some(Affinity::labelled(name, secret, labels, https))
         }
         _ => None,
     };
@@ -959,6 +968,9 @@ fn log_start(settings: &Settings) {
     }
     if !settings.upstreams.is_empty() {
         tracing::info!(upstreams = ?settings.upstreams, "routing to upstream workers too");
+    }
+    for name in &settings.upstream_dns {
+        tracing::info!(%name, every = ?settings.dns_interval, "workers from the addresses of a name");
     }
 }
 

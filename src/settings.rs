@@ -28,6 +28,10 @@ pub const DEFAULT_SESSION_COOKIE: &str = "connect.sid";
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
 /// Longest a request waits for the shared table (`--shared-table-timeout`).
 pub const DEFAULT_SHARED_TABLE_TIMEOUT: Duration = Duration::from_millis(50);
+/// How often `--upstream-dns` names are resolved again.
+pub const DEFAULT_DNS_INTERVAL: Duration = Duration::from_secs(5);
+/// Slots reserved for workers `--upstream-dns` names list.
+pub const DEFAULT_DNS_MAX_WORKERS: usize = 64;
 /// Cap on remembered session keys.
 pub const DEFAULT_SESSION_MAX: usize = 1_000_000;
 /// Name of the affinity cookie the proxy sets.
@@ -191,6 +195,52 @@ pub fn parse_upstream(value: &str) -> Result<SocketAddr, SettingsError> {
         .ok_or_else(|| bad("the name resolves to no address".into()))
 }
 
+/// A name whose addresses are workers (`--upstream-dns NAME:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsName {
+    /// The name, resolved by the system's resolver (hosts file, DNS with its search list).
+    pub host: String,
+    /// The workers' port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for DnsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for DnsName {
+    type Err = SettingsError;
+
+    fn from_str(value: &str) -> Result<Self, SettingsError> {
+        let bad = |why| SettingsError::BadUpstreamDns {
+            value: value.to_string(),
+            why,
+        };
+        let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad("the name is not a DNS name"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
 /// Everything that was wrong with the settings, each message naming the value and a fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -265,6 +315,23 @@ pub enum SettingsError {
     /// `--threads 0`.
     #[error("--threads must be at least 1 (got 0)")]
     NoThreads,
+    /// An `--upstream-dns` that is not `NAME:PORT`.
+    #[error("invalid --upstream-dns {value:?}: {why}; expected NAME:PORT, e.g. workers.app.svc.cluster.local:3000")]
+    BadUpstreamDns {
+        /// What was given.
+        value: String,
+        /// Why it is not a name and port.
+        why: &'static str,
+    },
+    /// `--dns-interval 0`.
+    #[error("--dns-interval must be longer than 0 (e.g. 5s)")]
+    NoDnsInterval,
+    /// `--dns-max-workers` of 0, or more slots than a worker id can number.
+    #[error("--dns-max-workers {value} is out of range: give 1 to 65535 minus the other workers")]
+    BadDnsMaxWorkers {
+        /// What was given.
+        value: usize,
+    },
     /// An `--upstream` that is not `HOST:PORT`.
     #[error("invalid --upstream {value:?}: {why}; expected HOST:PORT, e.g. 10.0.0.5:8000")]
     BadUpstream {
@@ -410,6 +477,12 @@ pub struct Settings {
     pub on_message: Option<String>,
     /// Workers this process does not start; routed exactly like spawned ones.
     pub upstreams: Vec<SocketAddr>,
+    /// Names whose addresses are workers, resolved again every `dns_interval`.
+    pub upstream_dns: Vec<DnsName>,
+    /// Time between two resolutions of the `upstream_dns` names.
+    pub dns_interval: Duration,
+    /// Most workers the `upstream_dns` names may list together (slots reserved at start).
+    pub dns_max_workers: usize,
     /// HTTP path for active health checks (2xx/3xx passes); `None` checks a TCP connect.
     pub health_path: Option<String>,
     /// Interval between health checks.
@@ -501,6 +574,9 @@ impl Default for Settings {
             threads: cores,
             on_message: None,
             upstreams: Vec::new(),
+            upstream_dns: Vec::new(),
+            dns_interval: DEFAULT_DNS_INTERVAL,
+            dns_max_workers: DEFAULT_DNS_MAX_WORKERS,
             health_path: None,
             health_interval: DEFAULT_HEALTH_INTERVAL,
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
@@ -563,16 +639,26 @@ impl Settings {
     /// Number of worker processes to start: none when upstreams are given without a
     /// command, else `workers`.
     pub fn spawned_workers(&self) -> usize {
-        if !self.upstreams.is_empty() && self.command.is_empty() {
+        let elsewhere = !self.upstreams.is_empty() || !self.upstream_dns.is_empty();
+        if elsewhere && self.command.is_empty() {
             0
         } else {
             self.workers
         }
     }
 
-    /// Number of worker slots: spawned workers, then upstreams.
+    /// Number of worker slots: spawned workers, upstreams, then the discovered ones.
     pub fn slots(&self) -> usize {
-        self.spawned_workers() + self.upstreams.len()
+        self.spawned_workers() + self.upstreams.len() + self.discovered_slots()
+    }
+
+    /// Slots reserved for the workers `--upstream-dns` finds (none without it).
+    pub fn discovered_slots(&self) -> usize {
+        if self.upstream_dns.is_empty() {
+            0
+        } else {
+            self.dns_max_workers
+        }
     }
 
     /// Address of spawned worker `index` (workers listen on loopback).
@@ -630,6 +716,24 @@ impl Settings {
         }
     }
 
+    /// `--upstream-dns` needs room for a worker and a positive interval, and all slots
+    /// must be numbered by a `u16`.
+    fn validate_dns(&self) -> Result<(), SettingsError> {
+        if self.upstream_dns.is_empty() {
+            return Ok(());
+        }
+        if self.dns_interval.is_zero() {
+            return Err(SettingsError::NoDnsInterval);
+        }
+        let slots = self.spawned_workers() + self.upstreams.len() + self.dns_max_workers;
+        if self.dns_max_workers == 0 || slots > usize::from(u16::MAX) {
+            return Err(SettingsError::BadDnsMaxWorkers {
+                value: self.dns_max_workers,
+            });
+        }
+        Ok(())
+    }
+
     /// The admin listener: never on the proxy's address, and off loopback only with a token.
     fn validate_admin(&self) -> Result<(), SettingsError> {
         let Some(addr) = self.admin else {
@@ -661,6 +765,7 @@ impl Settings {
         if self.threads == 0 {
             return Err(SettingsError::NoThreads);
         }
+        self.validate_dns()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(SettingsError::TlsHalf);
         }
@@ -759,6 +864,12 @@ pub struct FileSettings {
     pub on_message: Option<String>,
     /// `--upstream`, in order.
     pub upstream: Option<Vec<String>>,
+    /// `--upstream-dns`, in order.
+    pub upstream_dns: Option<Vec<String>>,
+    /// `--dns-interval`.
+    pub dns_interval: Option<String>,
+    /// `--dns-max-workers`.
+    pub dns_max_workers: Option<usize>,
     /// `--health-path`.
     pub health_path: Option<String>,
     /// `--health-interval`.
@@ -893,6 +1004,11 @@ impl FileSettings {
                 .map(|u| parse_upstream(u))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(list) = self.upstream_dns {
+            s.upstream_dns = list.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
+        }
+        set_duration(&mut s.dns_interval, "dns-interval", self.dns_interval)?;
+        set(&mut s.dns_max_workers, self.dns_max_workers);
         if self.health_path.is_some() {
             s.health_path = self.health_path;
         }

@@ -6,8 +6,16 @@
 //! one and flips `active`, so the old process can drain while the new one already serves.
 //! The port of each address is an atomic: the supervisor may move an address that is not
 //! active to another free port (when its own was taken), and readers need no lock.
+//!
+//! Discovered slots (`--upstream-dns`) are reserved at start, vacant: discovery occupies
+//! one with an address its DNS answer lists and vacates it when the address leaves the
+//! answer; a later address may reuse the slot under a new generation.
 
-use std::net::{IpAddr, SocketAddr};
+mod ip;
+
+use ip::AtomicIp;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
@@ -51,14 +59,19 @@ pub enum SlotKind {
     Spawned,
     /// An address someone else runs (`--upstream`).
     Upstream,
+    /// An address a DNS name lists (`--upstream-dns`); vacant while it lists none here.
+    Discovered,
 }
 
 /// One slot.
 #[derive(Debug)]
 pub struct Slot {
     kind: SlotKind,
-    /// The IP of both addresses (loopback for spawned workers).
-    ip: IpAddr,
+    /// The IP of both addresses (loopback for spawned workers); only a vacant discovered
+    /// slot's changes.
+    ip: AtomicIp,
+    /// A discovered slot no address occupies.
+    vacant: AtomicBool,
     /// The port of each address; only the supervisor changes one, and only while it is not
     /// active.
     ports: [AtomicU16; 2],
@@ -136,32 +149,14 @@ impl WorkerSet {
         spawned: impl IntoIterator<Item = (SocketAddr, SocketAddr)>,
         upstreams: impl IntoIterator<Item = SocketAddr>,
     ) -> Self {
-        let slot = |kind, [a, b]: [SocketAddr; 2], state: WorkerState| Slot {
-            kind,
-            ip: a.ip(),
-            ports: [AtomicU16::new(a.port()), AtomicU16::new(b.port())],
-            active: AtomicU8::new(0),
-            state: AtomicU8::new(state as u8),
-            healthy: AtomicBool::new(true),
-            pid: AtomicU32::new(0),
-            restarts: AtomicU32::new(0),
-            replacements: AtomicU32::new(0),
-            started_at: AtomicU64::new(0),
-            last_exit: Mutex::new(None),
-            drained: AtomicBool::new(false),
-            in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            tunnels: Mutex::new([CancellationToken::new(), CancellationToken::new()]),
-            generations: [AtomicU8::new(0), AtomicU8::new(0)],
-            retiring: Retiring::default(),
-        };
         let slots = spawned
             .into_iter()
-            .map(|(a, b)| slot(SlotKind::Spawned, [a, b], WorkerState::Starting))
+            .map(|(a, b)| Slot::new(SlotKind::Spawned, [a, b], WorkerState::Starting))
             // Upstreams are assumed up until a health check says otherwise, as in nginx.
             .chain(
                 upstreams
                     .into_iter()
-                    .map(|a| slot(SlotKind::Upstream, [a, a], WorkerState::Up)),
+                    .map(|a| Slot::new(SlotKind::Upstream, [a, a], WorkerState::Up)),
             )
             .collect();
         Self {
@@ -169,6 +164,21 @@ impl WorkerSet {
             next: AtomicUsize::new(0),
             changed: Notify::new(),
             epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// The set with `n` vacant discovered slots added after the others.
+    pub fn with_discovered(self, n: usize) -> Self {
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+        let vacant = (0..n).map(|_| {
+            let s = Slot::new(SlotKind::Discovered, [unset, unset], WorkerState::Down);
+            s.vacant.store(true, Ordering::Relaxed);
+            s
+        });
+        let slots: Vec<Slot> = self.slots.into_vec().into_iter().chain(vacant).collect();
+        Self {
+            slots: slots.into_boxed_slice(),
+            ..self
         }
     }
 
@@ -366,10 +376,13 @@ impl WorkerSet {
     /// named by its address (`ip:port`), a spawned worker by its slot (`worker-N`). The
     /// shared table and the affinity cookie name workers by it, never by slot index alone.
     pub fn name(&self, id: WorkerId) -> Option<String> {
-        self.slot(id).map(|s| match s.kind {
-            SlotKind::Upstream => s.addr(0).to_string(),
-            SlotKind::Spawned => format!("worker-{id}"),
-        })
+        let s = self.slot(id)?;
+        match s.kind {
+            SlotKind::Upstream => Some(s.addr(0).to_string()),
+            SlotKind::Discovered if s.vacant.load(Ordering::Acquire) => None,
+            SlotKind::Discovered => Some(s.addr(0).to_string()),
+            SlotKind::Spawned => Some(format!("worker-{id}")),
+        }
     }
 
     /// What the affinity cookie's token of a worker is made from: an upstream's
@@ -378,7 +391,7 @@ impl WorkerSet {
     /// an upgrade).
     pub fn affinity_label(&self, id: WorkerId) -> Option<String> {
         match self.kind(id)? {
-            SlotKind::Upstream => self.name(id),
+            SlotKind::Upstream | SlotKind::Discovered => self.name(id),
             SlotKind::Spawned => Some(id.to_string()),
         }
     }
@@ -387,6 +400,63 @@ impl WorkerSet {
     pub fn by_name(&self, name: &str) -> Option<WorkerId> {
         self.ids()
             .find(|&id| self.name(id).as_deref() == Some(name))
+    }
+
+    /// True for a discovered slot no address occupies (it serves nothing and is shown
+    /// nowhere).
+    pub fn is_vacant(&self, id: WorkerId) -> bool {
+        self.slot(id)
+            .is_some_and(|s| s.vacant.load(Ordering::Acquire))
+    }
+
+    /// Ids of the slots that hold a worker: all but the vacant discovered ones (what the
+    /// admin listener shows).
+    pub fn worker_ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.ids().filter(|&id| !self.is_vacant(id))
+    }
+
+    /// Ids of the discovered slots, vacant or not.
+    pub fn discovered(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.ids()
+            .filter(|&id| self.kind(id) == Some(SlotKind::Discovered))
+    }
+
+    /// Puts `addr` in the vacant discovered slot `id` and takes it into rotation (up and
+    /// healthy until a health check says otherwise). An address other than the slot's
+    /// last one starts a new generation, so what was pinned to the last one is not
+    /// handed to this one. Discovery is the one caller.
+    pub fn occupy(&self, id: WorkerId, addr: SocketAddr) {
+        let Some(s) = self.slot(id).filter(|s| s.kind == SlotKind::Discovered) else {
+            return;
+        };
+        if s.addr(0) != addr {
+            s.ip.store(addr.ip());
+            for i in 0..2 {
+                s.ports[i].store(addr.port(), Ordering::Release);
+                s.generations[i].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        s.vacant.store(false, Ordering::Release);
+        self.set_state(id, WorkerState::Up);
+    }
+
+    /// Takes the discovered slot `id` out of rotation for good: requests in flight
+    /// finish, new ones go elsewhere, and its sessions move as from a worker that is down.
+    pub fn vacate(&self, id: WorkerId) {
+        let Some(s) = self.slot(id).filter(|s| s.kind == SlotKind::Discovered) else {
+            return;
+        };
+        s.vacant.store(true, Ordering::Release);
+        self.set_state(id, WorkerState::Down);
+    }
+
+    /// True unless `id` is a discovered slot that has held another address since a
+    /// session was pinned to it under `generation` (that worker is gone).
+    #[inline]
+    pub fn holds(&self, id: WorkerId, generation: u8) -> bool {
+        self.slot(id).is_some_and(|s| {
+            s.kind != SlotKind::Discovered || s.generations[0].load(Ordering::Acquire) == generation
+        })
     }
 
     /// Ids of all slots.
@@ -598,8 +668,33 @@ impl WorkerSet {
 }
 
 impl Slot {
+    fn new(kind: SlotKind, [a, b]: [SocketAddr; 2], state: WorkerState) -> Self {
+        Self {
+            kind,
+            ip: AtomicIp::new(a.ip()),
+            vacant: AtomicBool::new(false),
+            ports: [AtomicU16::new(a.port()), AtomicU16::new(b.port())],
+            active: AtomicU8::new(0),
+            state: AtomicU8::new(state as u8),
+            healthy: AtomicBool::new(true),
+            pid: AtomicU32::new(0),
+            restarts: AtomicU32::new(0),
+            replacements: AtomicU32::new(0),
+            started_at: AtomicU64::new(0),
+            last_exit: Mutex::new(None),
+            drained: AtomicBool::new(false),
+            in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            tunnels: Mutex::new([CancellationToken::new(), CancellationToken::new()]),
+            generations: [AtomicU8::new(0), AtomicU8::new(0)],
+            retiring: Retiring::default(),
+        }
+    }
+
     fn addr(&self, index: usize) -> SocketAddr {
-        SocketAddr::new(self.ip, self.ports[index & 1].load(Ordering::Acquire))
+        SocketAddr::new(
+            self.ip.load(),
+            self.ports[index & 1].load(Ordering::Acquire),
+        )
     }
 }
 
@@ -756,5 +851,40 @@ mod tests {
         let w = WorkerSet::new([], [SocketAddr::from(([127, 0, 0, 1], 1))]);
         assert!(w.is_up(0));
         assert_eq!(w.kind(0), Some(SlotKind::Upstream));
+    }
+
+    #[test]
+    fn a_discovered_slot_is_vacant_until_occupied_and_a_new_address_is_a_new_generation() {
+        let w = WorkerSet::new([], [SocketAddr::from(([127, 0, 0, 1], 1))]).with_discovered(2);
+        assert_eq!(w.discovered().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(w.is_vacant(1) && !w.is_up(1) && w.name(1).is_none());
+        assert_eq!(w.worker_ids().collect::<Vec<_>>(), vec![0]);
+
+        let a: SocketAddr = "[::1]:3000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.7:3000".parse().unwrap();
+        w.occupy(1, a);
+        assert!(w.is_up(1) && !w.is_vacant(1));
+        assert_eq!(w.addr(1), Some(a));
+        assert_eq!(w.name(1).as_deref(), Some("[::1]:3000"));
+        assert_eq!(w.by_name("[::1]:3000"), Some(1));
+        let pinned = w.generation(1);
+        assert!(w.holds(1, pinned));
+
+        w.vacate(1);
+        assert!(!w.is_up(1) && w.name(1).is_none() && w.by_name("[::1]:3000").is_none());
+        w.occupy(1, a);
+        assert!(
+            w.holds(1, pinned),
+            "the same address back is the same worker"
+        );
+
+        w.vacate(1);
+        w.occupy(1, b);
+        assert_eq!(w.addrs(1), Some([b, b]));
+        assert!(
+            !w.holds(1, pinned),
+            "another address in the slot is another worker"
+        );
+        assert!(w.holds(0, 99), "only discovered slots change hands");
     }
 }

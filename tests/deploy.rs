@@ -130,18 +130,11 @@ fn the_shared_workers_manifest_wires_proxies_to_redis_and_every_worker() {
             .collect()
     };
     assert_eq!(value("--shared-table"), ["redis://redis:6379/0"]);
-    assert_eq!(
-        value("--upstream"),
-        [
-            "app-worker-0.app-workers:3000",
-            "app-worker-1.app-workers:3000",
-            "app-worker-2.app-workers:3000"
-        ]
-    );
+    assert_eq!(value("--upstream-dns"), ["app-workers:3000"]);
     let yaml = read(MANIFESTS[1]);
     for needed in [
         "replicas: 3",
-        "clusterIP: None",
+        "name: app-workers\nspec:\n  clusterIP: None",
         "STICKY_CLUSTER_SECRET",
         "name: redis",
     ] {

@@ -292,6 +292,7 @@ fn help_shows_the_defaults_of_the_code() {
         ("--header-timeout", DEFAULT_HEADER_TIMEOUT),
         ("--ws-idle-timeout", DEFAULT_WS_IDLE_TIMEOUT),
         ("--shared-table-timeout", DEFAULT_SHARED_TABLE_TIMEOUT),
+        ("--dns-interval", DEFAULT_DNS_INTERVAL),
     ] {
         assert_eq!(duration(flag), want, "{flag}");
     }
@@ -303,6 +304,7 @@ fn help_shows_the_defaults_of_the_code() {
         ("--max-header-size", DEFAULT_MAX_HEADER_SIZE as u64),
         ("--max-connections", DEFAULT_MAX_CONNECTIONS as u64),
         ("--max-pending", DEFAULT_MAX_PENDING as u64),
+        ("--dns-max-workers", DEFAULT_DNS_MAX_WORKERS as u64),
     ] {
         assert_eq!(number(flag), want, "{flag}");
     }
@@ -330,5 +332,5 @@ fn help_shows_the_defaults_of_the_code() {
         assert_eq!(shown[flag], want, "{flag}");
     }
     // Every default shown is checked above: a new flag with a default needs a line here.
-    assert_eq!(shown.len(), 15 + 7 + 11, "{shown:#?}");
+    assert_eq!(shown.len(), 16 + 8 + 11, "{shown:#?}");
 }

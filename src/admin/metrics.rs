@@ -77,7 +77,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 fn per_worker(admin: &Admin) -> impl Iterator<Item = (u16, &'static WorkerCounters)> + '_ {
     admin
         .workers
-        .ids()
+        .worker_ids()
         .filter_map(|id| counters().worker(id).map(|c| (id, c)))
 }
 
@@ -224,7 +224,7 @@ fn workers(out: &mut String, admin: &Admin) {
         "gauge",
         "1 when the worker takes requests (up and healthy).",
     );
-    for id in w.ids() {
+    for id in w.worker_ids() {
         let _ = writeln!(
             out,
             "sticky_cluster_worker_up{{worker=\"{id}\"}} {}",
@@ -237,7 +237,7 @@ fn workers(out: &mut String, admin: &Admin) {
         "gauge",
         "1 when an operator drained the worker (no new sessions).",
     );
-    for id in w.ids() {
+    for id in w.worker_ids() {
         let _ = writeln!(
             out,
             "sticky_cluster_worker_drained{{worker=\"{id}\"}} {}",
@@ -250,7 +250,7 @@ fn workers(out: &mut String, admin: &Admin) {
         "counter",
         "Restarts after the worker's process exited.",
     );
-    for id in w.ids() {
+    for id in w.worker_ids() {
         let _ = writeln!(
             out,
             "sticky_cluster_worker_restarts_total{{worker=\"{id}\"}} {}",
@@ -263,7 +263,7 @@ fn workers(out: &mut String, admin: &Admin) {
         "counter",
         "Processes replaced by a rolling restart (reload).",
     );
-    for id in w.ids() {
+    for id in w.worker_ids() {
         let _ = writeln!(
             out,
             "sticky_cluster_worker_replacements_total{{worker=\"{id}\"}} {}",
@@ -276,7 +276,7 @@ fn workers(out: &mut String, admin: &Admin) {
         "gauge",
         "Requests and tunnels in flight on the worker.",
     );
-    for id in w.ids() {
+    for id in w.worker_ids() {
         let _ = writeln!(
             out,
             "sticky_cluster_worker_in_flight{{worker=\"{id}\"}} {}",
@@ -294,7 +294,7 @@ fn retiring(out: &mut String, admin: &Admin) {
         "gauge",
         "Sessions pinned to a worker's retiring (old) process and active within --drain-idle.",
     );
-    for id in admin.workers.ids() {
+    for id in admin.workers.worker_ids() {
         let (Some(r), Some(live)) = (
             admin.workers.retiring(id),
             super::status::live_sessions(admin, id),

@@ -13,13 +13,17 @@ pub fn status(admin: &Admin) -> Value {
     let w = &admin.workers;
     let sessions = admin.table.count_by_worker(w.len());
     let workers: Vec<Value> = w
-        .ids()
+        .worker_ids()
         .map(|id| {
             let c = counters().worker(id);
             let sum = |f: fn(&crate::metrics::WorkerCounters) -> u64| c.map_or(0, f);
             json!({
                 "id": id,
-                "kind": match w.kind(id) { Some(SlotKind::Upstream) => "upstream", _ => "spawned" },
+                "kind": match w.kind(id) {
+                    Some(SlotKind::Upstream) => "upstream",
+                    Some(SlotKind::Discovered) => "discovered",
+                    _ => "spawned",
+                },
                 "pid": w.pid(id),
                 "port": w.addr(id).map(|a| a.port()),
                 "address": w.addr(id).map(|a| a.to_string()),

@@ -1,14 +1,18 @@
 //! The affinity cookie: an opaque token per worker that the proxy can verify.
 //!
 //! Token of worker `i` = first 16 bytes of HMAC-SHA256(secret, "sticky-cluster/affinity/v1/" +
-//! i), in hex. Tokens are computed once at start, so verifying a request costs a few
-//! constant-time 32-byte compares and no hashing. Without the secret a client can neither
+//! label), in hex, where the label is the slot index of a spawned worker and the address of
+//! an upstream. Tokens are computed once at start (a discovered worker's when discovery
+//! gives its slot an address), so verifying a request decodes 32 hex digits and costs a
+//! constant-time compare of two words per worker, and no hashing. Without the secret a client can neither
 //! read a worker index out of the cookie nor forge one to probe a chosen worker, and because
 //! the secret survives restarts (config, environment, or a file written once) a proxy restart
 //! does not move anyone.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderValue;
 use ring::hmac;
@@ -42,54 +46,104 @@ pub enum SecretError {
 }
 
 /// The per-worker tokens and the `Set-Cookie` values that carry them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Affinity {
     name: String,
-    tokens: Vec<[u8; TOKEN_LEN]>,
-    set_cookie: Vec<HeaderValue>,
+    key: hmac::Key,
+    attrs: &'static str,
+    /// Each slot's token, raw; all zeros: the slot has none (a vacant discovered slot).
+    tokens: Box<[Token]>,
+    /// The `Set-Cookie` value of each slot labelled at start (`None`: labelled later, its
+    /// value is built when asked).
+    fixed: Vec<Option<HeaderValue>>,
+}
+
+/// A raw token as two words, so a discovered slot's token can change under readers.
+#[derive(Debug, Default)]
+struct Token([AtomicU64; 2]);
+
+impl Token {
+    #[inline]
+    fn words(&self) -> [u64; 2] {
+        [
+            self.0[0].load(Ordering::Acquire),
+            self.0[1].load(Ordering::Acquire),
+        ]
+    }
 }
 
 impl Affinity {
     /// Tokens for `workers` workers, each labelled by its index, under `secret`; `secure`
     /// adds the `Secure` attribute.
     pub fn new(name: &str, secret: &[u8], workers: usize, secure: bool) -> Self {
-        let labels: Vec<String> = (0..workers).map(|i| i.to_string()).collect();
-        Self::labelled(name, secret, &labels, secure)
+        Self::labelled(
+            name,
+            secret,
+            (0..workers).map(|i| Some(i.to_string())),
+            secure,
+        )
     }
 
-    /// Tokens for workers labelled `labels` (slot `i` is `labels[i]`): a label that names a
-    /// worker the same way on every proxy (an upstream's address) gives a token every proxy
-    /// with the same secret verifies, whatever the order of its worker list.
-    pub fn labelled(name: &str, secret: &[u8], labels: &[String], secure: bool) -> Self {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let tokens: Vec<[u8; TOKEN_LEN]> = labels
-            .iter()
-            .map(|label| {
-                let tag = hmac::sign(
-                    &key,
-                    format!("sticky-cluster/affinity/v1/{label}").as_bytes(),
-                );
-                hex(&tag.as_ref()[..TOKEN_BYTES])
-            })
-            .collect();
+    /// Tokens for workers labelled `labels` (slot `i` is `labels[i]`; `None`: no token
+    /// until [`relabel`](Self::relabel)): a label that names a worker the same way on every
+    /// proxy (an upstream's address) gives a token every proxy with the same secret
+    /// verifies, whatever the order of its worker list.
+    pub fn labelled(
+        name: &str,
+        secret: &[u8],
+        labels: impl IntoIterator<Item = Option<String>>,
+        secure: bool,
+    ) -> Self {
         let attrs = if secure {
             "; Path=/; HttpOnly; SameSite=Lax; Secure"
         } else {
             "; Path=/; HttpOnly; SameSite=Lax"
         };
-        let set_cookie = tokens
-            .iter()
-            .map(|t| {
-                let text = format!("{name}={}{attrs}", String::from_utf8_lossy(t));
-                // The name was validated as a cookie token and the value is hex.
-                HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-            })
-            .collect();
-        Self {
+        let mut a = Self {
             name: name.to_string(),
-            tokens,
-            set_cookie,
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            attrs,
+            tokens: Box::default(),
+            fixed: Vec::new(),
+        };
+        let labels: Vec<Option<String>> = labels.into_iter().collect();
+        a.tokens = labels.iter().map(|_| Token::default()).collect();
+        for (i, label) in labels.iter().enumerate() {
+            a.store(i, label.as_deref());
         }
+        a.fixed = (0..labels.len())
+            .map(|i| labels[i].as_ref().and_then(|_| a.build_cookie(i)))
+            .collect();
+        a
+    }
+
+    /// Gives slot `worker`, which had no label at start, the token of `label` (`None`: no
+    /// token; its cookies stop verifying). Discovery calls it when a slot's address changes.
+    pub fn relabel(&self, worker: WorkerId, label: Option<&str>) {
+        let i = usize::from(worker);
+        debug_assert!(self.fixed.get(i).is_none_or(Option::is_none));
+        if self.fixed.get(i).is_some_and(Option::is_some) {
+            return;
+        }
+        self.store(i, label);
+    }
+
+    fn store(&self, i: usize, label: Option<&str>) {
+        let Some(token) = self.tokens.get(i) else {
+            return;
+        };
+        let words = label.map_or([0, 0], |label| {
+            let tag = hmac::sign(
+                &self.key,
+                format!("sticky-cluster/affinity/v1/{label}").as_bytes(),
+            );
+            let raw = &tag.as_ref()[..TOKEN_BYTES];
+            let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+            [word(&raw[..8]), word(&raw[8..])]
+        });
+        // A reader between the two stores sees a mix no client holds: no match.
+        token.0[0].store(words[0], Ordering::Release);
+        token.0[1].store(words[1], Ordering::Release);
     }
 
     /// The cookie's name.
@@ -100,30 +154,70 @@ impl Affinity {
     /// The worker a cookie value names, if it is a valid token.
     pub fn verify(&self, value: &[u8]) -> Option<WorkerId> {
         let value: &[u8; TOKEN_LEN] = value.try_into().ok()?;
+        let words = unhex(value)?;
         let mut found = None;
         for (i, token) in self.tokens.iter().enumerate() {
-            if constant_time_eq(token, value) {
+            let [a, b] = token.words();
+            if ((a ^ words[0]) | (b ^ words[1])) == 0 && (a | b) != 0 {
                 found = Some(i as WorkerId);
             }
         }
         found
     }
 
-    /// The `Set-Cookie` value that pins a client to `worker`.
-    pub fn set_cookie(&self, worker: WorkerId) -> Option<&HeaderValue> {
-        self.set_cookie.get(usize::from(worker))
+    /// The `Set-Cookie` value that pins a client to `worker`: made at start for the
+    /// slots labelled then, built here for a discovered slot.
+    #[inline]
+    pub fn set_cookie(&self, worker: WorkerId) -> Option<Cow<'_, HeaderValue>> {
+        match self.fixed.get(usize::from(worker))? {
+            Some(value) => Some(Cow::Borrowed(value)),
+            None => self.build_cookie(usize::from(worker)).map(Cow::Owned),
+        }
     }
 
-    /// The raw token of a worker (for tests and tools).
-    pub fn token(&self, worker: WorkerId) -> Option<&str> {
-        self.tokens
-            .get(usize::from(worker))
-            .and_then(|t| std::str::from_utf8(t).ok())
+    fn build_cookie(&self, i: usize) -> Option<HeaderValue> {
+        let token = self.hex_token(i)?;
+        let text = format!(
+            "{}={}{}",
+            self.name,
+            String::from_utf8_lossy(&token),
+            self.attrs
+        );
+        // The name was validated as a cookie token and the value is hex.
+        HeaderValue::from_str(&text).ok()
+    }
+
+    fn hex_token(&self, i: usize) -> Option<[u8; TOKEN_LEN]> {
+        let [a, b] = self.tokens.get(i)?.words();
+        if a | b == 0 {
+            return None;
+        }
+        let mut raw = [0u8; TOKEN_BYTES];
+        raw[..8].copy_from_slice(&a.to_be_bytes());
+        raw[8..].copy_from_slice(&b.to_be_bytes());
+        Some(hex(&raw))
+    }
+
+    /// The token of a worker, in hex (for tests and tools).
+    pub fn token(&self, worker: WorkerId) -> Option<String> {
+        self.hex_token(usize::from(worker))
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
     }
 }
 
-fn constant_time_eq(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The two words of a lowercase hex token; `None` for any other byte.
+fn unhex(value: &[u8; TOKEN_LEN]) -> Option<[u64; 2]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(u64::from(c - b'0')),
+        b'a'..=b'f' => Some(u64::from(c - b'a' + 10)),
+        _ => None,
+    };
+    let mut words = [0u64; 2];
+    for (i, &c) in value.iter().enumerate() {
+        let w = &mut words[i / 16];
+        *w = (*w << 4) | digit(c)?;
+    }
+    Some(words)
 }
 
 fn hex<const N: usize>(bytes: &[u8]) -> [u8; N] {
@@ -221,10 +315,42 @@ mod tests {
     #[test]
     fn set_cookie_carries_the_attributes() {
         let a = Affinity::new("aff", b"0123456789abcdef", 2, true);
-        let v = a.set_cookie(1).expect("cookie").to_str().expect("ascii");
+        let cookie = a.set_cookie(1).expect("cookie");
+        let v = cookie.to_str().expect("ascii");
         assert!(v.starts_with("aff="), "{v}");
         assert!(v.contains("HttpOnly") && v.contains("SameSite=Lax") && v.contains("Secure"));
         assert!(a.set_cookie(2).is_none());
+    }
+
+    #[test]
+    fn a_relabelled_slot_gets_the_token_of_its_new_label_and_the_old_one_stops_verifying() {
+        let secret = b"0123456789abcdef-secret";
+        let a = Affinity::labelled("aff", secret, [Some("0".to_string()), None], false);
+        assert!(a.token(1).is_none() && a.set_cookie(1).is_none());
+        a.relabel(1, Some("[::1]:3000"));
+        let first = a.token(1).expect("a token");
+        assert_eq!(a.verify(first.as_bytes()), Some(1));
+        let listed = Affinity::labelled("aff", secret, [Some("[::1]:3000".to_string())], false);
+        assert_eq!(
+            listed.token(0).as_deref(),
+            Some(first.as_str()),
+            "labels, not slots"
+        );
+        let cookie = a.set_cookie(1).expect("built");
+        assert_eq!(
+            cookie.to_str().unwrap(),
+            format!("aff={first}; Path=/; HttpOnly; SameSite=Lax")
+        );
+        a.relabel(1, Some("10.0.0.7:3000"));
+        assert_eq!(a.verify(first.as_bytes()), None);
+        a.relabel(1, None);
+        assert!(a.token(1).is_none());
+        assert_eq!(
+            a.verify(&[b'0'; 32]),
+            None,
+            "an empty slot matches no all-zero token"
+        );
+        assert_eq!(a.verify(first.to_uppercase().as_bytes()), None);
     }
 
     #[test]

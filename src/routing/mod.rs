@@ -324,6 +324,10 @@ impl Router {
         hold: bool,
     ) -> Option<Decision> {
         let w = pin.worker;
+        if !workers.holds(w, pin.generation) {
+            // A discovered slot now names another address: the pinned worker left.
+            return None;
+        }
         if workers.retiring_serves(w, pin.generation) {
             let d = self.decided(w, Outcome::Kept, cookie_worker, workers);
             return Some(Decision {
@@ -557,6 +561,31 @@ mod tests {
             b = b.header(http::header::COOKIE, c);
         }
         b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn a_session_of_a_discovered_worker_whose_slot_now_holds_another_address_moves() {
+        let s = Settings {
+            affinity_cookie: None,
+            ..Settings::default()
+        };
+        let table = Arc::new(StickyTable::new(s.session_max, s.session_ttl));
+        let r = Router::new(&s, table, None);
+        let w = WorkerSet::new([], []).with_discovered(2);
+        let a: SocketAddr = "10.0.0.1:3000".parse().unwrap();
+        w.occupy(0, a);
+        let h = req(Some("connect.sid=abc"));
+        let first = r.route(&h, PEER, &w, 0, false).expect("a worker");
+        assert_eq!(first.worker, 0);
+        // The worker leaves and, before the session comes back, another address takes its
+        // slot: the session must not be handed to it as if nothing happened.
+        w.vacate(0);
+        w.occupy(0, "10.0.0.2:3000".parse().unwrap());
+        w.occupy(1, "10.0.0.3:3000".parse().unwrap());
+        let next = r.route(&h, PEER, &w, 1, false).expect("a worker");
+        assert_eq!(next.outcome, Outcome::Moved);
+        let after = r.route(&h, PEER, &w, 2, false).expect("a worker");
+        assert_eq!((after.worker, after.outcome), (next.worker, Outcome::Kept));
     }
 
     #[test]

@@ -764,8 +764,15 @@ pub struct Upstream {
 impl Upstream {
     /// Worker `id` on `port`, listening when this returns.
     pub fn start(id: u16, port: u16) -> Self {
+        Self::start_on(id, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Worker `id` on `addr` (a loopback address), listening when this returns.
+    pub fn start_on(id: u16, addr: SocketAddr) -> Self {
+        let port = addr.port();
         let child = Command::new("node")
             .arg(tests_dir().join("node/worker.js"))
+            .env("HOST", addr.ip().to_string())
             .env("PORT", port.to_string())
             .env("WORKER_ID", id.to_string())
             .env_remove("STICKY_CLUSTER_IPC")
@@ -774,7 +781,7 @@ impl Upstream {
             .spawn()
             .expect("node starts");
         wait_until("the upstream to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            std::net::TcpStream::connect(addr).is_ok()
         });
         Self { child, port }
     }

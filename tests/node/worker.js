@@ -7,6 +7,7 @@
 // GET /hold             -> answers on /release (or after 30 s); GET /held -> how many wait
 // GET /health           -> 200, or 500 after /sick (until /heal)
 // env CRASH_WORKER=N    -> worker N exits 300 ms after it starts listening
+// env HOST=IP           -> listens on IP (127.0.0.1 when unset)
 // GET /bus/send?msg=X  -> {"type":"message"} to the supervisor (the message bus)
 // GET /bus/broadcast?msg=X, /bus/bind?key=K, /bus/unbind?key=K, /bus/garbage?n=N&big=1
 // GET /bus/inbox        -> JSON array of bus messages received so far
@@ -95,7 +96,7 @@ const server = serve((req, res) => {
     res.end(`worker ${id}`);
   }
 });
-server.listen(Number(process.env.PORT), '127.0.0.1', () => {
+server.listen(Number(process.env.PORT), process.env.HOST || '127.0.0.1', () => {
   console.log(`worker ${id} listening on ${process.env.PORT}`);
   if (process.env.CRASH_WORKER === id) setTimeout(() => process.exit(7), 300);
 });

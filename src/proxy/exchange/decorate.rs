@@ -1,6 +1,8 @@
 //! What the proxy adds to a worker's response (the affinity cookie, `X-Sticky-Worker`) and
 //! what it learns from one (session cookies set by the worker), for every front.
 
+use std::borrow::Cow;
+
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -12,10 +14,10 @@ use crate::workers::WorkerId;
 static X_STICKY_WORKER: HeaderName = HeaderName::from_static("x-sticky-worker");
 
 /// The fields the proxy adds to one response.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Decorations<'p> {
     /// `Set-Cookie` of the affinity cookie, when the client lacks a valid one.
-    set_cookie: Option<&'p HeaderValue>,
+    set_cookie: Option<Cow<'p, HeaderValue>>,
     /// `X-Sticky-Worker` (with `--debug`).
     worker: Option<WorkerId>,
 }
@@ -37,7 +39,7 @@ impl Decorations<'_> {
     /// Calls `field(name, value)` for each field to add.
     #[inline]
     pub fn each(&self, mut field: impl FnMut(&[u8], &[u8])) {
-        if let Some(cookie) = self.set_cookie {
+        if let Some(cookie) = &self.set_cookie {
             field(b"set-cookie", cookie.as_bytes());
         }
         if let Some(worker) = self.worker {
@@ -48,8 +50,8 @@ impl Decorations<'_> {
 
     /// Adds the fields to a header map (the worker's own `X-Sticky-Worker` replaced).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Some(cookie) = self.set_cookie {
-            headers.append(header::SET_COOKIE, cookie.clone());
+        if let Some(cookie) = &self.set_cookie {
+            headers.append(header::SET_COOKIE, cookie.clone().into_owned());
         }
         if let Some(worker) = self.worker {
             headers.insert(X_STICKY_WORKER.clone(), HeaderValue::from(worker));

@@ -50,13 +50,16 @@ pub enum SendError {
 struct Conn {
     sender: Sender,
     deadline: Pin<Box<Sleep>>,
+    /// The generation of the address it was opened to.
+    generation: u8,
 }
 
 impl Conn {
-    fn new(sender: Sender) -> Self {
+    fn new(sender: Sender, generation: u8) -> Self {
         Self {
             sender,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+            generation,
         }
     }
 
@@ -138,6 +141,13 @@ impl Address {
             .addrs(self.id)
             .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |a| a[self.index & 1])
     }
+
+    /// The generation of the process (or, for a discovered slot, of the address) behind
+    /// it now: a pooled connection of another generation leads elsewhere and is dropped.
+    #[inline]
+    fn generation(&self) -> u8 {
+        self.workers.generation_at(self.id, self.index)
+    }
 }
 
 /// The pool of one worker address.
@@ -162,6 +172,8 @@ pub struct RawConn {
     /// The deadline of the exchange under way (request written, response head read): one
     /// timer per connection, moved for each request.
     pub deadline: Pin<Box<Sleep>>,
+    /// The generation of the address it was opened to.
+    generation: u8,
 }
 
 /// Read buffer of a direct-path worker connection.
@@ -197,7 +209,7 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop()?;
-            if conn.still_idle() {
+            if conn.generation == self.addr.generation() && conn.still_idle() {
                 return Some(conn);
             }
         }
@@ -211,6 +223,9 @@ impl Pool {
             conn.rbuf = BytesMut::with_capacity(RAW_READ_BUFFER);
         }
         conn.wbuf.clear();
+        if conn.generation != self.addr.generation() {
+            return;
+        }
         let mut idle = self.raw_idle.lock().unwrap_or_else(|e| e.into_inner());
         // Taken last in, first out: the oldest is looked at here, so connections the worker
         // closed while idle at the bottom do not linger.
@@ -224,7 +239,9 @@ impl Pool {
 
     /// A new raw connection.
     pub async fn connect_raw(&self) -> std::io::Result<RawConn> {
+        let generation = self.addr.generation();
         Ok(RawConn {
+            generation,
             stream: self.open().await?,
             rbuf: BytesMut::with_capacity(RAW_READ_BUFFER),
             wbuf: Vec::with_capacity(1024),
@@ -240,7 +257,8 @@ impl Pool {
     /// finishing its previous exchange, so wait for it (closed ones are dropped).
     async fn take_idle(&self) -> Option<Conn> {
         while let Some(mut conn) = self.pop_idle() {
-            if conn.ready(self.connector.timeout).await {
+            if conn.generation == self.addr.generation() && conn.ready(self.connector.timeout).await
+            {
                 return Some(conn);
             }
         }
@@ -250,7 +268,7 @@ impl Pool {
     /// Gives a connection back once its response body has ended.
     pub fn put(&self, lease: Lease) {
         let conn = lease.0;
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || conn.generation != self.addr.generation() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -279,8 +297,9 @@ impl Pool {
                 Err(e) => return Err(e),
             }
         }
+        let generation = self.addr.generation();
         let mut conn = match self.connect().await {
-            Ok(sender) => Conn::new(sender),
+            Ok(sender) => Conn::new(sender, generation),
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
         conn.send(req, timeout)
@@ -340,5 +359,51 @@ mod tests {
             Err(SendError::Connect(_, back)) => assert_eq!(back.uri(), "/x"),
             other => panic!("expected a connect error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_is_not_reused_once_its_slot_holds_another_address() {
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let workers = Arc::new(WorkerSet::new([], []).with_discovered(1));
+        workers.occupy(0, a.local_addr().expect("addr"));
+        let slot = Address {
+            workers: workers.clone(),
+            id: 0,
+            index: 0,
+        };
+        let pool = Pool::new(
+            slot,
+            Connector {
+                timeout: Duration::from_secs(1),
+                tls: None,
+            },
+        );
+        let conn = pool.connect_raw().await.expect("connected to a");
+        let _accepted = a.accept().await.expect("accepted");
+        pool.put_raw(conn);
+        assert!(pool.take_raw().is_some(), "kept while the address stays");
+        let conn = pool.connect_raw().await.expect("connected to a");
+        let _accepted = a.accept().await.expect("accepted");
+        workers.vacate(0);
+        workers.occupy(0, b.local_addr().expect("addr"));
+        pool.put_raw(conn);
+        assert!(
+            pool.take_raw().is_none(),
+            "a connection to the old address is dropped"
+        );
+        let conn = pool.connect_raw().await.expect("connected to b");
+        let _accepted = b.accept().await.expect("accepted");
+        pool.put_raw(conn);
+        workers.vacate(0);
+        workers.occupy(0, a.local_addr().expect("addr"));
+        assert!(
+            pool.take_raw().is_none(),
+            "an idle connection to the old address is not lent"
+        );
     }
 }
