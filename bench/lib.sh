@@ -309,6 +309,17 @@ prepare_run() {     # prepare_run "PARAMS" PORT...: tools there, ports 18000/180
   { machine_info; echo "params: $params"; } | tee "$OUT_DIR/env.txt" >&2
 }
 
+# Needs PORT_P and CONNS (the caller's) set.
+run_wrk() {         # run_wrk SECONDS LOG [CONNS] [SCRIPT]; prints the request count
+  local c=${3:-$CONNS} s=${4:-$SHARED_BENCH/sessions.lua} pid rc=0
+  timeout $(( $1 + 60 )) taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$1"s --timeout 10s --latency \
+    -s "$s" "http://127.0.0.1:$PORT_P/" >"$2" 2>&1 &
+  pid=$!; STARTED+=("$pid")
+  wait "$pid" || rc=$?
+  forget_pid "$pid"
+  [[ $rc == 0 ]] || log "wrk exited $rc (see $2)"
+  sed -nE 's/^BENCH requests=([0-9]+).*/\1/p' "$2"
+}
 sticky_check() {    # sticky_check URL [curl args]: 40 ids x 3 rounds over ONE keep-alive connection
   local url=$1 ids=40 rounds=3 args=() k out
   for _ in $(seq 1 $rounds); do

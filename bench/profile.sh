@@ -16,7 +16,8 @@
 #              calls per request for sticky-cluster, nginx and HAProxy (CG_CANDIDATES), and
 #              our top functions by self and inclusive Ir. Immune to machine noise.
 #              CG_LOAD=h2c: the same over HTTP/2 without TLS (h2load, prior knowledge,
-#              -m1, one cookie: h2load cannot vary it), for the HTTP/2 front's own cost.
+#              -m1, one cookie: h2load cannot vary it), for the HTTP/2 front's own cost;
+#              CG_STREAMS=10 for 10 concurrent streams per connection.
 # Knobs (env): DURATION=5 (s per measured wrk run), CONNS=64, SESSIONS=10000,
 #   CG_REQUESTS=10000 (requests under callgrind), CG_CONNS=16, CG_CANDIDATES,
 #   PROXY_CPU=0, LOAD_CPU=1, OUT_DIR (default /tmp/sticky-profile/<UTC stamp>),
@@ -73,20 +74,10 @@ start_candidate() { # start_candidate NAME [WRAPPER...]: listens on :18080; sets
 }
 stop_candidate() { stop_one "$PROXY_PID"; PROXY_PID=""; wait_port_free $PORT_P || die "port busy"; }
 
-run_wrk() {         # run_wrk SECONDS LOG [CONNS] [SCRIPT]; prints the request count
-  local c=${3:-$CONNS} s=${4:-$SHARED_BENCH/sessions.lua} pid rc=0
-  timeout $(( $1 + 60 )) taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$1"s --timeout 10s --latency \
-    -s "$s" "http://127.0.0.1:$PORT_P/" >"$2" 2>&1 &
-  pid=$!; STARTED+=("$pid")
-  wait "$pid" || rc=$?
-  forget_pid "$pid"
-  [[ $rc == 0 ]] || log "wrk exited $rc (see $2)"
-  sed -nE 's/^BENCH requests=([0-9]+).*/\1/p' "$2"
-}
 
 run_h2load() {      # run_h2load REQUESTS LOG CONNS; prints the count of 2xx answers
   local pid rc=0
-  timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c"$3" -m1 -n"$1" -H 'cookie: connect.sid=s1' \
+  timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c"$3" -m"${CG_STREAMS:-1}" -n"$1" -H 'cookie: connect.sid=s1' \
     "http://127.0.0.1:$PORT_P/" >"$2" 2>&1 &
   pid=$!; STARTED+=("$pid")
   wait "$pid" || rc=$?

@@ -27,6 +27,9 @@
 # Knobs (env): CONNS=10000, OPEN_CONCURRENCY=200, MSGS=10, SIZE=64, STORM_S=120, SETTLE=3,
 #   CANDIDATES="sticky-cluster nginx", PROXY_CPU=0, LOAD_CPU=1, NOFILE=65536,
 #   PERF_STAT=1 (count the proxy's syscalls per message during the storm with perf stat),
+#   PERF_RECORD=1 (a flat cpu-clock profile of the proxy during the storm, perf record,
+#   reported as its top symbols), RUNS=1 (rounds, candidates interleaved in each; the table gives every run),
+#   BIN_B (a second binary, candidate `sticky-cluster-b`, for an A/B of two builds),
 #   OUT_DIR (default /tmp/sticky-ws-results/<UTC stamp>), BIN, SKIP_BUILD=1,
 #   NODE_DIR (where bench/ws's npm packages are installed; default /tmp/sticky-bench-ws-node).
 # Needs node + npm (installs `ws` with npm ci into NODE_DIR once), nginx, curl, taskset.
@@ -41,6 +44,7 @@ SIZE=${SIZE:-64}
 STORM_S=${STORM_S:-120}
 SETTLE=${SETTLE:-3}
 CANDIDATES=${CANDIDATES:-sticky-cluster nginx}
+RUNS=${RUNS:-1}
 NOFILE=${NOFILE:-65536}
 NODE_DIR=${NODE_DIR:-/tmp/sticky-bench-ws-node}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -100,7 +104,9 @@ NGINX_CONNS=$(( 2 * CONNS + 2000 )) NGINX_NOFILE=$NOFILE write_nginx_proxy_conf 
 PROXY_PID=""
 start_proxy() {
   case $1 in
-    sticky-cluster) start_bg "$PROXY_CPU" "$OUT_DIR/logs/proxy-$1.log" "$BIN" --threads 1 \
+    sticky-cluster|sticky-cluster-b)
+      local bin=$BIN; [[ $1 == sticky-cluster-b ]] && bin=${BIN_B:?BIN_B is the binary of sticky-cluster-b}
+      start_bg "$PROXY_CPU" "$OUT_DIR/logs/proxy-$1.log" "$bin" --threads 1 \
         --bind 127.0.0.1 --proxy-port $PORT_P --upstream 127.0.0.1:$UP0 --upstream 127.0.0.1:$UP1 \
         --secret-file "$RUN_DIR/affinity.key" --delay 0s --max-connections $(( CONNS + 1000 )) ;;
     nginx) start_nginx "$PROXY_CPU" nginx-ws ;;
@@ -119,14 +125,16 @@ wait_file() {       # wait_file FILE SECONDS PID: until FILE exists, or PID exit
 }
 
 RESULTS=$OUT_DIR/results.tsv
-printf 'candidate\topen\tfailed\topen_s\trss_before_kib\trss_open_kib\tbytes_per_ws\tmsgs\tmsgs_per_s\tcpu_us_per_msg\trss_after_storm_kib\tbad_echo\tclosed_early\n' >"$RESULTS"
+printf 'candidate\topen\tfailed\topen_s\trss_before_kib\trss_open_kib\tbytes_per_ws\tmsgs\tmsgs_per_s\tcpu_us_per_msg\tuser_us_per_msg\trss_after_storm_kib\tbad_echo\tclosed_early\n' >"$RESULTS"
+for round in $(seq 1 "$RUNS"); do
 for c in $CANDIDATES; do
-  log "candidate $c"
+  log "round $round/$RUNS: candidate $c"
   start_proxy "$c"
   curl -s -o /dev/null "http://127.0.0.1:$PORT_P/" || true
   sleep 1
   rss0=$(tree_rss_kib "$PROXY_PID")
-  cdir=$RUN_DIR/client-$c; mkdir -p "$cdir"
+  # A fresh directory per run: the client's phase files of an earlier round must not count.
+  cdir=$RUN_DIR/client-$c-r$round; mkdir -p "$cdir"
   clog=$OUT_DIR/logs/client-$c.log
   timeout $(( STORM_S + 900 )) taskset -c "$LOAD_CPU" env URL="ws://127.0.0.1:$PORT_P/" CONNS="$CONNS" \
     OPEN_CONCURRENCY="$OPEN_CONCURRENCY" MSGS="$MSGS" SIZE="$SIZE" STORM_S="$STORM_S" DIR="$cdir" \
@@ -135,17 +143,31 @@ for c in $CANDIDATES; do
   wait_file "$cdir/opened" 600 "$cpid" || { cat "$clog" >&2; die "client did not finish opening"; }
   sleep "$SETTLE"
   rss1=$(tree_rss_kib "$PROXY_PID")
-  t0=$(tree_ticks "$PROXY_PID")
+  read -r u0 k0 <<<"$(tree_ticks_split "$PROXY_PID")"
   pp=""
   if [[ -n ${PERF_STAT:-} ]] && command -v perf >/dev/null; then
     perf stat -x, -e "raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_readv,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait" \
       -p "$(tree_pids "$PROXY_PID" | paste -sd,)" -o "$OUT_DIR/perfstat-storm-$c.csv" -- sleep $(( STORM_S + 60 )) &
     pp=$!; STARTED+=("$pp"); sleep 0.3
   fi
+  pr=""
+  if [[ -n ${PERF_RECORD:-} ]] && command -v perf >/dev/null; then
+    perf record -q -e cpu-clock -F 4999 -p "$(tree_pids "$PROXY_PID" | paste -sd,)" \
+      -o "$OUT_DIR/perf-storm-$c-r$round.data" -- sleep $(( STORM_S + 60 )) 2>/dev/null &
+    pr=$!; STARTED+=("$pr"); sleep 0.3
+  fi
   touch "$cdir/go"
   wait_file "$cdir/stormed" $(( STORM_S + 60 )) "$cpid" || { cat "$clog" >&2; die "client storm did not end"; }
-  t1=$(tree_ticks "$PROXY_PID")
-  if [[ -n $pp ]]; then kill -INT "$pp" 2>/dev/null || true; wait "$pp" 2>/dev/null || true; forget_pid "$pp"; fi
+  read -r u1 k1 <<<"$(tree_ticks_split "$PROXY_PID")"
+  # perf ends when its timer workload (sleep) does: end the sleep, not perf.
+  for p in $pp $pr; do
+    for k in $(tree_pids "$p"); do [[ $k == "$p" ]] || kill "$k" 2>/dev/null || true; done
+    wait "$p" 2>/dev/null || true; forget_pid "$p"
+  done
+  if [[ -n $pr ]]; then
+    perf report -i "$OUT_DIR/perf-storm-$c-r$round.data" --no-children --sort dso,sym --stdio 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' | head -40 >"$OUT_DIR/perf-storm-$c-r$round.txt" || true
+  fi
   rss2=$(tree_rss_kib "$PROXY_PID")
   touch "$cdir/close"
   for _ in $(seq 1 300); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
@@ -157,13 +179,14 @@ for c in $CANDIDATES; do
   storm_line=$(grep '"phase":"storm"' "$clog" || true)
   row=$(node -e '
     const o = JSON.parse(process.argv[1] || "{}"), s = JSON.parse(process.argv[2] || "{}");
-    const [c, r0, r1, r2, dt, tck] = process.argv.slice(3);
+    const [c, r0, r1, r2, dt, du, tck] = process.argv.slice(3);
     const open = o.open || 0, msgs = s.messages || 0;
     const per = open ? Math.round((r1 - r0) * 1024 / open) : "NA";
     const cpu = msgs ? (dt * 1e6 / tck / msgs).toFixed(1) : "NA";
+    const user = msgs ? (du * 1e6 / tck / msgs).toFixed(1) : "NA";
     console.log([c, open, o.failed, (o.open_ms / 1000).toFixed(1), r0, r1, per, msgs, s.msgs_per_s,
-      cpu, r2, s.bad_echo, s.closed_early].join("\t"));
-  ' "$open_line" "$storm_line" "$c" "$rss0" "$rss1" "$rss2" $(( t1 - t0 )) "$CLK_TCK")
+      cpu, user, r2, s.bad_echo, s.closed_early].join("\t"));
+  ' "$open_line" "$storm_line" "$c" "$rss0" "$rss1" "$rss2" $(( u1 + k1 - u0 - k0 )) $(( u1 - u0 )) "$CLK_TCK")
   log "  $(tr '\t' ' ' <<<"$row")"
   echo "$row" >>"$RESULTS"
   if [[ -f $OUT_DIR/perfstat-storm-$c.csv ]]; then
@@ -175,10 +198,11 @@ for c in $CANDIDATES; do
       "$OUT_DIR/perfstat-storm-$c.csv" | tee -a "$OUT_DIR/storm-syscalls.txt" >&2
   fi
 done
+done
 
 {
-  echo "| proxy | WebSockets open | failed | open time s | RSS before KiB | RSS with all open KiB | bytes per idle WebSocket | messages echoed | messages/s | proxy CPU us/message | RSS after storm KiB | bad echoes | closed early |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| proxy | WebSockets open | failed | open time s | RSS before KiB | RSS with all open KiB | bytes per idle WebSocket | messages echoed | messages/s | proxy CPU us/message | of which user space | RSS after storm KiB | bad echoes | closed early |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   tail -n +2 "$RESULTS" | awk -F'\t' '{ printf "| %s |", $1; for (i = 2; i <= NF; i++) printf " %s |", $i; print "" }'
 } | tee "$OUT_DIR/table.md"
 [[ -z $NOTE ]] || echo "$NOTE"

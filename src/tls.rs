@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::server::ServerSessionMemoryCache;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{InconsistentKeys, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
@@ -172,7 +173,30 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsEr
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    if let Some(ticketer) = ticketer() {
+        config.ticketer = ticketer;
+    }
     Ok(config)
+}
+
+/// Sessions kept for resumption by clients without tickets (TLS 1.2 session ids); rustls
+/// keeps 256 by default, too few for a proxy's clients.
+const SESSION_CACHE: usize = 8192;
+
+/// The session-ticket key set of this process, one for every certificate reload so a reload
+/// does not end resumption (keys rotate every six hours, the previous one still accepted).
+/// `None` (logged once) when no key could be made: resumption then uses the cache alone.
+fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static TICKETER: std::sync::OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> =
+        std::sync::OnceLock::new();
+    TICKETER
+        .get_or_init(|| {
+            rustls::crypto::ring::Ticketer::new()
+                .inspect_err(|e| tracing::warn!(error = %e, "no TLS session tickets: clients resume from the session cache only"))
+                .ok()
+        })
+        .clone()
 }
 
 /// The error for a key that does not belong to the leaf: names the certificate it does
@@ -804,6 +828,53 @@ mod tests {
         drop(tls);
         server.await.unwrap();
         (chain, protocol)
+    }
+
+    /// One connection through `acceptor` with `client` (its session store kept between
+    /// calls), read to the server's close so the session tickets arrive: how it shook hands.
+    async fn connect_once(
+        acceptor: tokio_rustls::TlsAcceptor,
+        client: Arc<ClientConfig>,
+    ) -> rustls::HandshakeKind {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            tls.write_all(b"x").await.unwrap();
+            tls.shutdown().await.unwrap();
+        });
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"x");
+        server.await.unwrap();
+        tls.get_ref().1.handshake_kind().unwrap()
+    }
+
+    #[tokio::test]
+    async fn clients_resume_their_session_and_a_reload_keeps_the_ticket_keys() {
+        let dir = TempDir::new("resume");
+        let ca = Ca::new();
+        let key = KeyPair::generate().unwrap();
+        let leaf = ca.issue(&key, "leaf");
+        let cert_path = dir.write("cert.pem", ca.chain_pem(&leaf));
+        let key_path = dir.write("key.pem", key.serialize_pem());
+        let acceptor = |config| tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let first = acceptor(load_server_config(&cert_path, &key_path).unwrap());
+        let client = client_config(&ca, &[b"http/1.1"]);
+        let full = connect_once(first.clone(), client.clone()).await;
+        assert_eq!(full, rustls::HandshakeKind::Full);
+        let again = connect_once(first, client.clone()).await;
+        assert_eq!(again, rustls::HandshakeKind::Resumed);
+        // A certificate reload builds a new config: tickets issued before it still resume.
+        let reloaded = acceptor(load_server_config(&cert_path, &key_path).unwrap());
+        let after = connect_once(reloaded, client).await;
+        assert_eq!(after, rustls::HandshakeKind::Resumed);
     }
 
     /// The leaf certificate a handshake presents.

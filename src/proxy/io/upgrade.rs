@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::splice::splice;
@@ -50,21 +49,11 @@ pub fn spawn_tunnel(
             }
         };
         let _open = Open::new(Protocol::WebSocket);
-        let start = Instant::now();
-        let last = Arc::new(AtomicU64::new(0));
-        let mut client = Tracked::new(TokioIo::new(client), start, last.clone());
-        let mut upstream = Tracked::new(TokioIo::new(upstream), start, last.clone());
+        let activity = Arc::new(AtomicU64::new(0));
+        let mut client = Tracked::new(TokioIo::new(client), activity.clone());
+        let mut upstream = Tracked::new(TokioIo::new(upstream), activity.clone());
         let copy = splice(&mut client, &mut upstream);
-        let idle = async {
-            loop {
-                let since = Duration::from_millis(last.load(Ordering::Relaxed));
-                let deadline = start + since + limits.idle;
-                if Instant::now() >= deadline {
-                    return;
-                }
-                tokio::time::sleep_until(deadline).await;
-            }
-        };
+        let idle = idle_for(limits.idle, &activity);
         let drained = async {
             limits.drain.cancelled().await;
             tokio::time::sleep(jittered(limits.jitter)).await;
@@ -80,6 +69,24 @@ pub fn spawn_tunnel(
     });
 }
 
+/// Looks at a tunnel's activity count this many times per `--ws-idle-timeout`.
+const IDLE_CHECKS: u32 = 8;
+
+/// Resolves once `activity` has not moved for `idle` (to within an eighth of it more):
+/// counted reads and writes instead of a clock read on each, which showed in the profile
+/// of a WebSocket message storm (`bench/ws.sh PERF_RECORD=1`).
+async fn idle_for(idle: Duration, activity: &AtomicU64) {
+    let step = idle / IDLE_CHECKS;
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut quiet = 0;
+    while quiet < IDLE_CHECKS {
+        tokio::time::sleep(step).await;
+        let now = activity.load(Ordering::Relaxed);
+        quiet = if now == seen { quiet + 1 } else { 0 };
+        seen = now;
+    }
+}
+
 /// A random duration in `[0, max)`.
 fn jittered(max: Duration) -> Duration {
     let mut raw = [0u8; 4];
@@ -91,21 +98,22 @@ fn jittered(max: Duration) -> Duration {
     max.mul_f64(f64::from(u32::from_le_bytes(raw)) / (f64::from(u32::MAX) + 1.0))
 }
 
-/// An IO that records the time of its last read or write (ms since `start`).
+/// An IO that counts its reads and writes that moved bytes, in a count both halves of a
+/// tunnel share (they live in one task, so a plain load and store suffice).
 struct Tracked<T> {
     inner: T,
-    start: Instant,
-    last: Arc<AtomicU64>,
+    activity: Arc<AtomicU64>,
 }
 
 impl<T> Tracked<T> {
-    fn new(inner: T, start: Instant, last: Arc<AtomicU64>) -> Self {
-        Self { inner, start, last }
+    fn new(inner: T, activity: Arc<AtomicU64>) -> Self {
+        Self { inner, activity }
     }
 
+    #[inline]
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last.store(ms, Ordering::Relaxed);
+        let n = self.activity.load(Ordering::Relaxed);
+        self.activity.store(n.wrapping_add(1), Ordering::Relaxed);
     }
 }
 
@@ -148,8 +156,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::jittered;
+    use super::{idle_for, jittered};
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_is_idle_after_the_timeout_without_activity_and_not_before() {
+        let idle = Duration::from_secs(80);
+        let quiet = AtomicU64::new(0);
+        let start = Instant::now();
+        idle_for(idle, &quiet).await;
+        let took = start.elapsed();
+        assert!(took >= idle && took <= idle + idle / 8, "{took:?}");
+
+        let busy = AtomicU64::new(0);
+        let start = Instant::now();
+        let watch = idle_for(idle, &busy);
+        let work = async {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                busy.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        tokio::pin!(watch);
+        tokio::select! {
+            () = &mut watch => panic!("closed while bytes moved"),
+            () = work => {}
+        }
+        watch.await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(200) + idle, "{took:?}");
+        assert!(
+            took <= Duration::from_secs(200) + idle + idle / 8,
+            "{took:?}"
+        );
+    }
 
     #[test]
     fn jitter_stays_in_range_and_varies() {
