@@ -320,6 +320,12 @@ run_wrk() {         # run_wrk SECONDS LOG [CONNS] [SCRIPT]; prints the request c
   [[ $rc == 0 ]] || log "wrk exited $rc (see $2)"
   sed -nE 's/^BENCH requests=([0-9]+).*/\1/p' "$2"
 }
+# The awk function med(LIST): the median of the space-separated numbers in LIST. Use as
+# awk "$AWK_MED"' ...program...'.
+AWK_MED='function med(s,   n, a, i, j, t) { n = split(s, a, " ");
+  for (i = 2; i <= n; i++) { t = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > t + 0) { a[j+1] = a[j]; j-- } a[j+1] = t }
+  return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }'
+
 sticky_check() {    # sticky_check URL [curl args]: 40 ids x 3 rounds over ONE keep-alive connection
   local url=$1 ids=40 rounds=3 args=() k out
   for _ in $(seq 1 $rounds); do

@@ -190,9 +190,7 @@ done
 {
   echo "| candidate | proto | runs | median req/s | p50 ms (h2: mean) | p99 ms (h2: max) | proxy CPU us/req | foreign % | errors |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  awk -F'\t' 'function med(s,   n, a, i, j, t) { n = split(s, a, " ");
-      for (i = 2; i <= n; i++) { t = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > t + 0) { a[j+1] = a[j]; j-- } a[j+1] = t }
-      return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+  awk -F'\t' "$AWK_MED"'
     NR == 1 { next }
     { k = $1 " " $2; if (!(k in n)) ord[++m] = k; n[k]++; rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5;
       p99[k] = p99[k] " " $6; cpu[k] = cpu[k] " " $7; fo[k] = fo[k] " " $8; err[k] += $9 }

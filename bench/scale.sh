@@ -123,9 +123,7 @@ done
 {
   echo "| candidate | workers | sessions | runs | median req/s | median proxy CPU µs/request | RSS after the fill |"
   echo "|---|---|---|---|---|---|---|"
-  awk -F'\t' 'function med(s,   n, a, i, j, t) { n = split(s, a, " ");
-      for (i = 2; i <= n; i++) { t = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > t + 0) { a[j+1] = a[j]; j-- } a[j+1] = t }
-      return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+  awk -F'\t' "$AWK_MED"'
     NR == 1 { next }
     { k = $1 " " $2 " " $3; if (!(k in n)) ord[++m] = k; n[k]++; rps[k] = rps[k] " " $5; cpu[k] = cpu[k] " " $6; rss[k] = rss[k] " " $7 }
     END { for (i = 1; i <= m; i++) { k = ord[i]; split(k, f, " ");

@@ -158,17 +158,6 @@ fn shared_flags(redis: &Redis) -> Vec<String> {
     ]
 }
 
-/// Logs `id` in through `proxy`: the worker that set the session cookie.
-fn login(proxy: &TestCluster, id: &str) -> u64 {
-    let r = proxy.get(&format!("/login?id={id}"), &[]);
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), proxy.logs());
-    let text = r.text();
-    text.trim_start_matches("logged in on worker ")
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("a worker id in {text:?}"))
-}
-
 /// The worker serving session `id` through `proxy`.
 fn worker_of(proxy: &TestCluster, id: &str) -> u64 {
     let cookie = format!("connect.sid={id}");
@@ -198,7 +187,7 @@ fn a_session_learnt_from_set_cookie_on_one_proxy_stays_on_its_worker_through_the
     let workers = three_workers();
     let (a, b) = two_proxies(&workers, &shared_flags(&redis));
     let ids: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
-    let on_a: Vec<u64> = ids.iter().map(|id| login(&a, id)).collect();
+    let on_a: Vec<u64> = ids.iter().map(|id| a.login(id)).collect();
     assert!(
         on_a.iter().any(|&w| w != on_a[0]),
         "logins spread: {on_a:?}"
@@ -211,7 +200,7 @@ fn a_session_learnt_from_set_cookie_on_one_proxy_stays_on_its_worker_through_the
     // Over HTTP/2 too (B's direct h2 exchange hands a key new to B to the path that asks
     // Redis): a session B has not seen yet is still found.
     let late = "h2-late";
-    let worker = login(&a, late);
+    let worker = a.login(late);
     redis.wait_key(late);
     let cookie = format!("connect.sid={late}");
     let (status, _, body) =
@@ -225,7 +214,7 @@ fn a_session_learnt_from_set_cookie_on_one_proxy_stays_on_its_worker_through_the
     );
     // And the other way round: learnt on B, kept through A.
     let more: Vec<String> = (0..6).map(|i| format!("v{i}")).collect();
-    let on_b: Vec<u64> = more.iter().map(|id| login(&b, id)).collect();
+    let on_b: Vec<u64> = more.iter().map(|id| b.login(id)).collect();
     more.iter().for_each(|id| redis.wait_key(id));
     for (id, &worker) in more.iter().zip(&on_b) {
         assert_eq!(worker_of(&a, id), worker, "{id} through A");
@@ -269,7 +258,7 @@ fn redis_down_fails_no_request_and_keeps_local_sessions_then_back_shares_again()
     let a = proxy(&forward, &with_admin(admin_a));
     let b = proxy(&backward, &with_admin(admin_b));
     let ids: Vec<String> = (0..9).map(|i| format!("s{i}")).collect();
-    let pinned: Vec<u64> = ids.iter().map(|id| login(&a, id)).collect();
+    let pinned: Vec<u64> = ids.iter().map(|id| a.login(id)).collect();
     ids.iter().for_each(|id| redis.wait_key(id));
     for (id, &w) in ids.iter().zip(&pinned) {
         assert_eq!(worker_of(&b, id), w, "{id} known to B before Redis goes");
@@ -303,7 +292,7 @@ fn redis_down_fails_no_request_and_keeps_local_sessions_then_back_shares_again()
         metrics(admin_a).contains(up) && metrics(admin_b).contains(up)
     });
     let after: Vec<String> = (0..9).map(|i| format!("back{i}")).collect();
-    let on_a: Vec<u64> = after.iter().map(|id| login(&a, id)).collect();
+    let on_a: Vec<u64> = after.iter().map(|id| a.login(id)).collect();
     after.iter().for_each(|id| redis.wait_key(id));
     for (id, &w) in after.iter().zip(&on_a) {
         assert_eq!(
@@ -520,7 +509,7 @@ fn the_password_from_the_environment_opens_a_redis_that_requires_one() {
     let a = with_password(workers.iter().collect());
     let b = with_password(workers.iter().rev().collect());
     let ids: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
-    let on_a: Vec<u64> = ids.iter().map(|id| login(&a, id)).collect();
+    let on_a: Vec<u64> = ids.iter().map(|id| a.login(id)).collect();
     ids.iter().for_each(|id| redis.wait_key(id));
     for (id, &worker) in ids.iter().zip(&on_a) {
         assert_eq!(worker_of(&b, id), worker, "{id} through B\n{}", b.logs());

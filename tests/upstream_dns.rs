@@ -112,17 +112,6 @@ fn whoami(proxy: &TestCluster, id: &str) -> (u64, String) {
     (worker, json["sticky"].as_str().unwrap_or("").to_string())
 }
 
-/// Logs session `id` in: the worker that set its cookie.
-fn login(proxy: &TestCluster, id: &str) -> u64 {
-    let r = proxy.get(&format!("/login?id={id}"), &[]);
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), proxy.logs());
-    let text = r.text();
-    text.trim_start_matches("logged in on worker ")
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("a worker id in {text:?}"))
-}
-
 /// Logs in new sessions (`prefix-N`) until one lands on a worker `wanted` accepts; the
 /// sessions and their workers.
 fn login_until(
@@ -139,7 +128,7 @@ fn login_until(
             proxy.logs()
         );
         let id = format!("{prefix}-{n}");
-        let w = login(proxy, &id);
+        let w = proxy.login(&id);
         made.push((id, w));
         if wanted(w) {
             return made;

@@ -310,6 +310,18 @@ impl TestCluster {
         self.request("GET", path, headers, b"")
     }
 
+    /// Logs session `id` in (`/login?id=ID` of `tests/node/worker.js`, which sets
+    /// `connect.sid=ID`): the worker that answered.
+    pub fn login(&self, id: &str) -> u64 {
+        let r = self.get(&format!("/login?id={id}"), &[]);
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), self.logs());
+        let text = r.text();
+        text.trim_start_matches("logged in on worker ")
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("a worker id in {text:?}"))
+    }
+
     /// GET /whoami as JSON.
     pub fn whoami(&self, headers: &[(&str, &str)]) -> (Response, serde_json::Value) {
         let r = self.get("/whoami", headers);
