@@ -320,6 +320,19 @@ run_wrk() {         # run_wrk SECONDS LOG [CONNS] [SCRIPT]; prints the request c
   [[ $rc == 0 ]] || log "wrk exited $rc (see $2)"
   sed -nE 's/^BENCH requests=([0-9]+).*/\1/p' "$2"
 }
+make_cert() {       # make_cert ec|rsa: a self-signed localhost certificate in RUN_DIR;
+                    # sets CERT, KEY and PEM (certificate + key, for HAProxy)
+  CERT=$RUN_DIR/cert.pem KEY=$RUN_DIR/key.pem PEM=$RUN_DIR/haproxy.pem
+  case $1 in
+    ec)  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEY" 2>/dev/null ;;
+    rsa) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY" 2>/dev/null ;;
+    *) die "TLS_KEY must be ec or rsa" ;;
+  esac
+  openssl req -x509 -new -key "$KEY" -out "$CERT" -days 2 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null || die "openssl req failed"
+  cat "$CERT" "$KEY" >"$PEM"
+}
+
 # The awk function med(LIST): the median of the space-separated numbers in LIST. Use as
 # awk "$AWK_MED"' ...program...'.
 AWK_MED='function med(s,   n, a, i, j, t) { n = split(s, a, " ");

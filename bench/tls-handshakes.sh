@@ -38,15 +38,7 @@ mkdir -p "$OUT_DIR/logs"
 prepare_run "RUNS=$RUNS DURATION=${DURATION}s modes=$MODES version=$TLS_VERSION key=$TLS_KEY" $PORT_P
 for b in openssl nginx haproxy; do command -v $b >/dev/null || die "missing $b"; done
 
-CERT=$RUN_DIR/cert.pem KEY=$RUN_DIR/key.pem PEM=$RUN_DIR/haproxy.pem
-case $TLS_KEY in
-  ec)  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEY" 2>/dev/null ;;
-  rsa) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY" 2>/dev/null ;;
-  *) die "TLS_KEY must be ec or rsa" ;;
-esac
-openssl req -x509 -new -key "$KEY" -out "$CERT" -days 2 -subj "/CN=localhost" \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null || die "openssl req failed"
-cat "$CERT" "$KEY" >"$PEM"
+make_cert "$TLS_KEY"
 write_nginx_proxy_conf nginx-tls $PORT_P "$CERT" "$KEY"
 write_haproxy_conf "$RUN_DIR/haproxy-tls.cfg" $PORT_P "$PEM" alpn
 
