@@ -787,6 +787,13 @@ pub fn chunked(data: &[u8]) {
     if let Some((1, off, _)) = whole {
         assert!(off <= len);
     }
+    // With a head limit (the cut, so that some heads are over it): the same finding too.
+    let limit = cut.max(1);
+    let whole = found(&mut Scanner::new(limit), stream, 0);
+    let mut s = Scanner::new(limit);
+    let first = found(&mut s, &stream[..cut], 0);
+    let split = first.or_else(|| found(&mut s, &stream[cut..], cut));
+    assert_eq!(split, whole, "the watch with a {limit}-byte head limit split at {cut}");
 }
 
 /// (h) HTTP/2 frames as the front reads them: frame headers, padding, header blocks split

@@ -113,6 +113,18 @@ impl Answer {
         }
     }
 
+    /// A request head longer than `--max-header-size`: refused, and the connection closed.
+    pub fn head_too_large() -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+                "request head longer than the proxy's --max-header-size",
+            )
+        }
+    }
+
     /// A `Content-Length` the proxy cannot read (malformed, repeated with other values, or
     /// padded past any sensible length): refused, and the connection closed.
     pub fn unframeable() -> Self {

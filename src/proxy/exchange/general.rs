@@ -80,6 +80,7 @@ pub async fn handle(
         return Ok(match why {
             Refusal::Conflict => Answer::smuggling(),
             Refusal::Unframeable => Answer::unframeable(),
+            Refusal::TooLarge => Answer::head_too_large(),
         }
         .response());
     }

@@ -170,7 +170,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 match self.req.parse(&self.buf) {
                     Parse::Complete(n) if self.req.direct && n <= max_head => break n,
                     Parse::Complete(_) | Parse::Invalid => return Next::HandOver,
-                    // Too large a head: hyper answers 431.
+                    // Too large a head: the framing watch refuses it (431).
                     Parse::Partial if self.buf.len() > max_head => return Next::HandOver,
                     Parse::Partial => {}
                 }

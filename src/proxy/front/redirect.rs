@@ -36,7 +36,9 @@ pub async fn serve_redirect(
             },
         );
         tokio::spawn(async move {
-            let io = FramingWatch::new(stream, Arc::default(), header_timeout);
+            // Only the head deadline: hyper's own buffer bounds a head here, and nothing
+            // is forwarded.
+            let io = FramingWatch::new(stream, Arc::default(), header_timeout, usize::MAX);
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(io), service)
                 .await;

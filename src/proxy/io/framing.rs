@@ -45,7 +45,7 @@ use crate::proxy::http1::chunked::{Chunks, Malformed};
 pub struct Verdict {
     /// 1-based number of the first request the watch refuses; 0: none so far.
     refused: AtomicU32,
-    /// Why: 0 [`Refusal::Conflict`], 1 [`Refusal::Unframeable`].
+    /// Why: the [`Refusal`] as its `u8`.
     why: AtomicU8,
     /// Requests the handler has taken so far.
     taken: AtomicU32,
@@ -62,7 +62,8 @@ impl Verdict {
         (n == self.refused.load(Ordering::Acquire)).then(|| {
             match self.why.load(Ordering::Relaxed) {
                 0 => Refusal::Conflict,
-                _ => Refusal::Unframeable,
+                1 => Refusal::Unframeable,
+                _ => Refusal::TooLarge,
             }
         })
     }
@@ -93,11 +94,12 @@ pub struct FramingWatch<I> {
 
 impl<I> FramingWatch<I> {
     /// Watches `io`, reporting to `verdict`; a head must be complete within
-    /// `head_timeout` of the connection starting to wait for it.
-    pub fn new(io: I, verdict: Arc<Verdict>, head_timeout: Duration) -> Self {
+    /// `head_timeout` of the connection starting to wait for it, and at most `max_head`
+    /// bytes long.
+    pub fn new(io: I, verdict: Arc<Verdict>, head_timeout: Duration, max_head: usize) -> Self {
         Self {
             io,
-            scanner: Scanner::default(),
+            scanner: Scanner::new(max_head),
             verdict,
             head_timeout,
             head_deadline: None,
@@ -214,14 +216,18 @@ enum State {
     Refused,
 }
 
-/// Why the watch refuses a request (the handler answers 400 and closes).
+/// Why the watch refuses a request (the handler answers 400, or 431, and closes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Refusal {
     /// Both `Content-Length` and `Transfer-Encoding` (request smuggling).
     Conflict,
     /// A `Content-Length` the watch cannot read (malformed, repeated with other values, or
     /// its line longer than the watch follows): the body's end cannot be agreed on.
     Unframeable,
+    /// A head longer than `--max-header-size`. The watch sets the head limit, not hyper's
+    /// read buffer, which is larger so that a body is read in fewer, larger pieces.
+    TooLarge,
 }
 
 /// The longest line prefix kept: enough for `content-length:` with a 20-digit value and
@@ -247,23 +253,16 @@ pub struct Scanner {
     unframeable: bool,
     /// Complete heads seen.
     heads: u32,
+    /// Bytes of the current head so far (from the end of the previous request).
+    head_bytes: usize,
+    /// The longest head let through.
+    max_head: usize,
 }
 
 impl Default for Scanner {
+    /// A scanner with no head limit.
     fn default() -> Self {
-        Self {
-            state: State::Head,
-            line: [0; LINE_PREFIX],
-            line_len: 0,
-            line_truncated: false,
-            chunks: Chunks::default(),
-            head_lines: 0,
-            content_length: None,
-            has_content_length: false,
-            has_transfer_encoding: false,
-            unframeable: false,
-            heads: 0,
-        }
+        Self::new(usize::MAX)
     }
 }
 
@@ -279,6 +278,25 @@ pub enum Found {
 }
 
 impl Scanner {
+    /// A scanner that refuses heads longer than `max_head` bytes.
+    pub fn new(max_head: usize) -> Self {
+        Self {
+            state: State::Head,
+            line: [0; LINE_PREFIX],
+            line_len: 0,
+            line_truncated: false,
+            chunks: Chunks::default(),
+            head_lines: 0,
+            content_length: None,
+            has_content_length: false,
+            has_transfer_encoding: false,
+            unframeable: false,
+            heads: 0,
+            head_bytes: 0,
+            max_head,
+        }
+    }
+
     /// True once the scanner no longer follows the stream.
     pub fn is_off(&self) -> bool {
         matches!(self.state, State::Off | State::Refused)
@@ -333,7 +351,12 @@ impl Scanner {
                     }
                 }
                 State::Head => {
-                    let Some(end) = memchr::memchr(b'\n', bytes) else {
+                    let line_end = memchr::memchr(b'\n', bytes);
+                    let taken = line_end.map_or(bytes.len(), |end| end + 1);
+                    if let Some(found) = self.count_head(taken) {
+                        return Some(found);
+                    }
+                    let Some(end) = line_end else {
                         self.keep(bytes);
                         return None;
                     };
@@ -358,6 +381,16 @@ impl Scanner {
             }
         }
         None
+    }
+
+    /// Counts `n` more bytes of the current head; refuses the request once it is too long.
+    fn count_head(&mut self, n: usize) -> Option<Found> {
+        self.head_bytes = self.head_bytes.saturating_add(n);
+        if self.head_bytes <= self.max_head {
+            return None;
+        }
+        self.state = State::Off;
+        Some(Found::Request(self.heads + 1, Refusal::TooLarge))
     }
 
     fn keep(&mut self, part: &[u8]) {
@@ -407,6 +440,7 @@ impl Scanner {
             return None;
         }
         self.heads += 1;
+        self.head_bytes = 0;
         let conflict = self.has_content_length && self.has_transfer_encoding;
         let body = self.content_length;
         let chunked = self.has_transfer_encoding;
@@ -502,6 +536,43 @@ mod tests {
             b"POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n";
         assert_eq!(conflicts(cl_first), Some(1));
         assert_eq!(conflicts(te_first), Some(1));
+    }
+
+    #[test]
+    fn a_head_longer_than_the_limit_is_refused_whatever_the_split() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let at_limit = |limit: usize, stream: &[u8]| {
+            let whole = Scanner::new(limit).feed(stream);
+            for cut in 0..=stream.len() {
+                let mut s = Scanner::new(limit);
+                let split = s.feed(&stream[..cut]).or_else(|| s.feed(&stream[cut..]));
+                assert_eq!(split, whole, "split at {cut} changed the answer");
+            }
+            whole
+        };
+        assert_eq!(
+            at_limit(head.len(), head),
+            None,
+            "a head of exactly the limit"
+        );
+        assert_eq!(
+            at_limit(head.len() - 1, head),
+            Some(Found::Request(1, Refusal::TooLarge))
+        );
+        // Each head is counted from the end of the one before; bodies do not count.
+        let mut two = b"POST / HTTP/1.1\r\nContent-Length: 60\r\n\r\n".to_vec();
+        two.extend_from_slice(&[b'x'; 60]);
+        let first = two.len() - 60;
+        two.extend_from_slice(head);
+        assert_eq!(at_limit(first.max(head.len()), &two), None);
+        let mut three = two.clone();
+        three.extend_from_slice(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: aaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        );
+        assert_eq!(
+            at_limit(first.max(head.len()), &three),
+            Some(Found::Request(3, Refusal::TooLarge))
+        );
     }
 
     #[test]
@@ -615,5 +686,10 @@ mod tests {
         assert_eq!(v.next_request_refused(), None);
         assert_eq!(v.next_request_refused(), Some(Refusal::Unframeable));
         assert_eq!(v.next_request_refused(), None);
+        for why in [Refusal::Conflict, Refusal::Unframeable, Refusal::TooLarge] {
+            let v = Verdict::default();
+            v.refuse(1, why);
+            assert_eq!(v.next_request_refused(), Some(why));
+        }
     }
 }
