@@ -29,7 +29,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most hyper's HTTP/1 server reads at once, so the largest piece of an upload it hands
 /// on (bench/bodies.sh, 1 MiB uploads: 0.59 ms of proxy CPU per MiB at 64 KiB, 0.53 at
-/// 128 KiB, 0.29-0.35 at 256 KiB, no better at 512 KiB). hyper's buffer starts at 8 KiB and
+/// 128 KiB, 0.29-0.41 at 256 KiB, no better at 512 KiB). hyper's buffer starts at 8 KiB and
 /// grows only for reads that fill it, so only a connection that carried a large upload
 /// holds this much, until it closes (an idle one at the head deadline). Heads are held to
 /// `--max-header-size` by the framing watch, not by this buffer.
