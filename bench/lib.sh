@@ -320,6 +320,21 @@ run_wrk() {         # run_wrk SECONDS LOG [CONNS] [SCRIPT]; prints the request c
   [[ $rc == 0 ]] || log "wrk exited $rc (see $2)"
   sed -nE 's/^BENCH requests=([0-9]+).*/\1/p' "$2"
 }
+start_tls_proxy() { # start_tls_proxy NAME LOG NGINX_CONF_NAME: one TLS-terminating candidate on
+                    # PORT_P with CERT/KEY (nginx: RUN_DIR/NGINX_CONF_NAME, HAProxy:
+                    # RUN_DIR/haproxy-tls.cfg); sets PROXY_PID
+  case $1 in
+    nginx) start_nginx "$PROXY_CPU" "$3" ;;
+    haproxy) start_bg "$PROXY_CPU" "$2" haproxy -db -f "$RUN_DIR/haproxy-tls.cfg" ;;
+    sticky-cluster) start_bg "$PROXY_CPU" "$2" "$BIN" --threads 1 --bind 127.0.0.1 \
+        --proxy-port "$PORT_P" --tls-cert "$CERT" --tls-key "$KEY" \
+        --upstream 127.0.0.1:18000 --upstream 127.0.0.1:18001 \
+        --secret-file "$RUN_DIR/affinity.key" --delay 0s ;;
+    *) die "unknown candidate $1" ;;
+  esac
+  PROXY_PID=$LAST_PID
+}
+
 make_cert() {       # make_cert ec|rsa: a self-signed localhost certificate in RUN_DIR;
                     # sets CERT, KEY and PEM (certificate + key, for HAProxy)
   CERT=$RUN_DIR/cert.pem KEY=$RUN_DIR/key.pem PEM=$RUN_DIR/haproxy.pem

@@ -89,16 +89,7 @@ cp "$RUN_DIR"/nginx-tls-h2/nginx.conf "$OUT_DIR/nginx-tls.conf"; cp "$RUN_DIR"/h
 PROXY_PID=""
 start_proxy() {     # start_proxy NAME PROTO
   local lg=$OUT_DIR/logs/proxy-$1-$2.log
-  case $1 in
-    nginx) start_nginx "$PROXY_CPU" "nginx-tls-$2" ;;
-    haproxy) start_bg "$PROXY_CPU" "$lg" haproxy -db -f "$RUN_DIR/haproxy-tls.cfg" ;;
-    sticky-cluster) start_bg "$PROXY_CPU" "$lg" "$BIN" --threads 1 --bind 127.0.0.1 \
-        --proxy-port $PORT_P --tls-cert "$CERT" --tls-key "$KEY" \
-        --upstream 127.0.0.1:18000 --upstream 127.0.0.1:18001 \
-        --secret-file "$RUN_DIR/affinity.key" --delay 0s ;;
-    *) die "unknown candidate $1" ;;
-  esac
-  PROXY_PID=$LAST_PID
+  start_tls_proxy "$1" "$lg" "nginx-tls-$2"
   wait_http "$URL" 15 -k || { tail -5 "$lg" >&2 2>/dev/null || true; die "$1 did not answer on $URL"; }
 }
 stop_proxy() { stop_one "$PROXY_PID"; PROXY_PID=""; wait_port_free $PORT_P || die "port $PORT_P busy"; }

@@ -44,17 +44,7 @@ write_haproxy_conf "$RUN_DIR/haproxy-tls.cfg" $PORT_P "$PEM" alpn
 
 PROXY_PID=""
 start_proxy() {     # start_proxy NAME
-  local lg=$OUT_DIR/logs/proxy-$1.log
-  case $1 in
-    nginx) start_nginx "$PROXY_CPU" nginx-tls ;;
-    haproxy) start_bg "$PROXY_CPU" "$lg" haproxy -db -f "$RUN_DIR/haproxy-tls.cfg" ;;
-    sticky-cluster) start_bg "$PROXY_CPU" "$lg" "$BIN" --threads 1 --bind 127.0.0.1 \
-        --proxy-port $PORT_P --tls-cert "$CERT" --tls-key "$KEY" \
-        --upstream 127.0.0.1:18000 --upstream 127.0.0.1:18001 \
-        --secret-file "$RUN_DIR/affinity.key" --delay 0s ;;
-    *) die "unknown candidate $1" ;;
-  esac
-  PROXY_PID=$LAST_PID
+  start_tls_proxy "$1" "$OUT_DIR/logs/proxy-$1.log" nginx-tls
   wait_http "https://127.0.0.1:$PORT_P/" 15 -k || die "$1 did not answer"
 }
 stop_proxy() { stop_one "$PROXY_PID"; PROXY_PID=""; wait_port_free $PORT_P || die "port $PORT_P busy"; }
