@@ -88,9 +88,10 @@ fn proxy(dir: &Path, hosts: &Hosts, ports: [u16; 2], extra: &[&str]) -> TestClus
         SECRET.into(),
         "--dns-interval".into(),
         "100ms".into(),
-        "--dns-max-workers".into(),
-        "4".into(),
     ];
+    if !extra.contains(&"--dns-max-workers") {
+        args.extend(["--dns-max-workers".into(), "4".into()]);
+    }
     for p in ports {
         args.push("--upstream-dns".into());
         args.push(format!("{NAME}:{p}"));
@@ -293,6 +294,30 @@ fn workers_join_and_leave_with_the_names_answer_under_load_and_only_the_leavers_
         logs.contains("worker left the --upstream-dns answer"),
         "{logs}"
     );
+}
+
+#[test]
+fn addresses_past_dns_max_workers_get_no_requests_until_a_slot_is_vacated() {
+    let workers = Workers::start();
+    let dir = scratch("upstream-dns-max");
+    // Four addresses for two slots: the two 127.0.0.1 ones (ordered first) take them.
+    let hosts = Hosts::new(&dir, &["127.0.0.1", "::1"]);
+    let proxy = proxy(&dir, &hosts, workers.ports, &["--dns-max-workers", "2"]);
+    proxy.wait_log(
+        "lists more workers than --dns-max-workers",
+        Duration::from_secs(10),
+    );
+    let placed: Vec<u64> = (0..40).map(|n| proxy.login(&format!("a-{n}"))).collect();
+    assert!(
+        placed.iter().all(|w| *w < 2),
+        "only the two slotted workers serve: {placed:?}"
+    );
+    assert!(placed.contains(&0) && placed.contains(&1), "{placed:?}");
+
+    // 127.0.0.1 leaves the answer: the ::1 workers take the freed slots.
+    hosts.set(&["::1"]);
+    let moved = login_until(&proxy, "b", |w| w >= 2);
+    assert!(moved.last().is_some_and(|(_, w)| *w >= 2), "{moved:?}");
 }
 
 #[test]
