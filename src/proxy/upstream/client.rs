@@ -277,7 +277,14 @@ pub async fn read_head(
     is_head: bool,
 ) -> Result<usize, NoResponse> {
     loop {
-        match head.parse(&up.rbuf, is_head) {
+        // Nothing read yet (the usual start: the request was just written) parses as
+        // nothing: read first.
+        let parsed = if up.rbuf.is_empty() {
+            Parse::Partial
+        } else {
+            head.parse(&up.rbuf, is_head)
+        };
+        match parsed {
             Parse::Complete(n) => return Ok(n),
             Parse::Invalid => return Err(NoResponse::Invalid("invalid response head")),
             Parse::Partial if up.rbuf.len() > MAX_RESPONSE_HEAD => {
