@@ -20,7 +20,8 @@
 #      buffers and tunnel state of the proxy);
 #   3. message storm: every connection sends MSGS messages of SIZE bytes, one at a time
 #      (the next after the echo), bounded by STORM_S; reports messages/s (echoed round
-#      trips), proxy CPU us per message (each message crosses the proxy twice), RSS after;
+#      trips), proxy CPU us per message (each message crosses the proxy twice), p50, p99
+#      and p99.9 of an echo's round trip as the client sees it, RSS after;
 #   4. the client closes everything; the proxy is stopped.
 # If the hard `ulimit -n` cannot hold 2 x CONNS descriptors (e.g. a container capped at
 # 20000 without CAP_SYS_RESOURCE), CONNS is lowered to what fits, with a note in the output.
@@ -125,7 +126,7 @@ wait_file() {       # wait_file FILE SECONDS PID: until FILE exists, or PID exit
 }
 
 RESULTS=$OUT_DIR/results.tsv
-printf 'candidate\topen\tfailed\topen_s\trss_before_kib\trss_open_kib\tbytes_per_ws\tmsgs\tmsgs_per_s\tcpu_us_per_msg\tuser_us_per_msg\trss_after_storm_kib\tbad_echo\tclosed_early\n' >"$RESULTS"
+printf 'candidate\topen\tfailed\topen_s\trss_before_kib\trss_open_kib\tbytes_per_ws\tmsgs\tmsgs_per_s\tcpu_us_per_msg\tuser_us_per_msg\trss_after_storm_kib\tbad_echo\tclosed_early\tp50_ms\tp99_ms\tp999_ms\n' >"$RESULTS"
 for round in $(seq 1 "$RUNS"); do
 for c in $CANDIDATES; do
   log "round $round/$RUNS: candidate $c"
@@ -185,7 +186,7 @@ for c in $CANDIDATES; do
     const cpu = msgs ? (dt * 1e6 / tck / msgs).toFixed(1) : "NA";
     const user = msgs ? (du * 1e6 / tck / msgs).toFixed(1) : "NA";
     console.log([c, open, o.failed, (o.open_ms / 1000).toFixed(1), r0, r1, per, msgs, s.msgs_per_s,
-      cpu, user, r2, s.bad_echo, s.closed_early].join("\t"));
+      cpu, user, r2, s.bad_echo, s.closed_early, s.p50_ms, s.p99_ms, s.p999_ms].join("\t"));
   ' "$open_line" "$storm_line" "$c" "$rss0" "$rss1" "$rss2" $(( u1 + k1 - u0 - k0 )) $(( u1 - u0 )) "$CLK_TCK")
   log "  $(tr '\t' ' ' <<<"$row")"
   echo "$row" >>"$RESULTS"
@@ -201,8 +202,8 @@ done
 done
 
 {
-  echo "| proxy | WebSockets open | failed | open time s | RSS before KiB | RSS with all open KiB | bytes per idle WebSocket | messages echoed | messages/s | proxy CPU us/message | of which user space | RSS after storm KiB | bad echoes | closed early |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| proxy | WebSockets open | failed | open time s | RSS before KiB | RSS with all open KiB | bytes per idle WebSocket | messages echoed | messages/s | proxy CPU us/message | of which user space | RSS after storm KiB | bad echoes | closed early | echo p50 ms | p99 ms | p99.9 ms |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   tail -n +2 "$RESULTS" | awk -F'\t' '{ printf "| %s |", $1; for (i = 2; i <= NF; i++) printf " %s |", $i; print "" }'
 } | tee "$OUT_DIR/table.md"
 [[ -z $NOTE ]] || echo "$NOTE"

@@ -7,6 +7,7 @@
 //   2. message storm: every connection sends MSGS messages of SIZE bytes one after the
 //      other (next one when the echo of the previous comes back), <= STORM_S seconds; then
 //      write DIR/stormed and wait (<= WAIT_S) for DIR/close;
+//      each echo's round trip (send to its echo) is kept, for p50/p99/p99.9 in ms;
 //   3. close every connection and exit.
 // Prints one JSON line per phase on stdout. Env: URL, CONNS=10000, OPEN_CONCURRENCY=200,
 // MSGS=10, SIZE=64, STORM_S=120, WAIT_S=300, OPEN_TIMEOUT_MS=10000, DIR (required).
@@ -62,6 +63,14 @@ function waitFile(name, seconds) {
   });
 }
 
+// Round-trip percentiles in ms (nearest rank), two decimals.
+function percentiles(ms) {
+  const sorted = Float64Array.from(ms).sort();
+  const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] : NaN);
+  const r = (x) => Math.round(x * 100) / 100;
+  return { p50_ms: r(at(0.5)), p99_ms: r(at(0.99)), p999_ms: r(at(0.999)) };
+}
+
 async function main() {
   const t0 = Date.now();
   let next = 0;
@@ -83,6 +92,7 @@ async function main() {
   const payload = Buffer.alloc(SIZE, 'x');
   let echoed = 0;
   let bad = 0;
+  const rtt = new Float64Array(stillOpen.length * MSGS);
   const s0 = process.hrtime.bigint();
   storming = true;
   await new Promise((resolve) => {
@@ -92,11 +102,13 @@ async function main() {
     const finish = () => { if (--pending === 0) { clearTimeout(timer); resolve(); } };
     for (const ws of stillOpen) {
       let sent = 1;
+      let sentAt = process.hrtime.bigint();
       ws.on('message', (data) => {
         if (!storming) return;
+        const now = process.hrtime.bigint();
         if (data.length !== SIZE) bad++;
-        echoed++;
-        if (sent < MSGS) { sent++; ws.send(payload); } else finish();
+        rtt[echoed++] = Number(now - sentAt) / 1e6;
+        if (sent < MSGS) { sent++; sentAt = now; ws.send(payload); } else finish();
       });
       ws.once('close', finish);
       ws.send(payload);
@@ -107,7 +119,7 @@ async function main() {
   console.log(JSON.stringify({
     phase: 'storm', connections: stillOpen.length, messages: echoed, expected: stillOpen.length * MSGS,
     bad_echo: bad, storm_ms: Math.round(stormMs), msgs_per_s: Math.round(echoed / (stormMs / 1000)),
-    closed_early: closedEarly,
+    closed_early: closedEarly, ...percentiles(rtt.subarray(0, echoed)),
   }));
   fs.writeFileSync(path.join(DIR, 'stormed'), String(echoed));
   await waitFile('close', WAIT_S);

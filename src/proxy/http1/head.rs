@@ -157,7 +157,7 @@ impl RequestHead {
 }
 
 /// Room for [`MAX_HEADERS`] headers that httparse fills in as it finds them: zeroing
-/// 100 slots (3.2 KB) before every head cost more than parsing a short head.
+/// 100 slots (3.2 KB) before every head cost more than half of what parsing it did.
 #[inline]
 fn uninit_headers<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
     [const { MaybeUninit::uninit() }; MAX_HEADERS]
