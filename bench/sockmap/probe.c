@@ -3,7 +3,8 @@
 // other's send side), and is that worth it against a user-space relay?
 //
 //   probe order            bytes queued before the hand-over arrive first, in order; no
-//                          read wake-ups while bytes flow; a FIN is seen as EPOLLRDHUP
+//                          read wake-ups while bytes flow; how a client's FIN shows, and
+//                          whether the worker's bytes after it still arrive
 //   probe flood relay|sockmap
 //                          a worker writes while its client reads nothing: how much the
 //                          worker can write before it is blocked (bounded at 512 MiB)
@@ -29,6 +30,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -255,6 +257,13 @@ static int order(void) {
     printf("  after the client's FIN: %s socket events 0x%x, SO_ERROR %d (%s)\n",
            out[i].data.fd == t.front ? "client-side" : "worker-side", out[i].events, err, strerror(err));
   }
+  // Half-close: the worker answers after the client's FIN, as a WebSocket close does.
+  char got[32] = {0};
+  write(t.worker, "after-fin", 9);
+  struct timeval wait = {.tv_sec = 1};
+  setsockopt(t.client, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  ssize_t r = read(t.client, got, sizeof got - 1);
+  printf("  the worker's bytes after the client's FIN: %s\n", r == 9 ? "delivered" : "lost (read timed out)");
   return 0;
 }
 
