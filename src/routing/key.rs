@@ -36,12 +36,18 @@ pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
         .get_all(COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .filter_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            let (name, value) = (&pair[..eq], &pair[eq + 1..]);
-            Some((name.trim_ascii(), strip_quotes(value.trim_ascii())))
-        })
+        .filter_map(cookie_pair)
+}
+
+/// One `name=value` of a `Cookie` header: both trimmed, the value's quotes stripped;
+/// `None` without `=`.
+#[inline]
+fn cookie_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = memchr::memchr(b'=', pair)?;
+    Some((
+        pair[..eq].trim_ascii(),
+        strip_quotes(pair[eq + 1..].trim_ascii()),
+    ))
 }
 
 /// The value of the first cookie called `name`, if present and non-empty: [`cookies`]
@@ -51,12 +57,9 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     let name = name.as_bytes();
     for header in headers.get_all(COOKIE) {
         for pair in header.as_bytes().split(|&b| b == b';') {
-            let Some(eq) = memchr::memchr(b'=', pair) else {
-                continue;
-            };
-            if pair[..eq].trim_ascii() == name {
-                let value = strip_quotes(pair[eq + 1..].trim_ascii());
-                return (!value.is_empty()).then_some(value);
+            match cookie_pair(pair) {
+                Some((n, value)) if n == name => return (!value.is_empty()).then_some(value),
+                _ => {}
             }
         }
     }
