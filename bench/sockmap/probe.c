@@ -1,6 +1,7 @@
-// The sockmap experiment of README "WebSocket": can the kernel move a tunnel's bytes
+// The kernel experiments of README "WebSocket": can the kernel move a tunnel's bytes
 // between its two sockets (an SK_SKB verdict program redirecting each socket's data to the
-// other's send side), and is that worth it against a user-space relay?
+// other's send side), and is that worth it against a user-space relay? And for large
+// messages: does splice(2) through a pipe beat copying through a buffer?
 //
 //   probe order            bytes queued before the hand-over arrive first, in order; no
 //                          read wake-ups while bytes flow; how a client's FIN shows, and
@@ -8,10 +9,13 @@
 //   probe flood relay|sockmap
 //                          a worker writes while its client reads nothing: how much the
 //                          worker can write before it is blocked (bounded at 512 MiB)
-//   probe echo direct|relay|sockmap
-//                          200 tunnels ping-pong 64-byte messages, 400,000 echoes: the
-//                          whole machine's CPU per echo (/proc/stat), so kernel threads
-//                          and softirq work count as well as the processes
+//   probe echo direct|relay|relay64|splice|sockmap [SIZE]
+//                          200 tunnels ping-pong messages of SIZE bytes (64; 400,000
+//                          echoes, or 2 GiB in all for larger ones): the whole machine's
+//                          CPU per echo (/proc/stat), so kernel threads and softirq work
+//                          count as well as the processes. relay reads into 16 KiB,
+//                          relay64 into 64 KiB, splice moves the bytes through a pipe
+//                          per direction with splice(2) (no copy to user space)
 //
 // Everything listens on 127.0.0.1. Needs root (CAP_BPF + CAP_NET_ADMIN) for sockmap.
 // Built and run by bench/sockmap.sh.
@@ -37,8 +41,18 @@
 #define TUNNELS 200
 #define ECHOES 400000L
 #define FLOOD_MAX (512L << 20)
+#define MAX_MESSAGE (1L << 20)
 
 static void die(const char *what) { perror(what); exit(1); }
+
+static void send_all(int s, const char *bytes, long n) {
+  for (long w = 0; w < n;) {
+    ssize_t k = send(s, bytes + w, n - w, 0);
+    if (k <= 0) die("send");
+    w += k;
+  }
+}
+
 
 static long bpf(int cmd, union bpf_attr *attr) { return syscall(SYS_bpf, cmd, attr, sizeof(*attr)); }
 
@@ -173,9 +187,22 @@ static void pin(int cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
+// Moves what one readable socket has to its peer by splice(2) through the direction's pipe:
+// the bytes go socket -> pipe -> socket as page references, never through user space.
+static void splice_once(int from, int to, int pipe_r, int pipe_w) {
+  ssize_t r = splice(from, 0, pipe_w, 0, 65536, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (r <= 0) _exit(0);
+  while (r > 0) {
+    ssize_t s = splice(pipe_r, 0, to, 0, r, SPLICE_F_MOVE);
+    if (s <= 0) _exit(0);
+    r -= s;
+  }
+}
+
 // A user-space relay in a child process on CPU 0: one epoll, one read and one write per
-// readable socket (what nginx does per message, without its HTTP machinery).
-static pid_t relay(struct tunnel *t, int n) {
+// readable socket (what nginx does per message, without its HTTP machinery), through a
+// buffer of `chunk` bytes; with chunk 0, splice(2) through a pipe per direction instead.
+static pid_t relay_with(struct tunnel *t, int n, size_t chunk) {
   pid_t pid = fork();
   if (pid != 0) return pid;
   pin(0);
@@ -186,13 +213,21 @@ static pid_t relay(struct tunnel *t, int n) {
     e.data.u64 = ((uint64_t)t[i].back << 32) | t[i].front;
     epoll_ctl(ep, EPOLL_CTL_ADD, t[i].back, &e);
   }
+  // pipes[fd]: the pipe of the direction that reads fd (spliced relays only).
+  static int pipes[65536][2];
+  for (int i = 0; !chunk && i < n; i++)
+    if (pipe(pipes[t[i].front]) < 0 || pipe(pipes[t[i].back]) < 0) die("pipe");
   struct epoll_event ev[64];
-  static char buf[16384];
+  static char buf[65536];
   for (;;) {
     int k = epoll_wait(ep, ev, 64, -1);
     for (int j = 0; j < k; j++) {
       int from = ev[j].data.u64 >> 32, to = ev[j].data.u64 & 0xffffffff;
-      ssize_t r = recv(from, buf, sizeof buf, 0);
+      if (!chunk) {
+        splice_once(from, to, pipes[from][0], pipes[from][1]);
+        continue;
+      }
+      ssize_t r = recv(from, buf, chunk, 0);
       if (r <= 0) _exit(0);
       for (ssize_t w = 0; w < r;) {
         ssize_t s = send(to, buf + w, r - w, 0);
@@ -202,6 +237,8 @@ static pid_t relay(struct tunnel *t, int n) {
     }
   }
 }
+
+static pid_t relay(struct tunnel *t, int n) { return relay_with(t, n, 16384); }
 
 static long long machine_busy_ticks(void) {
   long long user, nice, sys, idle, iowait, irq, softirq;
@@ -302,8 +339,11 @@ static int flood(int kernel) {
   return 0;
 }
 
-static int echo(const char *mode) {
+static int echo(const char *mode, long size) {
   int proxied = strcmp(mode, "direct") != 0, kernel = strcmp(mode, "sockmap") == 0;
+  size_t chunk = !strcmp(mode, "splice") ? 0 : !strcmp(mode, "relay64") ? 65536 : 16384;
+  long total = size <= 64 ? ECHOES : (2L << 30) / size;  // large messages: 2 GiB in all
+  static long pending[TUNNELS];      // bytes of the current echo the client still waits for
   int pp, wp, pl = listener(&pp), wl = listener(&wp);
   static struct tunnel t[TUNNELS];
   struct sockmap m = {-1, -1};
@@ -312,7 +352,7 @@ static int echo(const char *mode) {
     t[i] = tunnel_new(pl, pp, wl, wp, proxied);
     if (kernel) sockmap_join(m, t[i].front, t[i].back);
   }
-  pid_t child = proxied && !kernel ? relay(t, TUNNELS) : 0;
+  pid_t child = proxied && !kernel ? relay_with(t, TUNNELS, chunk) : 0;
   pin(1);  // clients and workers: one epoll loop on CPU 1
   int ep = epoll_create1(0);
   for (int i = 0; i < TUNNELS; i++) {
@@ -321,15 +361,15 @@ static int echo(const char *mode) {
     e.data.u64 = TUNNELS + i;
     epoll_ctl(ep, EPOLL_CTL_ADD, t[i].worker, &e);
   }
-  char msg[64], buf[4096];
-  memset(msg, 'm', sizeof msg);
+  static char msg[MAX_MESSAGE], buf[MAX_MESSAGE];
+  memset(msg, 'm', size);
   struct timespec t0, t1;
   long echoes = 0;
   long long busy0 = machine_busy_ticks();
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  for (int i = 0; i < TUNNELS; i++) send(t[i].client, msg, sizeof msg, 0);
+  for (int i = 0; i < TUNNELS; i++) pending[i] = size, send_all(t[i].client, msg, size);
   struct epoll_event ev[64];
-  while (echoes < ECHOES) {
+  while (echoes < total) {
     int n = epoll_wait(ep, ev, 64, 5000);
     if (n <= 0) die("echo stalled");
     for (int j = 0; j < n; j++) {
@@ -337,14 +377,14 @@ static int echo(const char *mode) {
       int s = at_worker ? t[i].worker : t[i].client;
       ssize_t r = recv(s, buf, sizeof buf, 0);
       if (r <= 0) die("recv");
-      if (at_worker) send(s, buf, r, 0);
-      else { echoes++; send(s, msg, sizeof msg, 0); }
+      if (at_worker) send_all(s, buf, r);
+      else if ((pending[i] -= r) == 0) echoes++, pending[i] = size, send_all(s, msg, size);
     }
   }
   clock_gettime(CLOCK_MONOTONIC, &t1);
   long long busy1 = machine_busy_ticks();
   double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-  printf("echo %-8s %ld echoes in %.2f s, %.0f echoes/s, machine CPU %.2f us per echo\n", mode, echoes,
+  printf("echo %-8s %6ld B: %ld echoes in %.2f s, %.0f echoes/s, machine CPU %.2f us per echo\n", mode, size, echoes,
          secs, echoes / secs, (double)(busy1 - busy0) / sysconf(_SC_CLK_TCK) * 1e6 / echoes);
   if (child) kill(child, SIGKILL);
   return 0;
@@ -354,7 +394,9 @@ int main(int argc, char **argv) {
   setvbuf(stdout, 0, _IONBF, 0);
   if (argc == 2 && !strcmp(argv[1], "order")) return order();
   if (argc == 3 && !strcmp(argv[1], "flood")) return flood(!strcmp(argv[2], "sockmap"));
-  if (argc == 3 && !strcmp(argv[1], "echo")) return echo(argv[2]);
-  fprintf(stderr, "usage: probe order | flood relay|sockmap | echo direct|relay|sockmap\n");
+  long size = argc == 4 ? atol(argv[3]) : 64;
+  if ((argc == 3 || argc == 4) && !strcmp(argv[1], "echo") && size > 0 && size <= MAX_MESSAGE)
+    return echo(argv[2], size);
+  fprintf(stderr, "usage: probe order | flood relay|sockmap | echo direct|relay|relay64|splice|sockmap [SIZE]\n");
   return 2;
 }

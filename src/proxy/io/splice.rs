@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read per call; it lives on the stack only while a read is being forwarded.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Copies `a` to `b` and `b` to `a` until both have ended, shutting down each writer when
 /// its reader ends. Returns the bytes copied each way (a to b, b to a).
@@ -181,6 +181,76 @@ mod tests {
         server_side.await.unwrap();
         let (to_server, to_client) = tunnel.await.unwrap().unwrap();
         assert_eq!((to_server, to_client), (up.len() as u64, down.len() as u64));
+    }
+
+    /// Counts the reads and writes that moved bytes.
+    struct Calls<T> {
+        inner: T,
+        reads: usize,
+        writes: usize,
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for Calls<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads += 1;
+            }
+            polled
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Calls<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes += 1;
+            }
+            polled
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_64_kib_message_crosses_in_one_read_and_one_write() {
+        let (mut client, a) = tokio::io::duplex(1 << 20);
+        let (b, mut server) = tokio::io::duplex(1 << 20);
+        let message = vec![7u8; 64 * 1024];
+        client.write_all(&message).await.unwrap();
+        let mut a = Calls {
+            inner: a,
+            reads: 0,
+            writes: 0,
+        };
+        let mut b = Calls {
+            inner: b,
+            reads: 0,
+            writes: 0,
+        };
+        let mut ab = Direction::default();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(ab.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        let mut got = vec![0; message.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, message);
+        assert_eq!((a.reads, b.writes), (1, 1));
     }
 
     #[tokio::test]
