@@ -652,6 +652,8 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
         on_ready,
     } = cluster;
     let tls = load_tls(&settings)?;
+    // Built before anything is bound: a bad rule or worker CA is the first thing said.
+    let config = proxy_config(&settings, tls.clone())?;
     let socket = bind_proxy(settings.proxy_addr())?;
     let redirect = bind_redirect(&settings)?;
     let admin_listener = settings
@@ -689,8 +691,7 @@ async fn master(cluster: Cluster, launch: Launch) -> Result<(), Error> {
             .start(settings.dns_interval, stop_workers.clone())
             .await;
     }
-    let mut config = proxy_config(&settings, tls.clone())?;
-    config.shared = shared;
+    let config = proxy::ProxyConfig { shared, ..config };
     let proxy = Arc::new(proxy::Proxy::new(router, workers.clone(), config));
     let (first_tx, first_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::start(

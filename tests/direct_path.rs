@@ -132,6 +132,34 @@ fn one_connection_passes_every_response_framing_through() {
     assert_eq!(eof.text(), "until close from worker 0");
 }
 
+/// The proxy closes after a `Connection: close` request while the client is still sending
+/// (pipelined requests behind it): it half-closes and reads on until the client closes
+/// (RFC 9112 9.6), so the answer is not lost to a reset.
+#[test]
+fn a_closing_answer_reaches_a_client_that_is_still_sending() {
+    let c = framing_workers(1, &[]);
+    let mut client = Client::connect(&c);
+    let mut bytes = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec();
+    while bytes.len() < 1 << 20 {
+        bytes.extend_from_slice(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    let mut writer = client.writer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&bytes));
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    sender
+        .join()
+        .unwrap()
+        .expect("the proxy read what the client sent");
+    client
+        .writer
+        .shutdown(std::net::Shutdown::Write)
+        .expect("not reset by the proxy");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut client.reader, &mut rest).expect("a clean end, not a reset");
+    assert!(rest.is_empty(), "one answer, then the end");
+}
+
 #[test]
 fn an_until_close_response_closes_the_client_connection_after_it() {
     let c = framing_workers(1, &[]);

@@ -349,11 +349,9 @@ impl Raw {
     }
 
     fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-        let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        self.s.write_all(&f).unwrap();
+        self.s
+            .write_all(&frame_bytes(kind, flags, stream, payload))
+            .unwrap();
     }
 
     /// The next frame, or None at the end of the connection.
@@ -380,6 +378,15 @@ impl Raw {
             }
         }
     }
+}
+
+/// One frame's bytes.
+fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
 }
 
 /// A GET / header block (no Huffman, nothing indexed), with extra literal fields.
@@ -576,6 +583,50 @@ fn empty_continuation_floods_end_the_connection() {
         .collect();
     raw.s.write_all(&flood).unwrap();
     expect_goaway(&mut raw, 0xb);
+}
+
+/// A connection error's GOAWAY reaches a client that is still sending: the proxy half-closes
+/// and reads on until the client closes (RFC 9112 9.6's tear-down), instead of closing with
+/// unread bytes, which makes the kernel answer with a reset that can discard the GOAWAY.
+#[test]
+fn a_goaway_reaches_a_client_that_is_still_sending() {
+    let echo = common::EchoWorker::start();
+    let c = echo_cluster(&echo);
+    let mut raw = Raw::connect(c.proxy);
+    // A stream id that goes down: PROTOCOL_ERROR (RFC 9113 5.1.1), then 1 MiB more
+    // behind it in the same write, far more than one read of the proxy takes.
+    let mut bytes = frame_bytes(HEADERS, END_STREAM_HEADERS, 5, &request_block(&[]));
+    bytes.extend(frame_bytes(
+        HEADERS,
+        END_STREAM_HEADERS,
+        3,
+        &request_block(&[]),
+    ));
+    let ping = frame_bytes(PING, 0, 0, &[0; 8]);
+    while bytes.len() < 1 << 20 {
+        bytes.extend_from_slice(&ping);
+    }
+    let mut writer = raw.s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&bytes));
+    loop {
+        let f = raw.read().expect("GOAWAY before the end of the connection");
+        if f.kind == GOAWAY {
+            assert_eq!(error_code(&f, 4), 1, "{f:?}");
+            break;
+        }
+    }
+    sender
+        .join()
+        .unwrap()
+        .expect("the proxy read what the client sent");
+    raw.s
+        .shutdown(std::net::Shutdown::Write)
+        .expect("not reset by the proxy");
+    let mut rest = Vec::new();
+    raw.s
+        .read_to_end(&mut rest)
+        .expect("a clean end, not a reset");
+    assert!(rest.is_empty(), "nothing after the GOAWAY: {rest:?}");
 }
 
 /// Issue 13, finding 4: a reused or lower stream id is a connection error (RFC 9113

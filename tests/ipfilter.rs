@@ -138,15 +138,19 @@ fn refused_websocket_upgrades_get_403_and_a_closed_connection() {
     assert_eq!(r.header("connection"), Some("close"));
 }
 
+/// A bad rule is the first thing said, before anything is bound: here the proxy port is
+/// taken too, and the answer is still the rule (exit 2), not the port (exit 1).
 #[test]
 fn bad_rules_are_refused_with_the_rule_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
     for (flag, rule) in [
         ("--allow", "10.0.0.0/33"),
         ("--deny", "localhost"),
         ("--trust-proxy", "1.2.3.4-1.2.3.1"),
     ] {
         let (err, last) = common::exit_code_2(
-            &["--proxy-port", "18081", flag, rule],
+            &["--bind", "127.0.0.1", "--proxy-port", &port, flag, rule],
             Duration::from_secs(20),
         );
         assert!(

@@ -74,11 +74,22 @@ fn upstreams_are_routed_sticky_health_checked_and_failed_over() {
     drop(b);
 }
 
+/// Refused before anything is bound: the proxy port is taken too, and the answer is still
+/// the upstream (exit 2), not the port (exit 1).
 #[test]
 fn bad_upstreams_are_refused() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
     for bad in ["nohost", "127.0.0.1:notaport", "no-such-host.invalid:80"] {
         let (err, last) = common::exit_code_2(
-            &["--proxy-port", "18082", "--upstream", bad],
+            &[
+                "--bind",
+                "127.0.0.1",
+                "--proxy-port",
+                &port,
+                "--upstream",
+                bad,
+            ],
             Duration::from_secs(30),
         );
         assert!(last.contains("--upstream") && last.contains(bad), "{err}");

@@ -32,6 +32,7 @@ use crate::proxy::exchange::Proxy;
 use crate::proxy::http1::chunked::Chunks;
 use crate::proxy::http1::head::{Framing, Parse, RequestHead, ResponseHead, Role};
 use crate::proxy::http1::push_header;
+use crate::proxy::io::close;
 use crate::proxy::io::rewind::Rewind;
 use crate::proxy::upstream::pool::{until, RawConn};
 use crate::proxy::upstream::write::{Forwarded, RequestWriter};
@@ -46,10 +47,6 @@ const LARGE_READ: usize = 64 * 1024;
 
 /// Response head buffer kept between requests; a larger one (grown for a body) is let go.
 const KEPT_OUT_BUFFER: usize = 4 * 1024;
-
-/// How long closing a client connection may take (a TLS close_notify to a client that
-/// reads nothing more).
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -90,8 +87,7 @@ where
             Next::Request(msg) => match conn.exchange(&msg, shutdown.is_cancelled()).await {
                 Done::KeepAlive => conn.rest(),
                 Done::Close => {
-                    // A clean close (TLS close_notify, then FIN) after the last answer.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.io.shutdown()).await;
+                    close::close(&mut conn.io, &[]).await;
                     return Served::Closed;
                 }
                 Done::HandOver => return conn.hand_over(Some(msg)),

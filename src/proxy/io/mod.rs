@@ -1,7 +1,9 @@
 //! Byte plumbing below HTTP: a stream with bytes put back in front (`rewind`), the HTTP/1
-//! framing watch beside hyper (`framing`), tunnels (`splice`, `upgrade`) and an HTTP/2
-//! stream's request body under flow control (`request_body`).
+//! framing watch beside hyper (`framing`), tunnels (`splice`, `upgrade`), an HTTP/2
+//! stream's request body under flow control (`request_body`) and how a client connection
+//! is closed (`close`).
 
+pub mod close;
 pub mod framing;
 pub mod request_body;
 pub mod rewind;

@@ -33,13 +33,14 @@ use hashbrown::HashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::exchange::body::ProxyBody;
 use crate::proxy::exchange::{general, Proxy};
+use crate::proxy::io::close;
 use crate::proxy::io::request_body::{self, Credit, Sender};
 use crate::proxy::io::BoxError;
 use crate::proxy::upstream::body::UpstreamBody;
@@ -75,8 +76,6 @@ const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const WRITE_HIGH: usize = 64 * 1024;
 /// The client is not read while this much output waits (it is not reading its answers).
 const READ_PAUSE: usize = 256 * 1024;
-/// How long closing may take (a last GOAWAY, a TLS close_notify).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long answers may wait on a client that reads nothing, or opens no window for them
 /// (nginx's `send_timeout`).
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -348,18 +347,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.stall.as_mut().poll(cx).is_ready()
     }
 
-    /// Sends what is left (bounded), then closes the connection.
+    /// Sends what is left (a last GOAWAY), then closes the connection (bounded).
     async fn close(&mut self) {
         for (_, stream) in self.streams.drain() {
             end_stream_state(stream);
         }
         let rest = &self.out[self.written.min(self.out.len())..];
-        let io = &mut self.io;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            io.write_all(rest).await?;
-            io.shutdown().await
-        })
-        .await;
+        close::close(&mut self.io, rest).await;
     }
 
     fn go_away(&mut self, reason: Reason, closing: Closing) {
