@@ -283,6 +283,43 @@ fn malformed_requests_get_400_431_or_405_and_the_proxy_stays_up() {
     assert!(!c.stderr().contains("panicked"));
 }
 
+/// A malformed request's 400 (and a too-large head's 431) reaches a client that is still
+/// sending behind it: the proxy half-closes and reads on until the client closes (RFC 9112
+/// 9.6) rather than close with unread bytes, which the kernel answers with a reset.
+#[test]
+fn a_refusal_reaches_a_client_that_is_still_sending() {
+    let c = TestCluster::demo(1, &[]);
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let cases: &[(&[u8], u16)] = &[
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (&big, 431),
+    ];
+    for (head, status) in cases {
+        let mut bytes = head.to_vec();
+        while bytes.len() < 1 << 20 {
+            bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        let s = std::net::TcpStream::connect(c.proxy).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut writer = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || writer.write_all(&bytes));
+        let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+        let r = read_response(&mut reader).unwrap();
+        assert_eq!(r.status, *status, "{}", r.text());
+        sender
+            .join()
+            .unwrap()
+            .expect("the proxy read what the client sent");
+        s.shutdown(std::net::Shutdown::Write)
+            .expect("not reset by the proxy");
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut rest).expect("a clean end, not a reset");
+        assert!(rest.is_empty(), "one answer, then the end");
+    }
+}
+
 /// Sends `raw` on one connection and reads every response until the proxy closes it.
 fn responses_until_close(c: &TestCluster, raw: &[u8]) -> Vec<u16> {
     let mut s = std::net::TcpStream::connect(c.proxy).unwrap();

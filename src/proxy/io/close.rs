@@ -4,9 +4,13 @@
 //! makes the kernel answer with a reset, and a reset can discard the answer or GOAWAY the
 //! client has not read yet. Bounded in time and bytes, as nginx's lingering close is.
 
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The longest a close may take, whatever the client does.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -20,26 +24,35 @@ pub async fn close<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, rest: &[u8]) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         io.write_all(rest).await?;
         io.shutdown().await?;
-        discard(io).await
+        let mut read = 0;
+        poll_fn(|cx| poll_discard(io, cx, &mut read)).await;
+        std::io::Result::Ok(())
     })
     .await;
 }
 
-async fn discard<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<()> {
-    let mut chunk = [0u8; 8 * 1024];
-    let mut read = 0;
-    while read < DISCARD_MAX {
-        match io.read(&mut chunk).await? {
-            0 => break,
-            n => read += n,
+/// After the half-close: reads and throws away what the client sends until it closes, a
+/// read fails, or `read` (the bytes so far) reaches the bound. The caller bounds the time.
+pub fn poll_discard<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    read: &mut usize,
+) -> Poll<()> {
+    let mut chunk = [MaybeUninit::<u8>::uninit(); 8 * 1024];
+    while *read < DISCARD_MAX {
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+            Ok(()) if !buf.filled().is_empty() => *read += buf.filled().len(),
+            _ => break,
         }
     }
-    Ok(())
+    Poll::Ready(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn reads_until_the_client_closes_then_returns() {

@@ -32,11 +32,13 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::close;
 
 use crate::proxy::http1::chunked::{Chunks, Malformed};
 
@@ -90,6 +92,8 @@ pub struct FramingWatch<I> {
     head_deadline: Option<Pin<Box<Sleep>>>,
     /// The heads seen when the deadline was set, while one is running.
     deadline_for_head: Option<u32>,
+    /// Closing: half-closed, and this many of the client's last bytes thrown away.
+    discarded: Option<usize>,
 }
 
 impl<I> FramingWatch<I> {
@@ -104,6 +108,7 @@ impl<I> FramingWatch<I> {
             head_timeout,
             head_deadline: None,
             deadline_for_head: None,
+            discarded: None,
         }
     }
 
@@ -171,7 +176,7 @@ fn refused_stream() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "malformed chunked request body")
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -196,8 +201,29 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Half-closes, then reads on until the client closes (bounded; [`close`]) so that the
+    /// last answer is not lost to a reset. A tunnel only half-closes: its other half still
+    /// reads the client's bytes for the worker.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.verdict.stopped.load(Ordering::Relaxed) {
+            return Pin::new(&mut this.io).poll_shutdown(cx);
+        }
+        if this.discarded.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.discarded = Some(0);
+            let at = Instant::now() + close::CLOSE_TIMEOUT;
+            match &mut this.head_deadline {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => this.head_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            this.deadline_for_head = None;
+        }
+        if let Some(Poll::Ready(())) = this.head_deadline.as_mut().map(|s| s.as_mut().poll(cx)) {
+            return Poll::Ready(Ok(()));
+        }
+        let discarded = this.discarded.get_or_insert(0);
+        close::poll_discard(&mut this.io, cx, discarded).map(Ok)
     }
 }
 
