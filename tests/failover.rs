@@ -461,6 +461,44 @@ fn every_worker_down_means_503_with_retry_after_not_a_hang() {
     assert_eq!(r.json()["error"], "no_worker");
 }
 
+/// A head already longer than `--max-header-size` that never ends: on the direct path it
+/// is answered 431 at once; on hyper's path (after a chunked upload handed the connection
+/// over) the head deadline still closes it. Both held the connection forever before.
+#[test]
+fn an_unfinished_oversized_head_is_refused_or_timed_out() {
+    use std::io::Read;
+    let c = TestCluster::demo(1, &["--header-timeout", "500ms"]);
+    let oversized = |s: &mut TcpStream| {
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 70_000));
+        s.write_all(&head).unwrap();
+    };
+    let mut s = TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    oversized(&mut s);
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let r = common::read_response(&mut reader).unwrap();
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+
+    let mut s = TcpStream::connect(c.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /whoami HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(common::read_response(&mut reader).unwrap().status, 200);
+    oversized(&mut s);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the header timeout"
+    );
+}
+
 #[test]
 fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     use std::io::Read;

@@ -32,10 +32,13 @@ const UNDERSCORED: &[(&str, &str)] = &[
 /// Sends the underscored headers to `path` over every front; returns the heads the worker
 /// got for it, one per front.
 fn heads_over_every_front(c: &TestCluster, echo: &EchoWorker, tag: &str) -> Vec<String> {
-    let fields: String = UNDERSCORED
-        .iter()
-        .map(|(n, v)| format!("{n}: {v}\r\n"))
-        .collect();
+    heads_with(c, echo, tag, UNDERSCORED)
+}
+
+/// Sends `sent` to `/{tag}-{front}` over every front; returns the heads the worker got,
+/// one per front.
+fn heads_with(c: &TestCluster, echo: &EchoWorker, tag: &str, sent: &[(&str, &str)]) -> Vec<String> {
+    let fields: String = sent.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     let direct =
         format!("GET /{tag}-direct HTTP/1.1\r\nHost: x\r\n{fields}Connection: close\r\n\r\n");
     let hyper_bodyless = format!(
@@ -49,7 +52,7 @@ fn heads_over_every_front(c: &TestCluster, echo: &EchoWorker, tag: &str) -> Vec<
         let r = raw_request(c.proxy, raw.as_bytes()).unwrap();
         assert_eq!(r.status, 200, "{raw}: {}", r.text());
     }
-    let (status, _, _) = h2_request(c.proxy, "GET", &format!("/{tag}-h2"), UNDERSCORED, b"");
+    let (status, _, _) = h2_request(c.proxy, "GET", &format!("/{tag}-h2"), sent, b"");
     assert_eq!(status, 200);
     ["direct", "hyper", "upload", "h2"]
         .iter()
@@ -73,6 +76,30 @@ fn underscored_header_names_are_dropped_on_every_front() {
         assert!(!names.iter().any(|n| n.contains('_')), "{head}");
         assert!(head.contains("x-plain: kept\r\n"), "{head}");
         assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+    }
+}
+
+/// Several `X-Forwarded-For` lines mean their values joined (RFC 9110 5.3), as HAProxy's
+/// `option forwardfor` sends them: the worker gets one line with all of them, then the
+/// peer. Only the first line was kept before (the real client's address was lost).
+#[test]
+fn repeated_x_forwarded_for_lines_are_joined_on_every_front() {
+    let echo = EchoWorker::start();
+    let c = cluster(&echo, &[]);
+    let sent = [
+        ("X-Forwarded-For", "6.6.6.1"),
+        ("X-Forwarded-For", "3.3.3.3"),
+    ];
+    for head in heads_with(&c, &echo, "xff", &sent) {
+        let lines: Vec<&str> = head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-for:"))
+            .collect();
+        assert_eq!(
+            lines,
+            ["x-forwarded-for: 6.6.6.1, 3.3.3.3, 127.0.0.1"],
+            "{head}"
+        );
     }
 }
 

@@ -24,6 +24,7 @@ use http::header::{HeaderName, HeaderValue, COOKIE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::{self, Refused};
 use crate::proxy::exchange::answer::Answer;
 use crate::proxy::exchange::decorate::Decorations;
 use crate::proxy::exchange::raw::{self, Outbound, Reply};
@@ -92,6 +93,12 @@ where
                 }
                 Done::HandOver => return conn.hand_over(Some(msg)),
             },
+            Next::TooLarge => {
+                metrics::refused(Refused::BadRequest);
+                conn.answer(&Answer::head_too_large(), false).await;
+                close::close(&mut conn.io, &[]).await;
+                return Served::Closed;
+            }
             Next::Closed => return Served::Closed,
             Next::HandOver => return conn.hand_over(None),
         }
@@ -101,6 +108,8 @@ where
 enum Next {
     /// A whole request (head and body) for the direct path.
     Request(Bytes),
+    /// An unfinished head already longer than `--max-header-size` (431).
+    TooLarge,
     Closed,
     HandOver,
 }
@@ -166,8 +175,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
                 match self.req.parse(&self.buf) {
                     Parse::Complete(n) if self.req.direct && n <= max_head => break n,
                     Parse::Complete(_) | Parse::Invalid => return Next::HandOver,
-                    // Too large a head: the framing watch refuses it (431).
-                    Parse::Partial if self.buf.len() > max_head => return Next::HandOver,
+                    // Too large a head, not even complete: refused at once.
+                    Parse::Partial if self.buf.len() > max_head => return Next::TooLarge,
                     Parse::Partial => {}
                 }
             }

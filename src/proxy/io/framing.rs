@@ -238,6 +238,9 @@ enum State {
     Chunked,
     /// Not following the stream any more (HTTP/2, a tunnel, or a refused request).
     Off,
+    /// In a head longer than `--max-header-size`: not followed any more, but the head
+    /// deadline still runs, so a head that never ends cannot hold the connection.
+    Oversized,
     /// Bytes the watch cannot follow: the connection is refused (reads fail).
     Refused,
 }
@@ -325,7 +328,7 @@ impl Scanner {
 
     /// True once the scanner no longer follows the stream.
     pub fn is_off(&self) -> bool {
-        matches!(self.state, State::Off | State::Refused)
+        matches!(self.state, State::Off | State::Oversized | State::Refused)
     }
 
     /// True once the stream was refused.
@@ -335,7 +338,7 @@ impl Scanner {
 
     /// Between or inside request heads (not in a body, not off).
     pub fn awaits_head(&self) -> bool {
-        self.state == State::Head
+        matches!(self.state, State::Head | State::Oversized)
     }
 
     fn turn_off(&mut self) {
@@ -349,7 +352,7 @@ impl Scanner {
         let fed = bytes.len();
         while !bytes.is_empty() {
             match self.state {
-                State::Off | State::Refused => return None,
+                State::Off | State::Oversized | State::Refused => return None,
                 State::Body(left) => {
                     let take = left.min(bytes.len() as u64);
                     bytes = &bytes[take as usize..];
@@ -415,7 +418,7 @@ impl Scanner {
         if self.head_bytes <= self.max_head {
             return None;
         }
-        self.state = State::Off;
+        self.state = State::Oversized;
         Some(Found::Request(self.heads + 1, Refusal::TooLarge))
     }
 

@@ -33,7 +33,10 @@ pub struct Forwarded<'a> {
 #[derive(Debug)]
 pub struct RequestWriter<'w, 'a> {
     w: &'w mut Vec<u8>,
+    /// The client's `X-Forwarded-For` lines, in order (a list allocates only for a second
+    /// line; RFC 9110 5.3: several lines mean their values joined).
     prior_for: Option<&'a [u8]>,
+    more_for: Vec<&'a [u8]>,
     host: Option<&'a [u8]>,
     has_length: bool,
     usually_has_body: bool,
@@ -58,6 +61,7 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
         Self {
             w,
             prior_for: None,
+            more_for: Vec::new(),
             host: None,
             has_length: false,
             usually_has_body: matches!(method, b"POST" | b"PUT" | b"PATCH"),
@@ -96,7 +100,10 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
             }
             Role::Replaced if name.eq_ignore_ascii_case(b"host") => self.host(value),
             Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
-                self.prior_for.get_or_insert(value);
+                match self.prior_for {
+                    None => self.prior_for = Some(value),
+                    Some(_) => self.more_for.push(value),
+                }
             }
             Role::Replaced | Role::HopByHop | Role::Dropped => {}
         }
@@ -111,9 +118,8 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
             push_header(w, b"content-length", b"0");
         }
         w.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prior) = self.prior_for.filter(|p| !p.is_empty()) {
-            w.extend_from_slice(prior);
-            w.extend_from_slice(b", ");
+        for prior in self.prior_for.iter().chain(&self.more_for) {
+            push_hops(w, prior);
         }
         w.extend_from_slice(fwd.client);
         w.extend_from_slice(b"\r\n");
@@ -126,6 +132,14 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
         push_header(w, b"x-forwarded-host", host);
         push_header(w, b"x-sticky", fwd.sticky.header_value().as_bytes());
         w.extend_from_slice(b"\r\n");
+    }
+}
+
+/// One client `X-Forwarded-For` value, then `, ` (nothing for an empty value).
+fn push_hops(w: &mut Vec<u8>, value: &[u8]) {
+    if !value.is_empty() {
+        w.extend_from_slice(value);
+        w.extend_from_slice(b", ");
     }
 }
 
@@ -160,16 +174,15 @@ pub fn rewrite_map(
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     }
-    let prior = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
-    let value = match prior {
-        Some(prior) if !prior.is_empty() => {
-            let mut v = Vec::with_capacity(prior.len() + 2 + fwd.client.len());
-            v.extend_from_slice(prior);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(fwd.client);
-            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut v = Vec::new();
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            push_hops(&mut v, prior.as_bytes());
         }
-        _ => HeaderValue::from_bytes(fwd.client).ok(),
+        v.extend_from_slice(fwd.client);
+        HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+    } else {
+        HeaderValue::from_bytes(fwd.client).ok()
     };
     if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -255,6 +268,8 @@ mod tests {
             ("x-sticky", "kept"),
             ("te", "trailers"),
             ("cookie", "a=b"),
+            ("x-forwarded-for", ""),
+            ("x-forwarded-for", "5.6.7.8, 9.9.9.9"),
             ("x_forwarded_for", "6.6.6.6"),
             ("content_length", "9"),
         ];
@@ -293,7 +308,7 @@ mod tests {
         assert_eq!(from_writer, from_map);
         assert!(text.starts_with("POST /x HTTP/1.1\r\n"));
         assert!(
-            text.contains("\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\n"),
+            text.contains("\r\nx-forwarded-for: 1.2.3.4, 5.6.7.8, 9.9.9.9, 10.0.0.9\r\n"),
             "{text}"
         );
         assert!(text.contains("\r\nx-sticky: moved\r\n"), "{text}");
