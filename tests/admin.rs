@@ -431,6 +431,59 @@ fn admin_off_loopback_needs_a_token() {
     assert!(last.contains("proxy's own address"), "{last}");
 }
 
+/// Without a token, a request that names the listener by a host name is refused: a web
+/// page whose domain was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name, and
+/// its Origin then matches its Host. Found by an outside attack; it drained a worker.
+#[test]
+fn a_rebound_host_name_cannot_steer_or_read_the_admin_listener() {
+    let admin = Admin::start(1, &[]);
+    let rebound = "rebind.evil.example";
+    let drain = format!(
+        "POST /workers/0/drain HTTP/1.1\r\nHost: {rebound}\r\nOrigin: http://{rebound}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let r = common::raw_request(admin.addr, drain.as_bytes()).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let read = format!("GET /status HTTP/1.1\r\nHost: {rebound}\r\nConnection: close\r\n\r\n");
+    let r = common::raw_request(admin.addr, read.as_bytes()).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(admin.status()["workers"][0]["state"], "up", "not drained");
+    let local = "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let r = common::raw_request(admin.addr, local.as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Admin connections are capped, so slow admin clients cannot take the descriptors the
+/// proxy needs: past the cap a connection is closed at once, and the proxy port serves.
+#[test]
+fn admin_connections_are_capped() {
+    use std::io::{Read, Write};
+    let admin = Admin::start(1, &[]);
+    let held: Vec<_> = (0..64)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(admin.addr).unwrap();
+            s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let mut extra = std::net::TcpStream::connect(admin.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    extra
+        .read_to_end(&mut got)
+        .expect("closed at once, not left waiting");
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(admin.cluster.get("/whoami", &[]).status, 200);
+    drop(held);
+    wait_until(
+        "the admin listener serves again",
+        Duration::from_secs(10),
+        || common::request(admin.addr, "GET", "/status", &[], b"").is_ok_and(|r| r.status == 200),
+    );
+}
+
 #[test]
 fn a_token_is_required_once_set() {
     let admin = Admin::start(1, &["--admin-token", "letmein"]);

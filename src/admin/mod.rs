@@ -11,9 +11,9 @@ mod metrics;
 pub mod runtime;
 mod status;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -22,9 +22,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::routing::table::StickyTable;
@@ -57,6 +57,12 @@ pub struct Admin {
 /// A response body.
 type Body = Full<Bytes>;
 
+/// Most admin connections open at once; more are closed at accept, so that slow or idle
+/// admin clients cannot take the descriptors the proxy port needs.
+const MAX_CONNECTIONS: usize = 64;
+/// A request head (and an idle keep-alive wait) on the admin listener may take this long.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds the admin address (before any worker starts, so a taken port fails early).
 ///
 /// # Errors
@@ -76,8 +82,9 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             return;
         }
     };
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -88,14 +95,22 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             },
             _ = stop.cancelled() => return,
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "admin connection refused: too many open");
+            continue;
+        };
         let admin = admin.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&admin, req)) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -114,6 +129,12 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             HeaderValue::from_static("Bearer realm=\"sticky-cluster\""),
         );
         return resp;
+    }
+    if admin.token.is_none() && !names_the_listener(&req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Host must be an address or localhost (without --admin-token a host name could be a DNS rebinding page)\n",
+        );
     }
     if req.method() == Method::POST && !same_origin(&req) {
         return text(StatusCode::FORBIDDEN, "cross-origin control refused\n");
@@ -174,6 +195,31 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// True when the request names the listener by an IP address or as `localhost` (with or
+/// without a port), or names nothing. A web page whose domain was pointed at 127.0.0.1
+/// (DNS rebinding) sends its own domain: refused, since without a token nothing else
+/// would stop it (its Origin matches its Host).
+fn names_the_listener<B>(req: &Request<B>) -> bool {
+    let Some(host) = req.headers().get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    if host.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(host, |(name, _)| name);
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.parse::<IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 /// A control request from a web page of another origin is refused (a page on the web must
@@ -256,5 +302,30 @@ mod tests {
         assert!(same_origin(&with("http://127.0.0.1:9100")));
         assert!(!same_origin(&with("https://evil.example")));
         assert!(same_origin(&Request::new(())), "curl sends no Origin");
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_name_the_listener() {
+        let host = |h: &str| Request::builder().header(header::HOST, h).body(()).unwrap();
+        for ok in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "[::1]:9100",
+            "[::1]",
+            "localhost:9100",
+            "LOCALHOST",
+            "10.1.2.3:80",
+        ] {
+            assert!(names_the_listener(&host(ok)), "{ok}");
+        }
+        for rebound in [
+            "rebind.evil.example:9100",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:9100",
+        ] {
+            assert!(!names_the_listener(&host(rebound)), "{rebound}");
+        }
+        assert!(names_the_listener(&Request::new(())), "no Host (HTTP/1.0)");
     }
 }
