@@ -267,6 +267,10 @@ fn malformed_requests_get_400_431_or_405_and_the_proxy_stays_up() {
             405,
         ),
         (b"GET / HTTP/9.9\r\n\r\n", 400),
+        // RFC 9112 3.2.3 and 3.2.4: host:port is CONNECT's form, * is OPTIONS's.
+        (b"GET evil.example:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET a HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (&big, 431),
     ];
     for (raw, status) in cases {

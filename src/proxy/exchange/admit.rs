@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::{header, HeaderMap, Version};
+use http::{header, HeaderMap, Method, Uri, Version};
 
 use super::answer::Answer;
 use super::route::Route;
@@ -36,6 +36,22 @@ pub fn host_refusal(version: Version, headers: &HeaderMap) -> Option<Answer> {
         }
     };
     Some(Answer::bad_host(why))
+}
+
+/// Why a request target no worker should get is refused (RFC 9112 3.2, RFC 9113 8.3.1):
+/// the authority form (`host:port`) belongs to CONNECT alone and the asterisk form (`*`)
+/// to OPTIONS alone. Origin form (`/path`) and absolute form (`http://host/path`) pass.
+/// Both HTTP/1.1 (hyper's path; the direct path hands such targets over) and HTTP/2
+/// (`:path`) ask here.
+pub fn target_refusal(method: &Method, uri: &Uri) -> Option<&'static str> {
+    if *method == Method::CONNECT || uri.scheme().is_some() {
+        return None;
+    }
+    if uri.authority().is_some() {
+        return Some("a host:port target is CONNECT's, and CONNECT is refused: send a path");
+    }
+    (uri.path() == "*" && *method != Method::OPTIONS)
+        .then_some("the target * is OPTIONS's alone: send a path")
 }
 
 impl Proxy {
@@ -116,5 +132,23 @@ impl Proxy {
             return Err(Answer::overloaded());
         }
         Ok(pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_in_the_wrong_form_for_their_method_are_refused() {
+        let refused = |m: Method, t: &str| target_refusal(&m, &t.parse().unwrap()).is_some();
+        assert!(!refused(Method::GET, "/a?b"));
+        assert!(!refused(Method::GET, "http://example.com/a"));
+        assert!(!refused(Method::OPTIONS, "*"));
+        assert!(!refused(Method::CONNECT, "example.com:443"));
+        assert!(refused(Method::GET, "example.com:80"));
+        assert!(refused(Method::GET, "a"));
+        assert!(refused(Method::GET, "*"));
+        assert!(refused(Method::POST, "*"));
     }
 }

@@ -160,6 +160,11 @@ impl Answer {
         )
     }
 
+    /// A request target no worker should get (`admit::target_refusal`).
+    pub fn bad_target(why: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", why.to_string())
+    }
+
     /// The same answer, closing the connection after it.
     pub fn closing(self) -> Self {
         Self {

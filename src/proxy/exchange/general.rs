@@ -88,6 +88,10 @@ pub async fn handle(
         metrics::refused(Refused::BadRequest);
         return Ok(refused.response());
     }
+    if let Some(why) = super::admit::target_refusal(req.method(), req.uri()) {
+        metrics::refused(Refused::BadRequest);
+        return Ok(Answer::bad_target(why).response());
+    }
     let wants_upgrade = is_upgrade(&req);
     let connect = req.method() == Method::CONNECT;
     let client = match proxy.admit(conn.peer.ip(), req.headers(), connect, wants_upgrade) {

@@ -2,6 +2,7 @@
 //! cookie crumbs, and what the exchange needs of them.
 
 use super::*;
+use crate::proxy::exchange::admit;
 
 /// What a request is, besides its regular fields.
 pub struct RequestHead {
@@ -209,7 +210,11 @@ impl Fields {
             if path[0] != b'/' && &path[..] != b"*" {
                 return Err(":path not absolute");
             }
-            Uri::from_maybe_shared(path).map_err(|_| "invalid :path")?
+            let uri = Uri::from_maybe_shared(path).map_err(|_| "invalid :path")?;
+            if let Some(why) = admit::target_refusal(&method, &uri) {
+                return Err(why);
+            }
+            uri
         };
         let cookie = match self.more_cookies.take() {
             Some(joined) => Some(Bytes::from(joined)),
