@@ -6,11 +6,16 @@
 //! other side cannot take yet are moved to the heap, and that copy is freed as soon as
 //! they are written. An idle tunnel holds no buffer at all (HAProxy allocates its buffers
 //! the same way, on demand).
+//!
+//! [`Tracked`] counts a side's reads and writes that moved bytes (the tunnel's idle timer
+//! reads the count).
 
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -138,6 +143,62 @@ impl Direction {
     }
 }
 
+/// An IO that counts its reads and writes that moved bytes, in a count both halves of a
+/// tunnel share (they live in one task, so a plain load and store suffice).
+pub struct Tracked<T> {
+    inner: T,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T> Tracked<T> {
+    pub fn new(inner: T, activity: Arc<AtomicU64>) -> Self {
+        Self { inner, activity }
+    }
+
+    #[inline]
+    fn touch(&self) {
+        let n = self.activity.load(Ordering::Relaxed);
+        self.activity.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,66 +244,16 @@ mod tests {
         assert_eq!((to_server, to_client), (up.len() as u64, down.len() as u64));
     }
 
-    /// Counts the reads and writes that moved bytes.
-    struct Calls<T> {
-        inner: T,
-        reads: usize,
-        writes: usize,
-    }
-
-    impl<T: AsyncRead + Unpin> AsyncRead for Calls<T> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let before = buf.filled().len();
-            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-            if buf.filled().len() > before {
-                self.reads += 1;
-            }
-            polled
-        }
-    }
-
-    impl<T: AsyncWrite + Unpin> AsyncWrite for Calls<T> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-                self.writes += 1;
-            }
-            polled
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
     #[tokio::test]
     async fn a_64_kib_message_crosses_in_one_read_and_one_write() {
         let (mut client, a) = tokio::io::duplex(1 << 20);
         let (b, mut server) = tokio::io::duplex(1 << 20);
         let message = vec![7u8; 64 * 1024];
         client.write_all(&message).await.unwrap();
-        let mut a = Calls {
-            inner: a,
-            reads: 0,
-            writes: 0,
-        };
-        let mut b = Calls {
-            inner: b,
-            reads: 0,
-            writes: 0,
-        };
+        // Direction a -> b only reads `a` and only writes `b`: their counts are its calls.
+        let (reads, writes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut a = Tracked::new(a, reads.clone());
+        let mut b = Tracked::new(b, writes.clone());
         let mut ab = Direction::default();
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -250,7 +261,11 @@ mod tests {
         let mut got = vec![0; message.len()];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(got, message);
-        assert_eq!((a.reads, b.writes), (1, 1));
+        let calls = (
+            reads.load(Ordering::Relaxed),
+            writes.load(Ordering::Relaxed),
+        );
+        assert_eq!(calls, (1, 1));
     }
 
     #[tokio::test]

@@ -4,19 +4,15 @@
 //! over (then it closes after a random delay, so thousands of clients do not all reconnect
 //! in the same instant).
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::splice::splice;
+use super::splice::{splice, Tracked};
 use crate::metrics::{Open, Protocol};
 use crate::workers::{InFlight, WorkerId};
 
@@ -96,62 +92,6 @@ fn jittered(max: Duration) -> Duration {
         return Duration::ZERO;
     }
     max.mul_f64(f64::from(u32::from_le_bytes(raw)) / (f64::from(u32::MAX) + 1.0))
-}
-
-/// An IO that counts its reads and writes that moved bytes, in a count both halves of a
-/// tunnel share (they live in one task, so a plain load and store suffice).
-struct Tracked<T> {
-    inner: T,
-    activity: Arc<AtomicU64>,
-}
-
-impl<T> Tracked<T> {
-    fn new(inner: T, activity: Arc<AtomicU64>) -> Self {
-        Self { inner, activity }
-    }
-
-    #[inline]
-    fn touch(&self) {
-        let n = self.activity.load(Ordering::Relaxed);
-        self.activity.store(n.wrapping_add(1), Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
