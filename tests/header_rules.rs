@@ -103,6 +103,32 @@ fn repeated_x_forwarded_for_lines_are_joined_on_every_front() {
     }
 }
 
+/// An absolute-form target's authority replaces the `Host` (RFC 9112 3.2.2): the worker
+/// gets the path and the target's host, not the client's other `Host`. One whose authority
+/// is not host[:port] is a 400 and reaches nobody.
+#[test]
+fn an_absolute_target_names_the_host_the_worker_sees() {
+    let echo = EchoWorker::start();
+    let c = cluster(&echo, &[]);
+    let raw = b"GET http://good.example:8080/abs?q=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n";
+    let r = raw_request(c.proxy, raw).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = echo.received("/abs?q=1");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("GET /abs?q=1 HTTP/1.1\r\n"),
+        "{}",
+        got[0]
+    );
+    assert!(got[0].contains("host: good.example:8080\r\n"), "{}", got[0]);
+    assert!(!got[0].contains("other.example"), "{}", got[0]);
+    let userinfo =
+        b"GET http://u@good.example/ui HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n";
+    let r = raw_request(c.proxy, userinfo).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(echo.received("/ui").is_empty());
+}
+
 #[test]
 fn allow_underscore_headers_forwards_them() {
     let echo = EchoWorker::start();

@@ -307,6 +307,19 @@ fn addresses_past_dns_max_workers_get_no_requests_until_a_slot_is_vacated() {
         "lists more workers than --dns-max-workers",
         Duration::from_secs(10),
     );
+    // Joined is not yet up: new sessions until both slotted workers have answered one.
+    let mut answered = std::collections::HashSet::new();
+    let mut probe = 0;
+    wait_until("both slotted workers up", Duration::from_secs(10), || {
+        probe += 1;
+        let path = format!("/login?id=ready-{probe}");
+        if let Ok(r) = common::request(proxy.proxy, "GET", &path, &[], b"") {
+            if r.status == 200 {
+                answered.insert(r.text());
+            }
+        }
+        answered.len() == 2
+    });
     let placed: Vec<u64> = (0..40).map(|n| proxy.login(&format!("a-{n}"))).collect();
     assert!(
         placed.iter().all(|w| *w < 2),

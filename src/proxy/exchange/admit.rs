@@ -40,12 +40,19 @@ pub fn host_refusal(version: Version, headers: &HeaderMap) -> Option<Answer> {
 
 /// Why a request target no worker should get is refused (RFC 9112 3.2, RFC 9113 8.3.1):
 /// the authority form (`host:port`) belongs to CONNECT alone and the asterisk form (`*`)
-/// to OPTIONS alone. Origin form (`/path`) and absolute form (`http://host/path`) pass.
+/// to OPTIONS alone. Origin form (`/path`) and absolute form (`http://host/path`, whose
+/// authority must be a `host[:port]`: it becomes the `Host`) pass.
 /// Both HTTP/1.1 (hyper's path; the direct path hands such targets over) and HTTP/2
 /// (`:path`) ask here.
 pub fn target_refusal(method: &Method, uri: &Uri) -> Option<&'static str> {
-    if *method == Method::CONNECT || uri.scheme().is_some() {
+    if *method == Method::CONNECT {
         return None;
+    }
+    if uri.scheme().is_some() {
+        // Its authority becomes the `Host` (RFC 9112 3.2.2): it must be one.
+        let host = uri.authority().map(|a| a.as_str().as_bytes());
+        return (!host.is_some_and(valid_host))
+            .then_some("an absolute target whose authority is not host[:port]: send a path");
     }
     if uri.authority().is_some() {
         return Some("a host:port target is CONNECT's, and CONNECT is refused: send a path");
@@ -144,6 +151,7 @@ mod tests {
         let refused = |m: Method, t: &str| target_refusal(&m, &t.parse().unwrap()).is_some();
         assert!(!refused(Method::GET, "/a?b"));
         assert!(!refused(Method::GET, "http://example.com/a"));
+        assert!(refused(Method::GET, "http://u@example.com/a"));
         assert!(!refused(Method::OPTIONS, "*"));
         assert!(!refused(Method::CONNECT, "example.com:443"));
         assert!(refused(Method::GET, "example.com:80"));

@@ -92,6 +92,7 @@ pub async fn handle(
         metrics::refused(Refused::BadRequest);
         return Ok(Answer::bad_target(why).response());
     }
+    authority_as_host(&mut req);
     let wants_upgrade = is_upgrade(&req);
     let connect = req.method() == Method::CONNECT;
     let client = match proxy.admit(conn.peer.ip(), req.headers(), connect, wants_upgrade) {
@@ -141,6 +142,23 @@ fn log_answer<B>(proxy: &Proxy, peer: std::net::IpAddr, req: &Request<B>, answer
             routed: None,
             took: std::time::Duration::ZERO,
         });
+    }
+}
+
+/// An absolute-form target (`GET http://host/path`) names the host the request is for:
+/// its authority replaces the `Host` field before routing (RFC 9112 3.2.2), so the worker,
+/// routing and the target agree. (Over HTTP/2 the `:authority` already is the `Host`.)
+fn authority_as_host<B>(req: &mut Request<B>) {
+    if req.uri().scheme().is_none() {
+        return;
+    }
+    // `admit::target_refusal` checked that it is a host[:port].
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        req.headers_mut().insert(header::HOST, host);
     }
 }
 
