@@ -112,15 +112,19 @@ impl<I> FramingWatch<I> {
         }
     }
 
+    /// Moves the one deadline timer to `at` (made on first use).
+    fn set_deadline(&mut self, at: Instant) {
+        match &mut self.head_deadline {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
     /// Waiting for (the rest of) a head: runs the deadline, set now if none is running.
     fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let heads = self.scanner.heads;
         if self.deadline_for_head != Some(heads) {
-            let at = Instant::now() + self.head_timeout;
-            match &mut self.head_deadline {
-                Some(sleep) => sleep.as_mut().reset(at),
-                None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+            self.set_deadline(Instant::now() + self.head_timeout);
             self.deadline_for_head = Some(heads);
         }
         match self.head_deadline.as_mut().map(|s| s.as_mut().poll(cx)) {
@@ -211,12 +215,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
         }
         if this.discarded.is_none() {
             ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-            this.discarded = Some(0);
-            let at = Instant::now() + close::CLOSE_TIMEOUT;
-            match &mut this.head_deadline {
-                Some(sleep) => sleep.as_mut().reset(at),
-                None => this.head_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+            // The head deadline's timer now bounds the close.
+            this.set_deadline(Instant::now() + close::CLOSE_TIMEOUT);
             this.deadline_for_head = None;
         }
         if let Some(Poll::Ready(())) = this.head_deadline.as_mut().map(|s| s.as_mut().poll(cx)) {

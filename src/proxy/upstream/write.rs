@@ -174,16 +174,12 @@ pub fn rewrite_map(
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     }
-    let value = if headers.contains_key(&X_FORWARDED_FOR) {
-        let mut v = Vec::new();
-        for prior in headers.get_all(&X_FORWARDED_FOR) {
-            push_hops(&mut v, prior.as_bytes());
-        }
-        v.extend_from_slice(fwd.client);
-        HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
-    } else {
-        HeaderValue::from_bytes(fwd.client).ok()
-    };
+    let mut joined = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        push_hops(&mut joined, prior.as_bytes());
+    }
+    joined.extend_from_slice(fwd.client);
+    let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).ok();
     if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
