@@ -183,3 +183,41 @@ fn a_missing_repeated_or_malformed_host_is_a_400_and_nothing_is_forwarded() {
     assert!(leaked.is_empty(), "forwarded: {leaked:?}");
     assert_eq!(heads.len(), 5, "{heads:?}");
 }
+
+/// A `--trust-proxy` front that ended TLS says so in `X-Forwarded-Proto` (and names the
+/// host it was asked for in `X-Forwarded-Host`): the worker gets its values, so an express
+/// app behind it still sees `req.secure` and sets its `secure` session cookie. Anyone
+/// else's are replaced by what the proxy saw. Both were replaced before, trusted or not.
+#[test]
+fn a_trusted_front_says_how_the_client_came_and_others_cannot() {
+    let echo = EchoWorker::start();
+    let sent = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "app.example"),
+    ];
+    let forwarded = |head: &str, name: &str| -> Vec<String> {
+        head.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(name))
+            .map(str::to_string)
+            .collect()
+    };
+    let trusting = cluster(&echo, &["--trust-proxy", "127.0.0.1"]);
+    for head in heads_with(&trusting, &echo, "trusted", &sent) {
+        let proto = forwarded(&head, "x-forwarded-proto:");
+        assert_eq!(proto, ["x-forwarded-proto: https"], "{head}");
+        let host = forwarded(&head, "x-forwarded-host:");
+        assert_eq!(host, ["x-forwarded-host: app.example"], "{head}");
+    }
+    drop(trusting);
+    let doubting = cluster(&echo, &["--trust-proxy", "10.0.0.0/8"]);
+    for head in heads_with(&doubting, &echo, "doubted", &sent) {
+        let proto = forwarded(&head, "x-forwarded-proto:");
+        assert_eq!(proto, ["x-forwarded-proto: http"], "{head}");
+        // The Host the client sent (HTTP/2's helper sends its :authority).
+        let sent_host = forwarded(&head, "host:")
+            .concat()
+            .replacen("host", "x-forwarded-host", 1);
+        let host = forwarded(&head, "x-forwarded-host:");
+        assert_eq!(host, [sent_host], "{head}");
+    }
+}

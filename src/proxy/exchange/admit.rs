@@ -77,6 +77,15 @@ impl Proxy {
         }
     }
 
+    /// Whether `peer` is a `--trust-proxy` front: its `X-Forwarded-For` names the client and
+    /// its `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on to the worker.
+    #[inline]
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted
+            .as_ref()
+            .is_some_and(|t| t.is_trusted(peer.to_canonical()))
+    }
+
     /// Admits a request from `peer` (`connect`: its method is `CONNECT`; `upgrade`: it asks
     /// for one): its client's address, or the answer that refuses it (`CONNECT`, the IP
     /// filter, an upgrade with `--no-websocket`). A refused upgrade

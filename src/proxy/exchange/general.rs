@@ -39,32 +39,32 @@ pub struct Client {
     pub peer: SocketAddr,
     /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
     forwarded_for: HeaderValue,
+    /// The peer is a `--trust-proxy` front.
+    trusted_front: bool,
     /// The connection's smuggling watch.
     pub framing: Arc<Verdict>,
 }
 
 impl Client {
-    /// The client's address as an `X-Forwarded-For` value.
-    pub fn forwarded_for(&self) -> &HeaderValue {
-        &self.forwarded_for
-    }
-
     /// The shared state of a connection from `peer`.
-    pub fn new(peer: SocketAddr, framing: Arc<Verdict>) -> Self {
+    pub fn new(proxy: &Proxy, peer: SocketAddr, framing: Arc<Verdict>) -> Self {
         let ip = key::canonical_ip(peer.ip()).to_string();
         Self {
             peer,
             forwarded_for: HeaderValue::try_from(ip)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            trusted_front: proxy.trusts(peer.ip()),
             framing,
         }
     }
 
-    fn forwarded(&self, proxy: &Proxy, route: &Route) -> Forwarded<'_> {
+    /// What the worker is told of a request of this connection routed by `route`.
+    pub fn forwarded(&self, proxy: &Proxy, route: &Route) -> Forwarded<'_> {
         Forwarded {
             client: self.forwarded_for.as_bytes(),
             scheme: proxy.scheme,
             sticky: route.decision.outcome,
+            trusted_front: self.trusted_front,
         }
     }
 }

@@ -75,6 +75,7 @@ where
         proxy,
         peer,
         forwarded_for: key::canonical_ip(peer.ip()).to_string(),
+        trusted_front: proxy.trusts(peer.ip()),
         buf: BytesMut::new(),
         out: Vec::with_capacity(1024),
         req: RequestHead::default(),
@@ -126,6 +127,8 @@ struct ClientConn<'p, I> {
     proxy: &'p Arc<Proxy>,
     peer: SocketAddr,
     forwarded_for: String,
+    /// The peer is a `--trust-proxy` front.
+    trusted_front: bool,
     /// Bytes read from the client and not yet handled.
     buf: BytesMut,
     /// The response head (and the start of the body) being written.
@@ -281,6 +284,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             req: &self.req,
             view,
             forwarded_for: self.forwarded_for.as_bytes(),
+            trusted_front: self.trusted_front,
             io: &mut self.io,
             out: &mut self.out,
         };
@@ -464,6 +468,7 @@ struct Outgoing<'c, I> {
     req: &'c RequestHead,
     view: &'c http::request::Parts,
     forwarded_for: &'c [u8],
+    trusted_front: bool,
     /// The client, for interim answers.
     io: &'c mut I,
     out: &'c mut Vec<u8>,
@@ -498,6 +503,7 @@ impl<I: AsyncWrite + Unpin> Outbound for Outgoing<'_, I> {
             client: self.forwarded_for,
             scheme: proxy.scheme,
             sticky: route.decision.outcome,
+            trusted_front: self.trusted_front,
         });
         let body = msg.len() - req.content_length as usize;
         w.extend_from_slice(&msg[body..]);

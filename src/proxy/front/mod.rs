@@ -185,7 +185,7 @@ async fn serve_with_hyper<I>(
         proxy.config.header_timeout,
         proxy.config.max_header_size,
     );
-    let client = Arc::new(general::Client::new(peer, verdict));
+    let client = Arc::new(general::Client::new(&proxy, peer, verdict));
     // Boxed: the service's future is large and hyper moves it around; the allocation
     // costs less than the copies.
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {

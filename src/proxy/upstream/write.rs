@@ -1,7 +1,8 @@
 //! Which headers a worker sees, in one place: the client's fields sorted by
 //! [`upstream_role`] (hop-by-hop ones dropped, the proxy's own replaced), then the proxy's
 //! fields (`X-Forwarded-For` appended to, `X-Forwarded-Proto`, `X-Forwarded-Host`,
-//! `X-Sticky`, and `content-length: 0` where a bodyless method usually has a body). Names
+//! `X-Sticky`, and `content-length: 0` where a bodyless method usually has a body); a
+//! `--trust-proxy` front's own `X-Forwarded-Proto` and `X-Forwarded-Host` pass. Names
 //! with an underscore are dropped unless `--allow-underscore-headers` ([`Underscores`]).
 //! [`RequestWriter`] writes them as HTTP/1.1 bytes (the direct paths and the raw client);
 //! [`rewrite_map`] applies the same rules to a header map (hyper's client).
@@ -27,6 +28,9 @@ pub struct Forwarded<'a> {
     pub scheme: &'static str,
     /// How the request was routed (`X-Sticky`).
     pub sticky: Outcome,
+    /// The peer is a `--trust-proxy` front: its `X-Forwarded-Proto` and `X-Forwarded-Host`
+    /// say how the client reached it (`https` where it ended TLS) and are passed on.
+    pub trusted_front: bool,
 }
 
 /// A request head for a worker, written field by field into one buffer.
@@ -37,6 +41,10 @@ pub struct RequestWriter<'w, 'a> {
     /// line; RFC 9110 5.3: several lines mean their values joined).
     prior_for: Option<&'a [u8]>,
     more_for: Vec<&'a [u8]>,
+    /// The client's `X-Forwarded-Proto` and `X-Forwarded-Host` (the first of each), kept
+    /// only when the peer is a trusted front.
+    prior_proto: Option<&'a [u8]>,
+    prior_host: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
     has_length: bool,
     usually_has_body: bool,
@@ -62,6 +70,8 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
             w,
             prior_for: None,
             more_for: Vec::new(),
+            prior_proto: None,
+            prior_host: None,
             host: None,
             has_length: false,
             usually_has_body: matches!(method, b"POST" | b"PUT" | b"PATCH"),
@@ -105,6 +115,12 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
                     Some(_) => self.more_for.push(value),
                 }
             }
+            Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-proto") => {
+                self.prior_proto.get_or_insert(value);
+            }
+            Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-host") => {
+                self.prior_host.get_or_insert(value);
+            }
             Role::Replaced | Role::HopByHop | Role::Dropped => {}
         }
     }
@@ -123,13 +139,19 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
         }
         w.extend_from_slice(fwd.client);
         w.extend_from_slice(b"\r\n");
-        push_header(w, b"x-forwarded-proto", fwd.scheme.as_bytes());
+        let (front_proto, front_host) = if fwd.trusted_front {
+            (self.prior_proto, self.prior_host)
+        } else {
+            (None, None)
+        };
+        let proto = front_proto.unwrap_or(fwd.scheme.as_bytes());
+        push_header(w, b"x-forwarded-proto", proto);
         // Workers speak HTTP/1.1 and always get a Host (an HTTP/1.0 client may send none).
         let host = self.host.unwrap_or(b"localhost");
         if self.host.is_none() {
             push_header(w, b"host", host);
         }
-        push_header(w, b"x-forwarded-host", host);
+        push_header(w, b"x-forwarded-host", front_host.unwrap_or(host));
         push_header(w, b"x-sticky", fwd.sticky.header_value().as_bytes());
         w.extend_from_slice(b"\r\n");
     }
@@ -183,11 +205,16 @@ pub fn rewrite_map(
     if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(fwd.scheme),
-    );
-    if let Some(host) = headers.get(header::HOST).cloned() {
+    let front = |headers: &HeaderMap, name| {
+        fwd.trusted_front
+            .then(|| headers.get(name).cloned())
+            .flatten()
+    };
+    let proto = front(headers, &X_FORWARDED_PROTO);
+    let proto = proto.unwrap_or(HeaderValue::from_static(fwd.scheme));
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    let host = front(headers, &X_FORWARDED_HOST).or_else(|| headers.get(header::HOST).cloned());
+    if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     set_sticky(headers, fwd.sticky);
@@ -243,17 +270,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    fn fwd() -> Forwarded<'static> {
+    fn fwd(trusted_front: bool) -> Forwarded<'static> {
         Forwarded {
             client: b"10.0.0.9",
             scheme: "https",
             sticky: Outcome::Moved,
+            trusted_front,
         }
     }
 
-    /// Both encodings give the worker the same fields.
+    /// Both encodings give the worker the same fields, from a trusted front or not.
     #[test]
     fn the_writer_and_the_map_agree() {
+        for trusted_front in [false, true] {
+            let text = writer_and_map(&fwd(trusted_front));
+            let (proto, host) = match trusted_front {
+                false => ("https", "example.com"),
+                true => ("http", "front.example"),
+            };
+            assert!(
+                text.contains(&format!("\r\nx-forwarded-proto: {proto}\r\n")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("\r\nx-forwarded-host: {host}\r\n")),
+                "{text}"
+            );
+        }
+    }
+
+    /// The head the writer makes of a client's head, after checking that the header map
+    /// rewrite gives the same fields.
+    fn writer_and_map(fwd: &Forwarded<'_>) -> String {
         let client: &[(&str, &str)] = &[
             ("host", "example.com"),
             ("connection", "keep-alive, x-secret"),
@@ -261,6 +309,8 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "front.example"),
+            ("x-forwarded-proto", "gopher"),
             ("x-sticky", "kept"),
             ("te", "trailers"),
             ("cookie", "a=b"),
@@ -278,7 +328,7 @@ mod tests {
                 writer.field(n.as_bytes(), v.as_bytes());
             }
         }
-        writer.finish(&fwd());
+        writer.finish(fwd);
         let text = String::from_utf8(w).unwrap();
         let mut map = HeaderMap::new();
         for (n, v) in client {
@@ -287,7 +337,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        rewrite_map(&mut map, &fwd(), false, Underscores::Drop);
+        rewrite_map(&mut map, fwd, false, Underscores::Drop);
         let mut from_map: Vec<String> = map
             .iter()
             .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap()))
@@ -310,12 +360,13 @@ mod tests {
         assert!(text.contains("\r\nx-sticky: moved\r\n"), "{text}");
         assert!(!text.contains('_'), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
+        text
     }
 
     #[test]
     fn a_request_without_host_gets_one() {
         let mut w = Vec::new();
-        RequestWriter::start(&mut w, b"GET", b"/", Underscores::Drop).finish(&fwd());
+        RequestWriter::start(&mut w, b"GET", b"/", Underscores::Drop).finish(&fwd(false));
         let text = String::from_utf8(w).unwrap();
         assert!(text.contains("\r\nhost: localhost\r\n"), "{text}");
         assert!(

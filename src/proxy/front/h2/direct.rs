@@ -21,7 +21,7 @@ use crate::proxy::exchange::route::{Route, Routing};
 use crate::proxy::exchange::Proxy;
 use crate::proxy::http1::head::{valid_host, ResponseHead, Role};
 use crate::proxy::upstream::client::RawBody;
-use crate::proxy::upstream::write::{Forwarded, RequestWriter};
+use crate::proxy::upstream::write::RequestWriter;
 use crate::routing::key;
 
 /// What a stream's exchange answers with.
@@ -129,11 +129,7 @@ impl Outbound for Outgoing {
         if let Some(cookie) = &head.cookie {
             writer.field(b"cookie", cookie.as_bytes());
         }
-        writer.finish(&Forwarded {
-            client: self.client.forwarded_for().as_bytes(),
-            scheme: proxy.scheme,
-            sticky: route.decision.outcome,
-        });
+        writer.finish(&self.client.forwarded(proxy, route));
     }
 
     fn request_line(&self) -> (&[u8], &[u8]) {

@@ -99,7 +99,7 @@ where
     let max_header_size = proxy.config.max_header_size;
     let mut conn = Conn {
         io,
-        client: Arc::new(general::Client::new(peer, Arc::default())),
+        client: Arc::new(general::Client::new(&proxy, peer, Arc::default())),
         proxy,
         rbuf: BytesMut::new(),
         out: Vec::with_capacity(1024),
