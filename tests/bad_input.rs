@@ -7,7 +7,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{free_ports, raw_request, read_response, run_to_exit, TestCluster};
+use common::{
+    free_ports, raw_request, read_response, run_to_exit, EchoWorker, Options, TestCluster,
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -369,6 +371,41 @@ fn conflicting_content_length_and_transfer_encoding_are_refused() {
     );
     assert_eq!(c.get("/whoami", &[]).status, 200, "{}", c.logs());
     assert!(!c.stderr().contains("panicked"));
+}
+
+/// A transfer coding the proxy does not read is refused with 501 (RFC 9112 6.1, as nginx
+/// does) and the connection closed: nothing reaches the worker, not even the request after
+/// it. Before, `gzip, chunked` reached the worker as plain chunked with the `gzip` gone.
+#[test]
+fn transfer_codings_other_than_chunked_get_501_and_reach_no_worker() {
+    let echo = EchoWorker::start();
+    let c = TestCluster::start(Options {
+        workers: 1,
+        args: vec!["--upstream".into(), echo.addr.to_string()],
+        ..Default::default()
+    });
+    let codings = [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+    ];
+    for (i, coding) in codings.iter().enumerate() {
+        let raw = format!(
+            "POST /coded-{i} HTTP/1.1\r\nHost: x\r\n{coding}\r\n3\r\nabc\r\n0\r\n\r\n\
+             GET /after-{i} HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let answers = answers_until_close(&c, raw.as_bytes());
+        assert_eq!(answers.len(), 1, "{coding}: {answers:?}");
+        assert_eq!(answers[0].0, 501, "{coding}: {answers:?}");
+        assert!(answers[0].1.contains("not_implemented"), "{answers:?}");
+        assert_eq!(echo.received(&format!("/coded-{i}")), Vec::<String>::new());
+        assert_eq!(echo.received(&format!("/after-{i}")), Vec::<String>::new());
+    }
+    // Plain chunked still goes through.
+    let raw = "POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+               Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    assert_eq!(raw_request(c.proxy, raw.as_bytes()).unwrap().status, 200);
+    assert_eq!(echo.received("/plain").len(), 1);
 }
 
 /// Sends `raw` on one connection; every response until the proxy closes it, as

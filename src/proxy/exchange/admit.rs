@@ -38,6 +38,25 @@ pub fn host_refusal(version: Version, headers: &HeaderMap) -> Option<Answer> {
     Some(Answer::bad_host(why))
 }
 
+/// The answer refusing a request framed by a transfer coding the proxy does not apply
+/// (RFC 9112 6.1: 501): only `Transfer-Encoding: chunked` is read. Forwarded, `gzip,
+/// chunked` would reach the worker as plain chunked with the `gzip` gone, and the worker
+/// would take compressed bytes for the body. As nginx does; the connection closes (its
+/// body cannot be followed). Requests with `Transfer-Encoding` all come here: the direct
+/// path hands them over, and HTTP/2 refuses the field.
+pub fn coding_refusal(headers: &HeaderMap) -> Option<Answer> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(Answer::unknown_coding()),
+    }
+}
+
 /// Why a request target no worker should get is refused (RFC 9112 3.2, RFC 9113 8.3.1):
 /// the authority form (`host:port`) belongs to CONNECT alone and the asterisk form (`*`)
 /// to OPTIONS alone. Origin form (`/path`) and absolute form (`http://host/path`, whose

@@ -151,6 +151,19 @@ impl Answer {
         }
     }
 
+    /// A `Transfer-Encoding` other than `chunked` alone (`admit::coding_refusal`): refused,
+    /// and the connection closed.
+    pub fn unknown_coding() -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "Transfer-Encoding other than chunked: send the body chunked or with a Content-Length",
+            )
+        }
+    }
+
     /// A request whose `Host` is missing, repeated or malformed (`why` says which).
     pub fn bad_host(why: &'static str) -> Self {
         Self::new(

@@ -88,6 +88,10 @@ pub async fn handle(
         metrics::refused(Refused::BadRequest);
         return Ok(refused.response());
     }
+    if let Some(refused) = super::admit::coding_refusal(req.headers()) {
+        metrics::refused(Refused::BadRequest);
+        return Ok(refused.response());
+    }
     if let Some(why) = super::admit::target_refusal(req.method(), req.uri()) {
         metrics::refused(Refused::BadRequest);
         return Ok(Answer::bad_target(why).response());
