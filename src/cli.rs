@@ -8,14 +8,14 @@ use clap::Parser;
 
 use crate::settings::{
     format_duration, FileSettings, KeySource, Settings, SettingsError, DEFAULT_AFFINITY_COOKIE,
-    DEFAULT_BIND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY, DEFAULT_DNS_INTERVAL,
-    DEFAULT_DNS_MAX_WORKERS, DEFAULT_DRAIN_IDLE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_GRACE_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT, DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PENDING, DEFAULT_ON_WORKER_DOWN, DEFAULT_PROXY_PORT,
-    DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE, DEFAULT_SESSION_MAX,
-    DEFAULT_SESSION_TTL, DEFAULT_SHARED_TABLE_TIMEOUT, DEFAULT_TLS_PROXY_PORT, DEFAULT_WORKER_PORT,
-    DEFAULT_WS_IDLE_TIMEOUT,
+    DEFAULT_BIND, DEFAULT_BODY_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY,
+    DEFAULT_DNS_INTERVAL, DEFAULT_DNS_MAX_WORKERS, DEFAULT_DRAIN_IDLE, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_GRACE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HOLD_TIMEOUT, DEFAULT_KILL_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_PENDING, DEFAULT_ON_WORKER_DOWN,
+    DEFAULT_PROXY_PORT, DEFAULT_READY_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SESSION_COOKIE,
+    DEFAULT_SESSION_MAX, DEFAULT_SESSION_TTL, DEFAULT_SHARED_TABLE_TIMEOUT, DEFAULT_TLS_PROXY_PORT,
+    DEFAULT_WORKER_PORT, DEFAULT_WS_IDLE_TIMEOUT,
 };
 
 /// A flag's help line ending in `[default: VALUE]`, the value taken from the code's
@@ -141,6 +141,8 @@ struct Args {
     response_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long a client may take to send a request head, and the longest keep-alive idle wait", format_duration(DEFAULT_HEADER_TIMEOUT)))]
     header_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", help = with_default("How long a client's request body may pause before it is answered 408 (the response timeout counts from its end)", format_duration(DEFAULT_BODY_TIMEOUT)))]
+    body_timeout: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Largest request head in bytes", DEFAULT_MAX_HEADER_SIZE))]
     max_header_size: Option<usize>,
     #[arg(long, value_name = "N", help = with_default("Most client connections at once; more wait to be accepted", DEFAULT_MAX_CONNECTIONS))]
@@ -385,6 +387,7 @@ impl Args {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             max_header_size: self.max_header_size,
             max_connections: self.max_connections,
             max_pending: self.max_pending,

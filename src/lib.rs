@@ -909,6 +909,7 @@ fn proxy_config(
         connect_timeout: settings.connect_timeout,
         response_timeout: settings.response_timeout,
         header_timeout: settings.header_timeout,
+        body_timeout: settings.body_timeout,
         max_header_size: settings.max_header_size,
         max_connections: settings.max_connections,
         max_pending: settings.max_pending,

@@ -69,11 +69,19 @@ pub enum Refused {
     BadRequest,
     /// Shed: its worker had `--max-pending` requests unanswered (answered 503).
     Overloaded,
+    /// Its body paused longer than `--body-timeout` (answered 408).
+    BodyTimeout,
 }
 
 impl Refused {
     /// The label values, in index order.
-    pub const LABELS: [&'static str; 4] = ["ip_filter", "limit", "bad_request", "overloaded"];
+    pub const LABELS: [&'static str; 5] = [
+        "ip_filter",
+        "limit",
+        "bad_request",
+        "overloaded",
+        "body_timeout",
+    ];
 }
 
 /// What a client connection speaks (`sticky_cluster_connections{protocol}`).
@@ -150,7 +158,7 @@ pub struct Counters {
     /// Keys the sticky table dropped because it was full.
     pub evicted: AtomicU64,
     /// By [`Refused`].
-    pub refused: [AtomicU64; 4],
+    pub refused: [AtomicU64; 5],
     /// Open connections by [`Protocol`].
     pub connections: [AtomicI64; 3],
     /// Completed TLS handshakes.
@@ -164,7 +172,7 @@ static COUNTERS: Counters = Counters {
     routing: [const { AtomicU64::new(0) }; 4],
     learned: [const { AtomicU64::new(0) }; 3],
     evicted: AtomicU64::new(0),
-    refused: [const { AtomicU64::new(0) }; 4],
+    refused: [const { AtomicU64::new(0) }; 5],
     connections: [const { AtomicI64::new(0) }; 3],
     tls_handshakes: AtomicU64::new(0),
     tls_failures: AtomicU64::new(0),

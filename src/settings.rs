@@ -66,6 +66,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may take to send a request head (slowloris guard).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client's request body may pause before it is answered 408.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request head accepted.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Most client connections open at once; more wait in the kernel's accept queue.
@@ -509,6 +511,8 @@ pub struct Settings {
     pub response_timeout: Duration,
     /// Client request-head timeout.
     pub header_timeout: Duration,
+    /// Longest pause in a client's request body.
+    pub body_timeout: Duration,
     /// Largest client request head, in bytes.
     pub max_header_size: usize,
     /// Most concurrent client connections.
@@ -590,6 +594,7 @@ impl Default for Settings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending: DEFAULT_MAX_PENDING,
@@ -896,6 +901,8 @@ pub struct FileSettings {
     pub response_timeout: Option<String>,
     /// `--header-timeout`.
     pub header_timeout: Option<String>,
+    /// `--body-timeout`.
+    pub body_timeout: Option<String>,
     /// `--max-header-size`.
     pub max_header_size: Option<usize>,
     /// `--max-connections`.
@@ -1039,6 +1046,7 @@ impl FileSettings {
             self.response_timeout,
         )?;
         set_duration(&mut s.header_timeout, "header-timeout", self.header_timeout)?;
+        set_duration(&mut s.body_timeout, "body-timeout", self.body_timeout)?;
         set_duration(
             &mut s.ws_idle_timeout,
             "ws-idle-timeout",

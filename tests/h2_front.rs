@@ -885,3 +885,37 @@ fn streams_past_the_limit_are_refused_and_bodies_must_match_their_length() {
     raw.s.write_all(&batch).unwrap();
     expect_reset(&mut raw, 3 + 2 * 256, 7);
 }
+
+/// A stream whose body pauses longer than `--body-timeout` is answered 408 (the client's
+/// fault, not the worker's 504) while the connection goes on.
+#[test]
+fn a_stalled_request_body_is_answered_408_on_its_stream() {
+    let c = framing_workers(1, &["--body-timeout", "500ms"]);
+    let mut raw = Raw::connect(c.proxy);
+    const END_HEADERS: u8 = 0x4;
+    const DATA: u8 = 0;
+    raw.frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block(&[("content-length", "100")]),
+    );
+    raw.frame(DATA, 0, 1, b"0123456789");
+    let f = raw.next_interesting().unwrap();
+    assert_eq!((f.kind, f.stream), (HEADERS, 1), "{f:?}");
+    // `:status` by its static name (index 8) and a literal value.
+    assert!(
+        f.payload.windows(3).any(|w| w == b"408"),
+        "{:?}",
+        String::from_utf8_lossy(&f.payload)
+    );
+    // The connection goes on: a good request is answered (200 is static index 8).
+    raw.frame(HEADERS, END_STREAM_HEADERS, 3, &request_block(&[]));
+    let f = loop {
+        let f = raw.next_interesting().unwrap();
+        if f.stream == 3 {
+            break f;
+        }
+    };
+    assert_eq!((f.kind, f.payload.first()), (HEADERS, Some(&0x88)), "{f:?}");
+}

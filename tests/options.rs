@@ -290,6 +290,7 @@ fn help_shows_the_defaults_of_the_code() {
         ("--connect-timeout", DEFAULT_CONNECT_TIMEOUT),
         ("--response-timeout", DEFAULT_RESPONSE_TIMEOUT),
         ("--header-timeout", DEFAULT_HEADER_TIMEOUT),
+        ("--body-timeout", DEFAULT_BODY_TIMEOUT),
         ("--ws-idle-timeout", DEFAULT_WS_IDLE_TIMEOUT),
         ("--shared-table-timeout", DEFAULT_SHARED_TABLE_TIMEOUT),
         ("--dns-interval", DEFAULT_DNS_INTERVAL),
@@ -332,5 +333,5 @@ fn help_shows_the_defaults_of_the_code() {
         assert_eq!(shown[flag], want, "{flag}");
     }
     // Every default shown is checked above: a new flag with a default needs a line here.
-    assert_eq!(shown.len(), 16 + 8 + 11, "{shown:#?}");
+    assert_eq!(shown.len(), 17 + 8 + 11, "{shown:#?}");
 }

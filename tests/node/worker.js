@@ -78,6 +78,15 @@ const server = serve((req, res) => {
     const waiting = held.length;
     if (url.pathname === '/release') release();
     res.end(String(waiting));
+  } else if (url.pathname === '/slow-read') {
+    // Reads nothing of the body for `ms`, then all of it; answers its length.
+    req.pause();
+    setTimeout(() => {
+      let n = 0;
+      req.on('data', (d) => { n += d.length; });
+      req.on('end', () => res.end(String(n)));
+      req.resume();
+    }, Number(url.searchParams.get('ms') || 1000));
   } else if (url.pathname === '/slow') {
     setTimeout(() => res.end(`worker ${id} slow`), Number(url.searchParams.get('ms') || 1000));
   } else if (url.pathname === '/health') {

@@ -164,6 +164,19 @@ impl Answer {
         }
     }
 
+    /// A request body that paused longer than `--body-timeout` (`limit`): the client's
+    /// fault, answered 408, and the connection closed (the rest of the body may still come).
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body paused longer than --body-timeout ({limit:?})"),
+            )
+        }
+    }
+
     /// A request whose `Host` is missing, repeated or malformed (`why` says which).
     pub fn bad_host(why: &'static str) -> Self {
         Self::new(

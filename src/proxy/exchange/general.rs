@@ -23,7 +23,7 @@ use crate::metrics::{self, Refused};
 use crate::proxy::http1::head::ResponseHead;
 use crate::proxy::io::framing::{Refusal, Verdict};
 use crate::proxy::io::upgrade::{self, TunnelLimits};
-use crate::proxy::upstream::body::UpstreamBody;
+use crate::proxy::upstream::body::{Stalled, UpstreamBody};
 use crate::proxy::upstream::client::{response_parts, RawBody};
 use crate::proxy::upstream::pool::{Lease, Pool, SendError};
 use crate::proxy::upstream::write::{
@@ -301,6 +301,7 @@ impl HyperExchange<'_> {
             upgrade,
             proxy.config.underscores,
         );
+        let (body, progress) = body.watched(proxy.config.body_timeout);
         let mut req = Request::from_parts(head, body);
         let mut sends = 0;
         loop {
@@ -312,7 +313,9 @@ impl HyperExchange<'_> {
             };
             let (pool, in_flight) = proxy.target(&route);
             let sent = std::time::Instant::now();
-            let sending = pool.send(req, proxy.response_timeout).await;
+            let sending = pool
+                .send(req, proxy.response_timeout, progress.as_deref())
+                .await;
             drop(pending);
             let (failure, back) = match sending {
                 Ok((resp, lease)) => {
@@ -333,8 +336,14 @@ impl HyperExchange<'_> {
                 }
                 Err(SendError::Connect(e, back)) => (Failure::connecting(e), Some(*back)),
                 Err(SendError::Failed(e)) if client_body_failed(&*e) => {
-                    // Not the worker's fault: answered 400, logged at debug.
-                    let failure = Failure::ClientBody(innermost(&*e));
+                    // Not the worker's fault: answered 400 (408 for a pause), logged at debug.
+                    let failure = match stalled(&*e) {
+                        Some(limit) => {
+                            metrics::refused(Refused::BodyTimeout);
+                            Failure::ClientStalled(limit)
+                        }
+                        None => Failure::ClientBody(innermost(&*e)),
+                    };
                     tracing::debug!(peer = %self.conn.peer, error = %failure.reason(route.worker()), "request refused");
                     return failure
                         .answer(route.worker())
@@ -449,6 +458,18 @@ fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+/// The pause limit, when `e` is a client's request body that paused past it.
+fn stalled(e: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(Stalled(limit)) = e.downcast_ref::<Stalled>() {
+            return Some(*limit);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// A request head (without extensions) for a resend.

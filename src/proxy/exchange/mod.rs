@@ -43,6 +43,8 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// Client request-head (and keep-alive idle) timeout.
     pub header_timeout: Duration,
+    /// Longest pause in a client's request body (408).
+    pub body_timeout: Duration,
     /// Largest client request head.
     pub max_header_size: usize,
     /// Most concurrent client connections.

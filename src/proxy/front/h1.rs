@@ -100,6 +100,13 @@ where
                 close::close(&mut conn.io, &[]).await;
                 return Served::Closed;
             }
+            Next::Stalled => {
+                metrics::refused(Refused::BodyTimeout);
+                let answer = Answer::body_timeout(proxy.config.body_timeout);
+                conn.answer(&answer, false).await;
+                close::close(&mut conn.io, &[]).await;
+                return Served::Closed;
+            }
             Next::Closed => return Served::Closed,
             Next::HandOver => return conn.hand_over(None),
         }
@@ -111,6 +118,8 @@ enum Next {
     Request(Bytes),
     /// An unfinished head already longer than `--max-header-size` (431).
     TooLarge,
+    /// A body that paused longer than `--body-timeout` (408).
+    Stalled,
     Closed,
     HandOver,
 }
@@ -210,18 +219,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             }
         };
         let total = head_len + self.req.content_length as usize;
-        if self.buf.len() < total {
-            // The rest of the body, within the response timeout (hyper's path streams it to
-            // the worker under that deadline).
-            let limit = self.proxy.response_timeout;
+        // The rest of the body; a pause past --body-timeout is the client's (408), as on
+        // hyper's path, which streams the body to the worker.
+        let limit = self.proxy.config.body_timeout;
+        while self.buf.len() < total {
             self.timer.as_mut().reset(Instant::now() + limit);
-            while self.buf.len() < total {
-                self.buf.reserve(total - self.buf.len());
-                let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
-                match until(&mut self.timer, read).await {
-                    Some(Ok(n)) if n > 0 => {}
-                    _ => return Next::Closed,
-                }
+            self.buf.reserve(total - self.buf.len());
+            let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+            match until(&mut self.timer, read).await {
+                Some(Ok(n)) if n > 0 => {}
+                None => return Next::Stalled,
+                Some(_) => return Next::Closed,
             }
         }
         Next::Request(self.buf.split_to(total).freeze())

@@ -22,7 +22,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, Sleep};
 
-use super::body::UpstreamBody;
+use super::body::{Progress, UpstreamBody};
 use super::stream::{Connector, WorkerStream};
 use crate::workers::{WorkerId, WorkerSet};
 
@@ -88,14 +88,25 @@ impl Conn {
             .is_some_and(|r| r.is_ok())
     }
 
-    /// Sends `req`, waiting at most `timeout` for the response head.
+    /// Sends `req`, waiting at most `timeout` for the response head (counted from the end of
+    /// the body whose `progress` is given).
     async fn send(
         &mut self,
         req: Request<UpstreamBody>,
         timeout: Duration,
+        progress: Option<&Progress>,
     ) -> Result<Response<Incoming>, SendError> {
-        let response = std::pin::pin!(self.sender.try_send_request(req));
-        let outcome = before(&mut self.deadline, timeout, response).await;
+        let mut response = std::pin::pin!(self.sender.try_send_request(req));
+        self.deadline.as_mut().reset(Instant::now() + timeout);
+        let outcome = loop {
+            match until(&mut self.deadline, response.as_mut()).await {
+                Some(out) => break Some(out),
+                None => match progress.map(|p| p.response_deadline(timeout)) {
+                    Some(later) if later > Instant::now() => self.deadline.as_mut().reset(later),
+                    _ => break None,
+                },
+            }
+        };
         match outcome {
             Some(Ok(resp)) => Ok(resp),
             Some(Err(mut e)) => Err(match e.take_message() {
@@ -297,9 +308,10 @@ impl Pool {
         &self,
         mut req: Request<UpstreamBody>,
         timeout: Duration,
+        progress: Option<&Progress>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         while let Some(mut conn) = self.take_idle().await {
-            match conn.send(req, timeout).await {
+            match conn.send(req, timeout, progress).await {
                 Ok(resp) => return Ok((resp, Lease(conn))),
                 // Not sent (the connection closed while idle): try the next one.
                 Err(SendError::Connect(_, back)) => req = *back,
@@ -311,7 +323,7 @@ impl Pool {
             Ok(sender) => Conn::new(sender, generation),
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
-        conn.send(req, timeout)
+        conn.send(req, timeout, progress)
             .await
             .map(|resp| (resp, Lease(conn)))
     }
@@ -364,7 +376,7 @@ mod tests {
         let req = Request::get("/x")
             .body(UpstreamBody::Empty)
             .expect("request");
-        match pool.send(req, Duration::from_secs(5)).await {
+        match pool.send(req, Duration::from_secs(5), None).await {
             Err(SendError::Connect(_, back)) => assert_eq!(back.uri(), "/x"),
             other => panic!("expected a connect error, got {other:?}"),
         }
