@@ -456,6 +456,12 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
     star.extend_from_slice(b"localhost");
     raw.frame(HEADERS, END_STREAM_HEADERS, 9, &star);
     expect_reset(&mut raw, 9, 1);
+    // A value with whitespace at either end (RFC 9113 8.2.1): HTTP/1.1 would trim it.
+    for (id, value) in [(11, " lead"), (13, "trail\t")] {
+        let block = request_block(&[("x-pad", value)]);
+        raw.frame(HEADERS, END_STREAM_HEADERS, id, &block);
+        expect_reset(&mut raw, id, 1);
+    }
     // PING is answered with its payload.
     raw.frame(PING, 0, 0, b"12345678");
     let f = raw.next_interesting().unwrap();
@@ -467,13 +473,13 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
     raw.frame(
         HEADERS,
         END_STREAM_HEADERS,
-        11,
-        &request_block(&[("x-ok", "1")]),
+        15,
+        &request_block(&[("x-ok", "1 with inner space")]),
     );
     let f = raw.next_interesting().unwrap();
     assert_eq!(
         (f.kind, f.stream, f.payload[0]),
-        (HEADERS, 11, 0x88),
+        (HEADERS, 15, 0x88),
         "{f:?}"
     );
 }

@@ -136,6 +136,11 @@ impl Fields {
         if hpack::is_connection_specific(&header) {
             return self.bad("connection-specific field");
         }
+        if matches!(value.first().zip(value.last()), Some((a, z)) if is_space(*a) || is_space(*z)) {
+            // RFC 9113 8.2.1: HTTP/1.1 would drop it silently, so the worker would see
+            // another value than this stream carried.
+            return self.bad("field value with leading or trailing whitespace");
+        }
         if header == header::TE && value.as_ref() != b"trailers" {
             return self.bad("te other than trailers");
         }
@@ -311,4 +316,9 @@ mod tests {
             assert_eq!(name.as_str(), hpack::STATIC[i + 14].0, "index {}", i + 15);
         }
     }
+}
+
+/// SP or HTAB (RFC 9110 5.6.3's whitespace).
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
 }
