@@ -306,6 +306,11 @@ pub(super) fn pseudo_index(name: &[u8]) -> Option<u8> {
     }
 }
 
+/// SP or HTAB (RFC 9110 5.6.3's whitespace).
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,9 +321,4 @@ mod tests {
             assert_eq!(name.as_str(), hpack::STATIC[i + 14].0, "index {}", i + 15);
         }
     }
-}
-
-/// SP or HTAB (RFC 9110 5.6.3's whitespace).
-fn is_space(b: u8) -> bool {
-    b == b' ' || b == b'\t'
 }
