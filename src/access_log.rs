@@ -37,6 +37,21 @@ pub fn get() -> Option<&'static AccessLog> {
     LOG.get()
 }
 
+/// Records an answer of the proxy's own (no worker, no time to a response head), when the
+/// log is on.
+pub fn own_answer(client: IpAddr, method: &[u8], path: &[u8], status: http::StatusCode) {
+    if let Some(log) = get() {
+        log.record(&Entry {
+            client,
+            method,
+            path,
+            status: status.as_u16(),
+            routed: None,
+            took: Duration::ZERO,
+        });
+    }
+}
+
 /// Opens `path` (appending; `-` is stdout) and starts the writer task on the current
 /// runtime.
 ///

@@ -609,6 +609,10 @@ fn the_access_log_has_one_line_per_request() {
             "127.0.0.1/32",
             "--deny",
             "10.9.9.9",
+            "--max-header-size",
+            "4096",
+            "--body-timeout",
+            "300ms",
         ],
     );
     let (r, first) = cluster.whoami(&[]);
@@ -623,11 +627,39 @@ fn the_access_log_has_one_line_per_request() {
             .map(str::to_string)
             .collect()
     };
-    wait_until("three access-log lines", Duration::from_secs(10), || {
-        lines().len() >= 3
+    // The proxy's refusals of requests no worker gets, on both HTTP/1.1 paths: each is
+    // answered, then logged with what is known of its request line.
+    let refusals: [(&str, &[u8], u16); 5] = [
+        ("two Hosts", b"GET /two-hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (
+            "a transfer coding",
+            b"POST /coded HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+        ),
+        ("an unfinished head too large", &[b'x'; 5000], 431),
+        (
+            "a small body that pauses",
+            b"POST /paused HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123",
+            408,
+        ),
+        (
+            "a chunked body that pauses",
+            b"POST /paused-chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n0123\r\n",
+            408,
+        ),
+    ];
+    for (what, raw, status) in refusals {
+        let mut s = std::net::TcpStream::connect(cluster.proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(raw).unwrap();
+        let r = read_response(&mut std::io::BufReader::new(s)).unwrap();
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+    }
+    wait_until("eight access-log lines", Duration::from_secs(10), || {
+        lines().len() >= 8
     });
     let lines = lines();
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
     let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
     for f in &fields {
         assert_eq!(f.len(), 8, "{f:?}");
@@ -651,6 +683,17 @@ fn the_access_log_has_one_line_per_request() {
         fields[2][1..7],
         ["10.9.9.9", "GET", "/secret?a=1", "403", "-", "-"],
         "the proxy's own answer, for the client a trusted proxy named"
+    );
+    let refused: Vec<&[&str]> = fields[3..].iter().map(|f| &f[1..7]).collect();
+    assert_eq!(
+        refused,
+        [
+            ["127.0.0.1", "GET", "/two-hosts", "400", "-", "-"],
+            ["127.0.0.1", "POST", "/coded", "501", "-", "-"],
+            ["127.0.0.1", "-", "-", "431", "-", "-"],
+            ["127.0.0.1", "POST", "/paused", "408", "-", "-"],
+            ["127.0.0.1", "POST", "/paused-chunked", "408", "-", "-"],
+        ]
     );
 }
 

@@ -75,26 +75,10 @@ pub async fn handle(
     mut req: Request<UpstreamBody>,
     conn: Arc<Client>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    if let Some(why) = conn.framing.next_request_refused() {
+    if let Some(refused) = bad_request(&req, &conn) {
         metrics::refused(Refused::BadRequest);
-        return Ok(match why {
-            Refusal::Conflict => Answer::smuggling(),
-            Refusal::Unframeable => Answer::unframeable(),
-            Refusal::TooLarge => Answer::head_too_large(),
-        }
-        .response());
-    }
-    if let Some(refused) = super::admit::host_refusal(req.version(), req.headers()) {
-        metrics::refused(Refused::BadRequest);
+        log_answer(&proxy, conn.peer.ip(), &req, &refused);
         return Ok(refused.response());
-    }
-    if let Some(refused) = super::admit::coding_refusal(req.headers()) {
-        metrics::refused(Refused::BadRequest);
-        return Ok(refused.response());
-    }
-    if let Some(why) = super::admit::target_refusal(req.method(), req.uri()) {
-        metrics::refused(Refused::BadRequest);
-        return Ok(Answer::bad_target(why).response());
     }
     authority_as_host(&mut req);
     let wants_upgrade = is_upgrade(&req);
@@ -134,18 +118,27 @@ pub async fn handle(
 }
 
 /// An access-log line for an answer of the proxy's own, before any worker was asked.
+/// The answer refusing a request no worker may get: framing the watch refused, a bad
+/// `Host`, a transfer coding, a target in the wrong form.
+fn bad_request<B>(req: &Request<B>, conn: &Client) -> Option<Answer> {
+    if let Some(why) = conn.framing.next_request_refused() {
+        return Some(match why {
+            Refusal::Conflict => Answer::smuggling(),
+            Refusal::Unframeable => Answer::unframeable(),
+            Refusal::TooLarge => Answer::head_too_large(),
+        });
+    }
+    super::admit::host_refusal(req.version(), req.headers())
+        .or_else(|| super::admit::coding_refusal(req.headers()))
+        .or_else(|| super::admit::target_refusal(req.method(), req.uri()).map(Answer::bad_target))
+}
+
 fn log_answer<B>(proxy: &Proxy, peer: std::net::IpAddr, req: &Request<B>, answer: &Answer) {
-    if let Some(log) = crate::access_log::get() {
+    if crate::access_log::get().is_some() {
         let client = proxy.client_ip(peer, req.headers());
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        log.record(&crate::access_log::Entry {
-            client,
-            method: req.method().as_str().as_bytes(),
-            path: target.as_bytes(),
-            status: answer.status.as_u16(),
-            routed: None,
-            took: std::time::Duration::ZERO,
-        });
+        let method = req.method().as_str().as_bytes();
+        crate::access_log::own_answer(client, method, target.as_bytes(), answer.status);
     }
 }
 
@@ -301,6 +294,12 @@ impl HyperExchange<'_> {
             upgrade,
             proxy.config.underscores,
         );
+        // The proxy's own answer after a failure, with its access-log line.
+        let logged = |route: &Route, answer: Answer| {
+            let (method, target) = (copy_method.as_str().as_bytes(), copy_target.as_bytes());
+            crate::access_log::own_answer(route.client, method, target, answer.status);
+            answer.response()
+        };
         let (body, progress) = body.watched(proxy.config.body_timeout);
         let mut req = Request::from_parts(head, body);
         let mut sends = 0;
@@ -309,7 +308,7 @@ impl HyperExchange<'_> {
             set_sticky(req.headers_mut(), route.decision.outcome);
             let pending = match proxy.admit_to(&route) {
                 Ok(pending) => pending,
-                Err(shed) => return shed.response(),
+                Err(shed) => return logged(&route, shed),
             };
             let (pool, in_flight) = proxy.target(&route);
             let sent = std::time::Instant::now();
@@ -345,10 +344,8 @@ impl HyperExchange<'_> {
                         None => Failure::ClientBody(innermost(&*e)),
                     };
                     tracing::debug!(peer = %self.conn.peer, error = %failure.reason(route.worker()), "request refused");
-                    return failure
-                        .answer(route.worker())
-                        .unwrap_or_else(Answer::client_gone)
-                        .response();
+                    let answer = failure.answer(route.worker());
+                    return logged(&route, answer.unwrap_or_else(Answer::client_gone));
                 }
                 Err(SendError::Failed(e)) => match &copy {
                     Some(copy) => (
@@ -376,12 +373,12 @@ impl HyperExchange<'_> {
                 }
                 // The table resends nothing it has not got back.
                 (Ok(_), None) => {
-                    return failure
-                        .answer(route.worker())
-                        .unwrap_or_else(Answer::client_gone)
-                        .response()
+                    let answer = failure.answer(route.worker());
+                    return logged(&route, answer.unwrap_or_else(Answer::client_gone));
                 }
-                (Err(answer), _) => return answer.unwrap_or_else(Answer::client_gone).response(),
+                (Err(answer), _) => {
+                    return logged(&route, answer.unwrap_or_else(Answer::client_gone));
+                }
             }
         }
     }

@@ -96,15 +96,15 @@ where
             },
             Next::TooLarge => {
                 metrics::refused(Refused::BadRequest);
-                conn.answer(&Answer::head_too_large(), false).await;
-                close::close(&mut conn.io, &[]).await;
+                conn.refuse(&Answer::head_too_large(), (b"-", b"-")).await;
                 return Served::Closed;
             }
             Next::Stalled => {
                 metrics::refused(Refused::BodyTimeout);
                 let answer = Answer::body_timeout(proxy.config.body_timeout);
-                conn.answer(&answer, false).await;
-                close::close(&mut conn.io, &[]).await;
+                let buf = std::mem::take(&mut conn.buf);
+                let line = (&buf[conn.req.method.clone()], &buf[conn.req.target.clone()]);
+                conn.refuse(&answer, line).await;
                 return Served::Closed;
             }
             Next::Closed => return Served::Closed,
@@ -274,15 +274,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         let route = match route {
             Ok(route) => route,
             Err(answer) => {
-                if let Some(log) = crate::access_log::get() {
-                    log.record(&crate::access_log::Entry {
-                        client: proxy.client_ip(self.peer.ip(), &view.headers),
-                        method: &msg[self.req.method.clone()],
-                        path: &msg[self.req.target.clone()],
-                        status: answer.status.as_u16(),
-                        routed: None,
-                        took: std::time::Duration::ZERO,
-                    });
+                if crate::access_log::get().is_some() {
+                    let client = proxy.client_ip(self.peer.ip(), &view.headers);
+                    let (method, target) =
+                        (&msg[self.req.method.clone()], &msg[self.req.target.clone()]);
+                    crate::access_log::own_answer(client, method, target, answer.status);
                 }
                 return self.answer(&answer, is_head).await;
             }
@@ -439,6 +435,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
 
     /// Answers with an answer of the proxy's own; the request was read whole, so the
     /// connection stays open unless the client or the answer closes it.
+    /// Answers a request that cannot go on (its request line, as far as it is known, for the
+    /// access log), then closes.
+    async fn refuse(&mut self, answer: &Answer, (method, target): (&[u8], &[u8])) {
+        let client = key::canonical_ip(self.peer.ip());
+        crate::access_log::own_answer(client, method, target, answer.status);
+        self.answer(answer, false).await;
+        close::close(&mut self.io, &[]).await;
+    }
+
     async fn answer(&mut self, answer: &Answer, is_head: bool) -> Done {
         answer.write_h1(&mut self.out, is_head, self.req.close);
         if self.io.write_all(&self.out).await.is_err() || self.io.flush().await.is_err() {
