@@ -137,7 +137,7 @@ struct Args {
     drain_idle: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("Upstream connect timeout", format_duration(DEFAULT_CONNECT_TIMEOUT)))]
     connect_timeout: Option<String>,
-    #[arg(long, value_name = "DURATION", help = with_default("How long a worker may take to send response headers", format_duration(DEFAULT_RESPONSE_TIMEOUT)))]
+    #[arg(long, value_name = "DURATION", help = with_default("How long a worker may take to send response headers, counted from the last piece of the request body it took (not while the body waits for the client)", format_duration(DEFAULT_RESPONSE_TIMEOUT)))]
     response_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long a client may take to send a request head, and the longest keep-alive idle wait", format_duration(DEFAULT_HEADER_TIMEOUT)))]
     header_timeout: Option<String>,
@@ -174,7 +174,7 @@ struct Args {
     /// Refuse these clients (repeatable), same forms as --allow
     #[arg(long, value_name = "RULE")]
     deny: Vec<String>,
-    /// Front proxies (CIDR, repeatable) whose X-Forwarded-For names the client
+    /// Front proxies (CIDR, repeatable) whose X-Forwarded-For names the client and whose X-Forwarded-Proto and X-Forwarded-Host reach the worker
     #[arg(long, value_name = "CIDR")]
     trust_proxy: Vec<String>,
     /// Serve /metrics, /status, the dashboard and the controls on this address (e.g. 127.0.0.1:9100)

@@ -328,6 +328,9 @@ pub enum SettingsError {
     /// `--dns-interval 0`.
     #[error("--dns-interval must be longer than 0 (e.g. 5s)")]
     NoDnsInterval,
+    /// `--body-timeout 0`: every streamed upload would be a 408.
+    #[error("--body-timeout must be longer than 0 (e.g. 60s)")]
+    NoBodyTimeout,
     /// `--dns-max-workers` of 0, or more slots than a worker id can number.
     #[error("--dns-max-workers {value} is out of range: give 1 to 65535 minus the other workers")]
     BadDnsMaxWorkers {
@@ -769,6 +772,9 @@ impl Settings {
         }
         if self.threads == 0 {
             return Err(SettingsError::NoThreads);
+        }
+        if self.body_timeout.is_zero() {
+            return Err(SettingsError::NoBodyTimeout);
         }
         self.validate_dns()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {

@@ -61,6 +61,11 @@ fn zero_workers_and_bad_numbers() {
     refused(&["--workers", "0"], 2, &["--workers", "at least 1"]);
     refused(&["--workers", "-3"], 2, &["-3"]);
     refused(&["--session-max", "0"], 2, &["--session-max"]);
+    refused(
+        &["--body-timeout", "0s"],
+        2,
+        &["--body-timeout", "longer than 0"],
+    );
 }
 
 #[test]

@@ -925,3 +925,44 @@ fn a_stalled_request_body_is_answered_408_on_its_stream() {
     };
     assert_eq!((f.kind, f.payload.first()), (HEADERS, Some(&0x88)), "{f:?}");
 }
+
+/// Bodies of streams whose workers read nothing yet hold the connection's receive window,
+/// so another stream's client cannot send its upload: that is not its pause. With
+/// `--body-timeout 500ms`, five 32 MiB uploads to workers that wait 3 s before reading and a
+/// 2 MiB upload to one that reads at once all get their answer (before, the 2 MiB one and
+/// a slow one were answered 408 after half a second).
+#[test]
+fn a_stream_blocked_by_the_connection_window_is_not_a_stalled_client() {
+    let c = node_workers(1, &["--body-timeout", "500ms"], &[]);
+    let addr = c.proxy;
+    runtime().block_on(async move {
+        let send = connect(addr, 65_535, 65_535).await;
+        let upload = |path: &'static str, len: usize| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = get(addr, path)
+                    .method("POST")
+                    .body(Full::new(Bytes::from(vec![b'u'; len])))
+                    .unwrap();
+                let (head, body) = call(&mut send, req).await;
+                (path, head.status, body)
+            })
+        };
+        let mut uploads: Vec<_> = (0..5)
+            .map(|_| upload("/slow-read?ms=3000", 32 << 20))
+            .collect();
+        // The slow uploads fill the window first (a load shape, not a readiness wait).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        uploads.push(upload("/slow-read?ms=0", 2 << 20));
+        for u in uploads {
+            let (path, status, body) = u.await.unwrap();
+            assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+            let want = if path.ends_with("=0") {
+                2 << 20
+            } else {
+                32 << 20
+            };
+            assert_eq!(body, want.to_string(), "{path}");
+        }
+    });
+}

@@ -186,12 +186,15 @@ fn a_missing_repeated_or_malformed_host_is_a_400_and_nothing_is_forwarded() {
 
 /// A `--trust-proxy` front that ended TLS says so in `X-Forwarded-Proto` (and names the
 /// host it was asked for in `X-Forwarded-Host`): the worker gets its values, so an express
-/// app behind it still sees `req.secure` and sets its `secure` session cookie. Anyone
-/// else's are replaced by what the proxy saw. Both were replaced before, trusted or not.
+/// app behind it still sees `req.secure` and sets its `secure` session cookie. A front that
+/// appends its line to a client's forged one is read by its own, the last. Anyone else's
+/// are replaced by what the proxy saw. Both were replaced before, trusted or not.
 #[test]
 fn a_trusted_front_says_how_the_client_came_and_others_cannot() {
     let echo = EchoWorker::start();
     let sent = [
+        ("X-Forwarded-Proto", "gopher"),
+        ("X-Forwarded-Host", "forged.example"),
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "app.example"),
     ];

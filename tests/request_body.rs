@@ -111,3 +111,56 @@ fn a_worker_that_reads_slowly_is_not_a_stalled_client() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), body.len().to_string());
 }
+
+/// The response timeout still runs once the body has arrived, trailers or not: a worker
+/// that answers after 3 s is a 504 at 500 ms. (With trailers it was not: hyper polls a body
+/// no more after its trailers, and the watch had not learnt its end.)
+#[test]
+fn the_response_timeout_runs_from_the_end_of_the_body_with_or_without_trailers() {
+    let c = common::node_workers(1, &["--response-timeout", "500ms"], &[]);
+    let bodies = [
+        ("no trailers", "3\r\nabc\r\n0\r\n\r\n"),
+        ("trailers", "3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n"),
+    ];
+    for (what, body) in bodies {
+        let mut s = connect(&c);
+        let raw = format!(
+            "POST /slow?ms=3000 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+             Trailer: x-sum\r\nConnection: close\r\n\r\n{body}"
+        );
+        s.write_all(raw.as_bytes()).unwrap();
+        let r = read_response(&mut BufReader::new(s)).unwrap();
+        assert_eq!(r.status, 504, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"], "gateway_timeout", "{what}");
+    }
+}
+
+/// A worker that stops taking an upload (it reads nothing of it) is answered 504 after the
+/// response timeout: the body has not moved for that long, and the client is not to blame.
+/// Its connection to the worker ends there, so the client's does too, not when the worker
+/// answers a minute later (before, both waited for the worker).
+#[test]
+fn a_worker_that_stops_taking_an_upload_is_a_504_and_lets_go() {
+    let c = common::node_workers(1, &["--response-timeout", "500ms"], &[]);
+    let body = vec![b'b'; 32 << 20];
+    let mut s = connect(&c);
+    let head = format!(
+        "POST /slow?ms=60000 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    // The upload blocks once every buffer on the way is full; it fails when the proxy
+    // closes the connection.
+    let started = std::time::Instant::now();
+    let uploading = std::thread::spawn(move || writer.write_all(&body).is_ok());
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(!uploading.join().unwrap(), "the whole upload was taken");
+    let held = started.elapsed();
+    assert!(
+        held < Duration::from_secs(30),
+        "the client was held {held:?}"
+    );
+}

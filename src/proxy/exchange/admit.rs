@@ -42,8 +42,9 @@ pub fn host_refusal(version: Version, headers: &HeaderMap) -> Option<Answer> {
 /// (RFC 9112 6.1: 501): only `Transfer-Encoding: chunked` is read. Forwarded, `gzip,
 /// chunked` would reach the worker as plain chunked with the `gzip` gone, and the worker
 /// would take compressed bytes for the body. As nginx does; the connection closes (its
-/// body cannot be followed). Requests with `Transfer-Encoding` all come here: the direct
-/// path hands them over, and HTTP/2 refuses the field.
+/// body cannot be followed). Requests with a `Transfer-Encoding` that ends in `chunked`
+/// come here (the direct path hands them over, and HTTP/2 refuses the field); hyper's
+/// parser answers 400 to one that does not end in `chunked`.
 pub fn coding_refusal(headers: &HeaderMap) -> Option<Answer> {
     let mut codings = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -55,6 +56,14 @@ pub fn coding_refusal(headers: &HeaderMap) -> Option<Answer> {
         (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => None,
         _ => Some(Answer::unknown_coding()),
     }
+}
+
+/// The answer to a client whose request body paused longer than `--body-timeout`
+/// (`limit`), counted: its own fault, not the worker's (408, the connection closed). Both
+/// ways a body is held come here: read whole first (the direct path) or streamed.
+pub fn body_stalled(limit: std::time::Duration) -> Answer {
+    metrics::refused(Refused::BodyTimeout);
+    Answer::body_timeout(limit)
 }
 
 /// Why a request target no worker should get is refused (RFC 9112 3.2, RFC 9113 8.3.1):

@@ -47,10 +47,9 @@ pub enum Failure {
     /// The client went away while an interim answer was passed on: nothing to answer.
     ClientGone,
     /// The client's request body failed while it was streamed to the worker (malformed
-    /// chunking, or the client closed the connection): the client's fault, answered 400.
+    /// chunking, or the client closed the connection): the client's fault, answered 400
+    /// (a pause past `--body-timeout` is `admit::body_stalled`'s 408).
     ClientBody(String),
-    /// The client's request body paused longer than `--body-timeout`: answered 408.
-    ClientStalled(Duration),
 }
 
 /// What may be done with the request after a failure.
@@ -101,8 +100,7 @@ impl Failure {
             | Failure::UnaskedSwitch
             | Failure::TimedOut(_)
             | Failure::ClientGone
-            | Failure::ClientBody(_)
-            | Failure::ClientStalled(_) => Resend::No,
+            | Failure::ClientBody(_) => Resend::No,
         }
     }
 
@@ -118,7 +116,6 @@ impl Failure {
         let (status, code) = match self {
             Failure::ClientGone => return None,
             Failure::ClientBody(_) => return Some(Answer::malformed_body()),
-            Failure::ClientStalled(limit) => return Some(Answer::body_timeout(*limit)),
             Failure::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             _ => (StatusCode::BAD_GATEWAY, "proxy_error"),
         };
@@ -139,9 +136,6 @@ impl Failure {
             }
             Failure::ClientGone => "the client went away".to_string(),
             Failure::ClientBody(why) => format!("the client's request body failed: {why}"),
-            Failure::ClientStalled(limit) => {
-                format!("the client's request body paused longer than {limit:?}")
-            }
         }
     }
 }
@@ -162,7 +156,6 @@ mod tests {
             Failure::TimedOut(Duration::from_secs(1)),
             Failure::ClientGone,
             Failure::ClientBody("x".into()),
-            Failure::ClientStalled(Duration::from_secs(1)),
         ]
     }
 
@@ -174,7 +167,6 @@ mod tests {
             (Resend::Elsewhere, Resend::Elsewhere),
             (Resend::No, Resend::No),
             (Resend::Again, Resend::No),
-            (Resend::No, Resend::No),
             (Resend::No, Resend::No),
             (Resend::No, Resend::No),
             (Resend::No, Resend::No),
@@ -208,7 +200,7 @@ mod tests {
     }
 
     /// Every failure's answer: 504 for a timeout, nothing for a client that left, 400 for the
-    /// client's own body and 408 for its pause, 502 else.
+    /// client's own body, 502 else.
     #[test]
     fn failure_classifier_answers() {
         let statuses: Vec<_> = all()
@@ -227,13 +219,12 @@ mod tests {
                 Some((504, "gateway_timeout")),
                 None,
                 Some((400, "bad_request")),
-                Some((408, "request_timeout")),
             ]
         );
         let takes_out: Vec<_> = all().iter().map(Failure::takes_worker_out).collect();
         assert_eq!(
             takes_out,
-            vec![true, false, false, false, false, false, false, false, false, false]
+            vec![true, false, false, false, false, false, false, false, false]
         );
         let reason = Failure::TimedOut(Duration::from_secs(2)).reason(1);
         assert_eq!(reason, "worker 1 sent no response headers within 2s");

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::answer::Answer;
 use super::body::{ProxyBody, SidSniffer};
 use super::failure::{self, Failure};
+use super::peer::Peer;
 use super::raw::{self, Outbound, Reply};
 use super::route::Route;
 use super::Proxy;
@@ -36,11 +37,7 @@ use crate::workers::InFlight;
 #[derive(Debug)]
 pub struct Client {
     /// The connection's peer.
-    pub peer: SocketAddr,
-    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
-    forwarded_for: HeaderValue,
-    /// The peer is a `--trust-proxy` front.
-    trusted_front: bool,
+    pub peer: Peer,
     /// The connection's smuggling watch.
     pub framing: Arc<Verdict>,
 }
@@ -48,24 +45,15 @@ pub struct Client {
 impl Client {
     /// The shared state of a connection from `peer`.
     pub fn new(proxy: &Proxy, peer: SocketAddr, framing: Arc<Verdict>) -> Self {
-        let ip = key::canonical_ip(peer.ip()).to_string();
         Self {
-            peer,
-            forwarded_for: HeaderValue::try_from(ip)
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            trusted_front: proxy.trusts(peer.ip()),
+            peer: Peer::new(proxy, peer),
             framing,
         }
     }
 
     /// What the worker is told of a request of this connection routed by `route`.
     pub fn forwarded(&self, proxy: &Proxy, route: &Route) -> Forwarded<'_> {
-        Forwarded {
-            client: self.forwarded_for.as_bytes(),
-            scheme: proxy.scheme,
-            sticky: route.decision.outcome,
-            trusted_front: self.trusted_front,
-        }
+        self.peer.forwarded(proxy, route)
     }
 }
 
@@ -336,13 +324,11 @@ impl HyperExchange<'_> {
                 Err(SendError::Connect(e, back)) => (Failure::connecting(e), Some(*back)),
                 Err(SendError::Failed(e)) if client_body_failed(&*e) => {
                     // Not the worker's fault: answered 400 (408 for a pause), logged at debug.
-                    let failure = match stalled(&*e) {
-                        Some(limit) => {
-                            metrics::refused(Refused::BodyTimeout);
-                            Failure::ClientStalled(limit)
-                        }
-                        None => Failure::ClientBody(innermost(&*e)),
-                    };
+                    if let Some(limit) = stalled(&*e) {
+                        tracing::debug!(peer = %self.conn.peer, "request body paused past {limit:?}");
+                        return logged(&route, super::admit::body_stalled(limit));
+                    }
+                    let failure = Failure::ClientBody(innermost(&*e));
                     tracing::debug!(peer = %self.conn.peer, error = %failure.reason(route.worker()), "request refused");
                     let answer = failure.answer(route.worker());
                     return logged(&route, answer.unwrap_or_else(Answer::client_gone));

@@ -7,6 +7,7 @@ pub mod body;
 pub mod decorate;
 pub mod failure;
 pub mod general;
+pub mod peer;
 pub mod raw;
 pub mod route;
 

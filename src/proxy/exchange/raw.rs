@@ -289,6 +289,6 @@ fn upstream_error(failure: &Failure) -> Option<UpstreamError> {
         Failure::Invalid(_) | Failure::UnaskedSwitch => UpstreamError::Invalid,
         Failure::TimedOut(_) => UpstreamError::Timeout,
         Failure::Untrusted(_) => UpstreamError::Invalid,
-        Failure::ClientGone | Failure::ClientBody(_) | Failure::ClientStalled(_) => return None,
+        Failure::ClientGone | Failure::ClientBody(_) => return None,
     })
 }

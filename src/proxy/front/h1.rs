@@ -25,8 +25,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{self, Refused};
+use crate::proxy::exchange::admit;
 use crate::proxy::exchange::answer::Answer;
 use crate::proxy::exchange::decorate::Decorations;
+use crate::proxy::exchange::peer::Peer;
 use crate::proxy::exchange::raw::{self, Outbound, Reply};
 use crate::proxy::exchange::route::Route;
 use crate::proxy::exchange::Proxy;
@@ -36,7 +38,7 @@ use crate::proxy::http1::push_header;
 use crate::proxy::io::close;
 use crate::proxy::io::rewind::Rewind;
 use crate::proxy::upstream::pool::{until, RawConn};
-use crate::proxy::upstream::write::{Forwarded, RequestWriter};
+use crate::proxy::upstream::write::RequestWriter;
 use crate::routing::key;
 
 /// Most bytes read at once while a request head is incomplete (on the stack).
@@ -73,9 +75,7 @@ where
     let mut conn = ClientConn {
         io,
         proxy,
-        peer,
-        forwarded_for: key::canonical_ip(peer.ip()).to_string(),
-        trusted_front: proxy.trusts(peer.ip()),
+        peer: Peer::new(proxy, peer),
         buf: BytesMut::new(),
         out: Vec::with_capacity(1024),
         req: RequestHead::default(),
@@ -100,8 +100,7 @@ where
                 return Served::Closed;
             }
             Next::Stalled => {
-                metrics::refused(Refused::BodyTimeout);
-                let answer = Answer::body_timeout(proxy.config.body_timeout);
+                let answer = admit::body_stalled(proxy.config.body_timeout);
                 let buf = std::mem::take(&mut conn.buf);
                 let line = (&buf[conn.req.method.clone()], &buf[conn.req.target.clone()]);
                 conn.refuse(&answer, line).await;
@@ -134,10 +133,7 @@ enum Done {
 struct ClientConn<'p, I> {
     io: I,
     proxy: &'p Arc<Proxy>,
-    peer: SocketAddr,
-    forwarded_for: String,
-    /// The peer is a `--trust-proxy` front.
-    trusted_front: bool,
+    peer: Peer,
     /// Bytes read from the client and not yet handled.
     buf: BytesMut,
     /// The response head (and the start of the body) being written.
@@ -287,8 +283,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             msg,
             req: &self.req,
             view,
-            forwarded_for: self.forwarded_for.as_bytes(),
-            trusted_front: self.trusted_front,
+            peer: &self.peer,
             io: &mut self.io,
             out: &mut self.out,
         };
@@ -480,8 +475,7 @@ struct Outgoing<'c, I> {
     msg: &'c Bytes,
     req: &'c RequestHead,
     view: &'c http::request::Parts,
-    forwarded_for: &'c [u8],
-    trusted_front: bool,
+    peer: &'c Peer,
     /// The client, for interim answers.
     io: &'c mut I,
     out: &'c mut Vec<u8>,
@@ -512,12 +506,7 @@ impl<I: AsyncWrite + Unpin> Outbound for Outgoing<'_, I> {
         for f in &req.fields {
             writer.classified(&msg[f.name.clone()], &msg[f.value.clone()], f.role);
         }
-        writer.finish(&Forwarded {
-            client: self.forwarded_for,
-            scheme: proxy.scheme,
-            sticky: route.decision.outcome,
-            trusted_front: self.trusted_front,
-        });
+        writer.finish(&self.peer.forwarded(proxy, route));
         let body = msg.len() - req.content_length as usize;
         w.extend_from_slice(&msg[body..]);
     }

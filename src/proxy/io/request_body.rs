@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -43,13 +44,18 @@ pub struct RequestBody {
     credits: UnboundedSender<Credit>,
     /// The body's length, from the client's `content-length`.
     length: Option<u64>,
+    /// The connection's receive window is closed: the client cannot send (see
+    /// [`RequestBody::client_blocked`]).
+    window_closed: Arc<AtomicBool>,
 }
 
-/// A body for `stream`, whose consumption is credited on `credits`.
+/// A body for `stream`, whose consumption is credited on `credits`; `window_closed` is the
+/// connection's word on whether its client may send.
 pub fn channel(
     stream: u32,
     credits: UnboundedSender<Credit>,
     length: Option<u64>,
+    window_closed: Arc<AtomicBool>,
 ) -> (Sender, RequestBody) {
     let state = Arc::new(Mutex::new(State::default()));
     (
@@ -59,6 +65,7 @@ pub fn channel(
             stream,
             credits,
             length,
+            window_closed,
         },
     )
 }
@@ -105,6 +112,14 @@ impl Sender {
     /// The body will not be completed.
     pub fn break_off(&self) {
         self.update(|s| s.broken = true);
+    }
+}
+
+impl RequestBody {
+    /// The client cannot send for now: the connection's receive window is held by other
+    /// streams' bodies their workers have not read yet. Not the client's pause.
+    pub fn client_blocked(&self) -> bool {
+        self.window_closed.load(Ordering::Relaxed)
     }
 }
 

@@ -1,10 +1,10 @@
 //! The request body the proxy sends a worker, and its watch: a client whose body pauses
-//! longer than `--body-timeout` fails it ([`Stalled`]), and its end is noted
-//! ([`Progress`]) so that the response timeout counts from there.
+//! longer than `--body-timeout` fails it ([`Stalled`]), and its moves are noted
+//! ([`Progress`]) so that the response timeout counts from the last of them.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,38 +32,48 @@ pub enum UpstreamBody {
     Watched(Box<Watched>),
 }
 
-/// How far a request body has come, read by the response timeout: a worker cannot answer
-/// before the body it waits for has arrived.
+/// How far a request body has come, read by the response timeout: it runs from the body's
+/// last move (a frame the worker took, or its end), and not while the body waits for the
+/// client, whose pauses have their own limit.
 #[derive(Debug)]
 pub struct Progress {
     start: Instant,
-    /// When the body ended, in milliseconds after `start`; `u64::MAX` while it goes on.
-    ended: AtomicU64,
+    /// The last move, in milliseconds after `start`.
+    moved: AtomicU64,
+    /// The body is waiting for the client.
+    waiting: AtomicBool,
+    ended: AtomicBool,
 }
 
 impl Progress {
     fn new() -> Self {
         Self {
             start: Instant::now(),
-            ended: AtomicU64::new(u64::MAX),
+            moved: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
+    }
+
+    fn moved(&self) {
+        let after = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.moved.store(after, Ordering::Relaxed);
+        self.waiting.store(false, Ordering::Relaxed);
     }
 
     fn end(&self) {
-        let after = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        // Only the first end counts.
-        let _ = self
-            .ended
-            .compare_exchange(u64::MAX, after, Ordering::Relaxed, Ordering::Relaxed);
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            self.moved();
+        }
     }
 
-    /// When a response timeout of `limit` runs out: `limit` after the body's end, or
-    /// `limit` from now while the body still comes (its pauses have their own limit).
+    /// When a response timeout of `limit` runs out: `limit` after the body's last move, or
+    /// `limit` from now while it waits for the client.
     pub fn response_deadline(&self, limit: Duration) -> Instant {
-        match self.ended.load(Ordering::Relaxed) {
-            u64::MAX => Instant::now() + limit,
-            after => self.start + Duration::from_millis(after) + limit,
+        if self.waiting.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed) {
+            return Instant::now() + limit;
         }
+        self.start + Duration::from_millis(self.moved.load(Ordering::Relaxed)) + limit
     }
 }
 
@@ -79,16 +89,18 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
-/// A body whose pauses are timed: only while the watch waits for the client (a worker that
-/// reads slowly is not the client's pause).
+/// A body whose pauses are timed: only while the watch waits for a client that may send (a
+/// worker that reads slowly, or an HTTP/2 connection window other streams hold, is not the
+/// client's pause).
 #[derive(Debug)]
 pub struct Watched {
     inner: UpstreamBody,
     limit: Duration,
     /// Since when the client has been waited for, if it is.
     waiting_since: Option<Instant>,
-    /// Fires at or before the pause's end; moved on only when it fires early.
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first pause; fires at or before the pause's end, moved on only when it
+    /// fires early.
+    timer: Option<Pin<Box<Sleep>>>,
     progress: Arc<Progress>,
 }
 
@@ -104,10 +116,20 @@ impl UpstreamBody {
             inner: self,
             limit,
             waiting_since: None,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
             progress: progress.clone(),
         };
         (Self::Watched(Box::new(watched)), Some(progress))
+    }
+
+    /// The client cannot send now for a reason of the proxy's own (an HTTP/2 connection
+    /// window other streams hold).
+    fn client_blocked(&self) -> bool {
+        match self {
+            Self::H2(b) => b.client_blocked(),
+            Self::Watched(w) => w.inner.client_blocked(),
+            Self::Client(_) | Self::Empty => false,
+        }
     }
 }
 
@@ -120,8 +142,10 @@ impl Watched {
             }
             Poll::Ready(Some(frame)) => {
                 self.waiting_since = None;
-                if self.inner.is_end_stream() {
-                    self.progress.end();
+                match &frame {
+                    // Trailers end a body; hyper polls it no more.
+                    Ok(f) if f.is_trailers() => self.progress.end(),
+                    _ => self.progress.moved(),
                 }
                 Poll::Ready(Some(frame))
             }
@@ -129,17 +153,36 @@ impl Watched {
         }
     }
 
-    /// Waiting for the client: [`Stalled`] once the pause is longer than the limit.
+    /// Waiting for the client: [`Stalled`] once it could send and has not for the limit.
     fn poll_pause(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        let pause_ends = since + self.limit;
-        while self.timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= pause_ends {
+        self.progress.waiting.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        if self.inner.client_blocked() {
+            self.waiting_since = None;
+        }
+        let mut since = *self.waiting_since.get_or_insert(now);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(since + self.limit)));
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if self.inner.client_blocked() {
+                since = now;
+                self.waiting_since = Some(now);
+            } else if now >= since + self.limit {
                 return Poll::Ready(Some(Err(Box::new(Stalled(self.limit)))));
             }
-            self.timer.as_mut().reset(pause_ends);
+            timer.as_mut().reset(since + self.limit);
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // A body dropped unfinished (the worker answered first, or the exchange failed)
+        // moves no more: the response timeout runs from here.
+        self.progress.end();
     }
 }
 
@@ -166,7 +209,15 @@ impl Body for UpstreamBody {
             Self::Client(b) => b.is_end_stream(),
             Self::H2(b) => b.is_end_stream(),
             Self::Empty => true,
-            Self::Watched(w) => w.inner.is_end_stream(),
+            Self::Watched(w) => {
+                // Asked by hyper after every frame: where the body's end is learnt without
+                // asking the body once more.
+                let ended = w.inner.is_end_stream();
+                if ended {
+                    w.progress.end();
+                }
+                ended
+            }
         }
     }
 

@@ -20,6 +20,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{Progress, UpstreamBody};
@@ -58,15 +59,20 @@ pub enum SendError {
 #[derive(Debug)]
 struct Conn {
     sender: Sender,
+    /// The task driving the connection: ended when a response times out, so neither the
+    /// worker's socket nor the client's body (and the client) wait on a worker that may
+    /// never answer.
+    task: AbortHandle,
     deadline: Pin<Box<Sleep>>,
     /// The generation of the address it was opened to.
     generation: u8,
 }
 
 impl Conn {
-    fn new(sender: Sender, generation: u8) -> Self {
+    fn new((sender, task): (Sender, AbortHandle), generation: u8) -> Self {
         Self {
             sender,
+            task,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
             generation,
         }
@@ -115,7 +121,10 @@ impl Conn {
                 }
                 None => SendError::Failed(Box::new(e.into_error())),
             }),
-            None => Err(SendError::TimedOut),
+            None => {
+                self.task.abort();
+                Err(SendError::TimedOut)
+            }
         }
     }
 }
@@ -332,7 +341,7 @@ impl Pool {
         self.connector.open(self.addr.get()).await
     }
 
-    async fn connect(&self) -> std::io::Result<Sender> {
+    async fn connect(&self) -> std::io::Result<(Sender, AbortHandle)> {
         let stream = self.open().await?;
         let (sender, conn) = http1::Builder::new()
             // Body chunks are queued and written with the head in one vectored write, not
@@ -344,12 +353,12 @@ impl Pool {
             .await
             .map_err(std::io::Error::other)?;
         let addr = self.addr.get();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "worker connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, task.abort_handle()))
     }
 }
 

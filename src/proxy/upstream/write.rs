@@ -41,8 +41,9 @@ pub struct RequestWriter<'w, 'a> {
     /// line; RFC 9110 5.3: several lines mean their values joined).
     prior_for: Option<&'a [u8]>,
     more_for: Vec<&'a [u8]>,
-    /// The client's `X-Forwarded-Proto` and `X-Forwarded-Host` (the first of each), kept
-    /// only when the peer is a trusted front.
+    /// The client's `X-Forwarded-Proto` and `X-Forwarded-Host` (the last line of each: a
+    /// front that appends its own line rather than replacing the client's is read right),
+    /// used only when the peer is a trusted front.
     prior_proto: Option<&'a [u8]>,
     prior_host: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
@@ -116,10 +117,10 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
                 }
             }
             Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-proto") => {
-                self.prior_proto.get_or_insert(value);
+                self.prior_proto = Some(value);
             }
             Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-host") => {
-                self.prior_host.get_or_insert(value);
+                self.prior_host = Some(value);
             }
             Role::Replaced | Role::HopByHop | Role::Dropped => {}
         }
@@ -207,7 +208,7 @@ pub fn rewrite_map(
     }
     let front = |headers: &HeaderMap, name| {
         fwd.trusted_front
-            .then(|| headers.get(name).cloned())
+            .then(|| headers.get_all(name).iter().next_back().cloned())
             .flatten()
     };
     let proto = front(headers, &X_FORWARDED_PROTO);
@@ -308,9 +309,10 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-proto", "http"),
-            ("x-forwarded-host", "front.example"),
             ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "forged.example"),
+            ("x-forwarded-host", "front.example"),
+            ("x-forwarded-proto", "http"),
             ("x-sticky", "kept"),
             ("te", "trailers"),
             ("cookie", "a=b"),

@@ -24,7 +24,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             frame::put_window_update(&mut self.out, 0, self.conn_unacked);
             self.recv_window += i64::from(self.conn_unacked);
             self.conn_unacked = 0;
+            self.note_window();
         }
+    }
+
+    /// Tells the request bodies whether the client has room for a frame on the connection.
+    pub(super) fn note_window(&self) {
+        let closed = self.recv_window < frame::MAX_FRAME as i64;
+        self.window_closed.store(closed, Ordering::Relaxed);
     }
 
     pub(super) fn poll_credits(&mut self, cx: &mut Context<'_>) -> bool {

@@ -22,6 +22,7 @@ mod respond;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -120,6 +121,7 @@ where
         send_window: 65_535,
         conn_unacked: 0,
         recv_window: i64::from(CONNECTION_WINDOW),
+        window_closed: Arc::default(),
         peer_initial_window: 65_535,
         peer_max_frame: frame::MAX_FRAME,
         blocked: Vec::new(),
@@ -272,6 +274,9 @@ struct Conn<I> {
     /// the last connection WINDOW_UPDATE.
     recv_window: i64,
     conn_unacked: u32,
+    /// `recv_window` has less room than a frame: told to every request body, whose client
+    /// is then not the one pausing.
+    window_closed: Arc<AtomicBool>,
     peer_initial_window: i64,
     peer_max_frame: usize,
     /// Streams with response data waiting for window.

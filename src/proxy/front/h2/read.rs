@@ -253,6 +253,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 "connection window exceeded",
             ));
         }
+        self.note_window();
         let data = unpad(head, payload)?;
         let padding = flow_len - data.len() as u32;
         let end = head.has(frame::END_STREAM);
@@ -433,7 +434,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if too_large && !end_stream {
             // Its body is not wanted: a sender nobody reads drops it as it comes and gives
             // the window back.
-            stream.body = Some(request_body::channel(id, self.credits_tx.clone(), None).0);
+            stream.body = Some(
+                request_body::channel(
+                    id,
+                    self.credits_tx.clone(),
+                    None,
+                    self.window_closed.clone(),
+                )
+                .0,
+            );
         }
         let (abort, registration) = AbortHandle::new_pair();
         stream.abort = Some(abort);
@@ -474,7 +483,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             UpstreamBody::Empty
         } else {
             let expected_len = fields.content_length;
-            let (sender, body) = request_body::channel(id, self.credits_tx.clone(), expected_len);
+            let (sender, body) = request_body::channel(
+                id,
+                self.credits_tx.clone(),
+                expected_len,
+                self.window_closed.clone(),
+            );
             stream.body = Some(sender);
             UpstreamBody::H2(body)
         };
