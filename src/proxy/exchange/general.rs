@@ -105,7 +105,6 @@ pub async fn handle(
     Ok(Box::pin(exchange.run(Request::from_parts(head, body), route)).await)
 }
 
-/// An access-log line for an answer of the proxy's own, before any worker was asked.
 /// The answer refusing a request no worker may get: framing the watch refused, a bad
 /// `Host`, a transfer coding, a target in the wrong form.
 fn bad_request<B>(req: &Request<B>, conn: &Client) -> Option<Answer> {
@@ -121,6 +120,7 @@ fn bad_request<B>(req: &Request<B>, conn: &Client) -> Option<Answer> {
         .or_else(|| super::admit::target_refusal(req.method(), req.uri()).map(Answer::bad_target))
 }
 
+/// An access-log line for an answer of the proxy's own, before any worker was asked.
 fn log_answer<B>(proxy: &Proxy, peer: std::net::IpAddr, req: &Request<B>, answer: &Answer) {
     if crate::access_log::get().is_some() {
         let client = proxy.client_ip(peer, req.headers());

@@ -428,8 +428,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         }
     }
 
-    /// Answers with an answer of the proxy's own; the request was read whole, so the
-    /// connection stays open unless the client or the answer closes it.
     /// Answers a request that cannot go on (its request line, as far as it is known, for the
     /// access log), then closes.
     async fn refuse(&mut self, answer: &Answer, (method, target): (&[u8], &[u8])) {
@@ -439,6 +437,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         close::close(&mut self.io, &[]).await;
     }
 
+    /// Answers with an answer of the proxy's own; the request was read whole, so the
+    /// connection stays open unless the client or the answer closes it.
     async fn answer(&mut self, answer: &Answer, is_head: bool) -> Done {
         answer.write_h1(&mut self.out, is_head, self.req.close);
         if self.io.write_all(&self.out).await.is_err() || self.io.flush().await.is_err() {
