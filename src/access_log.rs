@@ -37,9 +37,14 @@ pub fn get() -> Option<&'static AccessLog> {
     LOG.get()
 }
 
-/// Records an answer of the proxy's own (no worker, no time to a response head), when the
-/// log is on.
-pub fn own_answer(client: IpAddr, method: &[u8], path: &[u8], status: http::StatusCode) {
+/// Records an answer of the proxy's own (no worker), given `took` after the request's head
+/// arrived, when the log is on.
+pub fn own_answer(
+    client: IpAddr,
+    (method, path): (&[u8], &[u8]),
+    status: http::StatusCode,
+    took: Duration,
+) {
     if let Some(log) = get() {
         log.record(&Entry {
             client,
@@ -47,7 +52,7 @@ pub fn own_answer(client: IpAddr, method: &[u8], path: &[u8], status: http::Stat
             path,
             status: status.as_u16(),
             routed: None,
-            took: Duration::ZERO,
+            took,
         });
     }
 }

@@ -629,7 +629,7 @@ fn the_access_log_has_one_line_per_request() {
     };
     // The proxy's refusals of requests no worker gets, on both HTTP/1.1 paths: each is
     // answered, then logged with what is known of its request line.
-    let refusals: [(&str, &[u8], u16); 5] = [
+    let refusals: [(&str, &[u8], u16); 7] = [
         ("two Hosts", b"GET /two-hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (
             "a transfer coding",
@@ -647,6 +647,13 @@ fn the_access_log_has_one_line_per_request() {
             b"POST /paused-chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n0123\r\n",
             408,
         ),
+        // Heads hyper's parser refuses itself: logged without a request line.
+        ("a space in the target", b"GET /sp ace HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (
+            "a coding that does not end in chunked",
+            b"POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+        ),
     ];
     for (what, raw, status) in refusals {
         let mut s = std::net::TcpStream::connect(cluster.proxy).unwrap();
@@ -655,11 +662,11 @@ fn the_access_log_has_one_line_per_request() {
         let r = read_response(&mut std::io::BufReader::new(s)).unwrap();
         assert_eq!(r.status, status, "{what}: {}", r.text());
     }
-    wait_until("eight access-log lines", Duration::from_secs(10), || {
-        lines().len() >= 8
+    wait_until("ten access-log lines", Duration::from_secs(10), || {
+        lines().len() >= 10
     });
     let lines = lines();
-    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines.len(), 10, "{lines:?}");
     let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
     for f in &fields {
         assert_eq!(f.len(), 8, "{f:?}");
@@ -693,8 +700,15 @@ fn the_access_log_has_one_line_per_request() {
             ["127.0.0.1", "-", "-", "431", "-", "-"],
             ["127.0.0.1", "POST", "/paused", "408", "-", "-"],
             ["127.0.0.1", "POST", "/paused-chunked", "408", "-", "-"],
+            ["127.0.0.1", "-", "-", "400", "-", "-"],
+            ["127.0.0.1", "-", "-", "400", "-", "-"],
         ]
     );
+    // A paused body's line says how long the proxy waited for it (the body timeout, 300ms).
+    for f in &fields[6..8] {
+        let ms: f64 = f[7].trim_end_matches("ms").parse().unwrap();
+        assert!(ms >= 300.0, "{f:?}");
+    }
 }
 
 #[test]

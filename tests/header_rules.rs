@@ -188,7 +188,9 @@ fn a_missing_repeated_or_malformed_host_is_a_400_and_nothing_is_forwarded() {
 /// host it was asked for in `X-Forwarded-Host`): the worker gets its values, so an express
 /// app behind it still sees `req.secure` and sets its `secure` session cookie. A front that
 /// appends its line to a client's forged one is read by its own, the last. Anyone else's
-/// are replaced by what the proxy saw. Both were replaced before, trusted or not.
+/// are replaced by what the proxy saw. Both were replaced before, trusted or not. The
+/// forwarding fields the proxy does not set (`Forwarded`, `X-Real-IP`, other
+/// `X-Forwarded-*`) pass from a trusted front only: they reached the worker from anyone.
 #[test]
 fn a_trusted_front_says_how_the_client_came_and_others_cannot() {
     let echo = EchoWorker::start();
@@ -197,6 +199,18 @@ fn a_trusted_front_says_how_the_client_came_and_others_cannot() {
         ("X-Forwarded-Host", "forged.example"),
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "app.example"),
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Forwarded-Ssl", "on"),
+        ("X-Forwarded-Port", "443"),
+    ];
+    // What only a trusted front may say (Rack reads `Forwarded` and `X-Forwarded-Ssl`
+    // before anything else, and many apps `X-Real-IP`).
+    let front_only = [
+        "forwarded:",
+        "x-real-ip:",
+        "x-forwarded-ssl:",
+        "x-forwarded-port:",
     ];
     let forwarded = |head: &str, name: &str| -> Vec<String> {
         head.lines()
@@ -210,6 +224,9 @@ fn a_trusted_front_says_how_the_client_came_and_others_cannot() {
         assert_eq!(proto, ["x-forwarded-proto: https"], "{head}");
         let host = forwarded(&head, "x-forwarded-host:");
         assert_eq!(host, ["x-forwarded-host: app.example"], "{head}");
+        for name in front_only {
+            assert_eq!(forwarded(&head, name).len(), 1, "{name} {head}");
+        }
     }
     drop(trusting);
     let doubting = cluster(&echo, &["--trust-proxy", "10.0.0.0/8"]);
@@ -222,5 +239,8 @@ fn a_trusted_front_says_how_the_client_came_and_others_cannot() {
             .replacen("host", "x-forwarded-host", 1);
         let host = forwarded(&head, "x-forwarded-host:");
         assert_eq!(host, [sent_host], "{head}");
+        for name in front_only {
+            assert_eq!(forwarded(&head, name), Vec::<String>::new(), "{head}");
+        }
     }
 }

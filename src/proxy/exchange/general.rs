@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -126,7 +127,8 @@ fn log_answer<B>(proxy: &Proxy, peer: std::net::IpAddr, req: &Request<B>, answer
         let client = proxy.client_ip(peer, req.headers());
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let method = req.method().as_str().as_bytes();
-        crate::access_log::own_answer(client, method, target.as_bytes(), answer.status);
+        let line = (method, target.as_bytes());
+        crate::access_log::own_answer(client, line, answer.status, Duration::ZERO);
     }
 }
 
@@ -283,9 +285,11 @@ impl HyperExchange<'_> {
             proxy.config.underscores,
         );
         // The proxy's own answer after a failure, with its access-log line.
+        let started = std::time::Instant::now();
         let logged = |route: &Route, answer: Answer| {
-            let (method, target) = (copy_method.as_str().as_bytes(), copy_target.as_bytes());
-            crate::access_log::own_answer(route.client, method, target, answer.status);
+            let line = (copy_method.as_str().as_bytes(), copy_target.as_bytes());
+            let took = started.elapsed();
+            crate::access_log::own_answer(route.client, line, answer.status, took);
             answer.response()
         };
         let (body, progress) = body.watched(proxy.config.body_timeout);

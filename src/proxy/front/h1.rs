@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, COOKIE};
@@ -96,14 +97,15 @@ where
             },
             Next::TooLarge => {
                 metrics::refused(Refused::BadRequest);
-                conn.refuse(&Answer::head_too_large(), (b"-", b"-")).await;
+                conn.refuse(&Answer::head_too_large(), (b"-", b"-"), Duration::ZERO)
+                    .await;
                 return Served::Closed;
             }
-            Next::Stalled => {
+            Next::Stalled(took) => {
                 let answer = admit::body_stalled(proxy.config.body_timeout);
                 let buf = std::mem::take(&mut conn.buf);
                 let line = (&buf[conn.req.method.clone()], &buf[conn.req.target.clone()]);
-                conn.refuse(&answer, line).await;
+                conn.refuse(&answer, line, took).await;
                 return Served::Closed;
             }
             Next::Closed => return Served::Closed,
@@ -117,8 +119,8 @@ enum Next {
     Request(Bytes),
     /// An unfinished head already longer than `--max-header-size` (431).
     TooLarge,
-    /// A body that paused longer than `--body-timeout` (408).
-    Stalled,
+    /// A body that paused longer than `--body-timeout` (408), after this long.
+    Stalled(Duration),
     Closed,
     HandOver,
 }
@@ -217,15 +219,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
         let total = head_len + self.req.content_length as usize;
         // The rest of the body; a pause past --body-timeout is the client's (408), as on
         // hyper's path, which streams the body to the worker.
-        let limit = self.proxy.config.body_timeout;
-        while self.buf.len() < total {
-            self.timer.as_mut().reset(Instant::now() + limit);
-            self.buf.reserve(total - self.buf.len());
-            let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
-            match until(&mut self.timer, read).await {
-                Some(Ok(n)) if n > 0 => {}
-                None => return Next::Stalled,
-                Some(_) => return Next::Closed,
+        if self.buf.len() < total {
+            let (limit, head_read) = (self.proxy.config.body_timeout, Instant::now());
+            while self.buf.len() < total {
+                self.timer.as_mut().reset(Instant::now() + limit);
+                self.buf.reserve(total - self.buf.len());
+                let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+                match until(&mut self.timer, read).await {
+                    Some(Ok(n)) if n > 0 => {}
+                    None => return Next::Stalled(head_read.elapsed()),
+                    Some(_) => return Next::Closed,
+                }
             }
         }
         Next::Request(self.buf.split_to(total).freeze())
@@ -272,9 +276,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
             Err(answer) => {
                 if crate::access_log::get().is_some() {
                     let client = proxy.client_ip(self.peer.ip(), &view.headers);
-                    let (method, target) =
-                        (&msg[self.req.method.clone()], &msg[self.req.target.clone()]);
-                    crate::access_log::own_answer(client, method, target, answer.status);
+                    let line = (&msg[self.req.method.clone()], &msg[self.req.target.clone()]);
+                    let took = std::time::Duration::ZERO;
+                    crate::access_log::own_answer(client, line, answer.status, took);
                 }
                 return self.answer(&answer, is_head).await;
             }
@@ -430,9 +434,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientConn<'_, I> {
 
     /// Answers a request that cannot go on (its request line, as far as it is known, for the
     /// access log), then closes.
-    async fn refuse(&mut self, answer: &Answer, (method, target): (&[u8], &[u8])) {
+    async fn refuse(&mut self, answer: &Answer, line: (&[u8], &[u8]), took: Duration) {
         let client = key::canonical_ip(self.peer.ip());
-        crate::access_log::own_answer(client, method, target, answer.status);
+        crate::access_log::own_answer(client, line, answer.status, took);
         self.answer(answer, false).await;
         close::close(&mut self.io, &[]).await;
     }

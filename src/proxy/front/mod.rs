@@ -211,6 +211,22 @@ async fn serve_with_hyper<I>(
         }
     };
     if let Err(e) = result {
+        if e.is_parse() {
+            log_unparsed(peer, &e);
+        }
         tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
+}
+
+/// The access-log line of a head hyper could not parse: hyper answered it itself (431 for
+/// one too large, 400 else) and no request line is known.
+#[cold]
+fn log_unparsed(peer: SocketAddr, e: &hyper::Error) {
+    let status = if e.is_parse_too_large() {
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    } else {
+        http::StatusCode::BAD_REQUEST
+    };
+    let client = crate::routing::key::canonical_ip(peer.ip());
+    crate::access_log::own_answer(client, (b"-", b"-"), status, std::time::Duration::ZERO);
 }

@@ -24,6 +24,10 @@ pub enum Role {
     Replaced,
     /// `Content-Length` of a response whose body is chunked: dropped (RFC 9112 6.3).
     Dropped,
+    /// A forwarding field the proxy does not set (`Forwarded`, `X-Real-IP`, other
+    /// `X-Forwarded-*`): passed on from a `--trust-proxy` front only, dropped from anyone
+    /// else, who could claim https or another client address with it.
+    FrontOnly,
 }
 
 /// One header: where its name and value are, and what it is.
@@ -141,6 +145,7 @@ impl RequestHead {
                     }
                 }
                 Name::ProxySet => role = Role::Replaced,
+                Name::FrontOnly => role = Role::FrontOnly,
                 Name::SetCookie | Name::Other => {}
             }
             self.fields.push(Field {
@@ -265,7 +270,12 @@ impl ResponseHead {
                     _ => return Parse::Invalid,
                 },
                 Name::SetCookie => self.sets_cookie = true,
-                Name::ForwardedFor | Name::ProxySet | Name::Host | Name::Expect | Name::Other => {}
+                Name::ForwardedFor
+                | Name::ProxySet
+                | Name::FrontOnly
+                | Name::Host
+                | Name::Expect
+                | Name::Other => {}
             }
             self.fields.push(Field {
                 name: at(name),
@@ -436,6 +446,7 @@ pub fn upstream_role(name: &[u8]) -> Role {
             Role::HopByHop
         }
         Name::Host | Name::ForwardedFor | Name::ProxySet => Role::Replaced,
+        Name::FrontOnly => Role::FrontOnly,
         Name::Expect | Name::ContentLength | Name::SetCookie | Name::Other => Role::Keep,
     }
 }
@@ -462,6 +473,8 @@ enum Name {
     ForwardedFor,
     /// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Sticky`: the proxy sets them.
     ProxySet,
+    /// Forwarding fields the proxy does not set (see [`Role::FrontOnly`]).
+    FrontOnly,
     SetCookie,
     Other,
 }
@@ -487,6 +500,12 @@ fn classify(name: &[u8]) -> Name {
         17 if is(b"x-forwarded-proto") => Name::ProxySet,
         18 if is(b"proxy-authenticate") => Name::HopByHop,
         19 if is(b"proxy-authorization") => Name::HopByHop,
+        9 if is(b"forwarded") || is(b"x-real-ip") => Name::FrontOnly,
+        11 if is(b"x-client-ip") => Name::FrontOnly,
+        12 if is(b"x-url-scheme") => Name::FrontOnly,
+        14 if is(b"true-client-ip") => Name::FrontOnly,
+        15 if is(b"front-end-https") => Name::FrontOnly,
+        13.. if name[..12].eq_ignore_ascii_case(b"x-forwarded-") => Name::FrontOnly,
         _ => Name::Other,
     }
 }
@@ -734,6 +753,7 @@ mod tests {
                     let expected = match classify(name) {
                         Name::Connection | Name::HopByHop => Role::HopByHop,
                         Name::Host | Name::ForwardedFor | Name::ProxySet => Role::Replaced,
+                        Name::FrontOnly => Role::FrontOnly,
                         _ => Role::Keep,
                     };
                     prop_assert_eq!(f.role, expected);

@@ -46,6 +46,9 @@ pub struct RequestWriter<'w, 'a> {
     /// used only when the peer is a trusted front.
     prior_proto: Option<&'a [u8]>,
     prior_host: Option<&'a [u8]>,
+    /// The client's other forwarding fields ([`Role::FrontOnly`]), written only when the
+    /// peer is a trusted front (a list that allocates only when there are any).
+    front_only: Vec<(&'a [u8], &'a [u8])>,
     host: Option<&'a [u8]>,
     has_length: bool,
     usually_has_body: bool,
@@ -73,6 +76,7 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
             more_for: Vec::new(),
             prior_proto: None,
             prior_host: None,
+            front_only: Vec::new(),
             host: None,
             has_length: false,
             usually_has_body: matches!(method, b"POST" | b"PUT" | b"PATCH"),
@@ -91,14 +95,14 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
 
     /// One field of the client's head: written, remembered or dropped by its role.
     #[inline]
-    pub fn field(&mut self, name: &[u8], value: &'a [u8]) {
+    pub fn field(&mut self, name: &'a [u8], value: &'a [u8]) {
         self.classified(name, value, upstream_role(name));
     }
 
     /// One field whose role the caller's parser already knows (it is
     /// [`upstream_role`]`(name)`).
     #[inline]
-    pub fn classified(&mut self, name: &[u8], value: &'a [u8], role: Role) {
+    pub fn classified(&mut self, name: &'a [u8], value: &'a [u8], role: Role) {
         match role {
             // The proxy's own names and the framing ones have no `_`: only kept names can
             // carry one.
@@ -122,6 +126,7 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
             Role::Replaced if name.eq_ignore_ascii_case(b"x-forwarded-host") => {
                 self.prior_host = Some(value);
             }
+            Role::FrontOnly => self.front_only.push((name, value)),
             Role::Replaced | Role::HopByHop | Role::Dropped => {}
         }
     }
@@ -141,10 +146,16 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
         w.extend_from_slice(fwd.client);
         w.extend_from_slice(b"\r\n");
         let (front_proto, front_host) = if fwd.trusted_front {
+            for (name, value) in &self.front_only {
+                push_header(w, name, value);
+            }
             (self.prior_proto, self.prior_host)
         } else {
             (None, None)
         };
+        // An empty value says nothing: the proxy's own is written.
+        let said = |v: &&[u8]| !v.is_empty();
+        let (front_proto, front_host) = (front_proto.filter(said), front_host.filter(said));
         let proto = front_proto.unwrap_or(fwd.scheme.as_bytes());
         push_header(w, b"x-forwarded-proto", proto);
         // Workers speak HTTP/1.1 and always get a Host (an HTTP/1.0 client may send none).
@@ -206,10 +217,12 @@ pub fn rewrite_map(
     if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
+    if !fwd.trusted_front {
+        strip_front_only(headers);
+    }
     let front = |headers: &HeaderMap, name| {
-        fwd.trusted_front
-            .then(|| headers.get_all(name).iter().next_back().cloned())
-            .flatten()
+        let last = headers.get_all(name).iter().next_back();
+        last.filter(|v| fwd.trusted_front && !v.is_empty()).cloned()
     };
     let proto = front(headers, &X_FORWARDED_PROTO);
     let proto = proto.unwrap_or(HeaderValue::from_static(fwd.scheme));
@@ -231,6 +244,19 @@ pub fn strip_underscores(headers: &mut HeaderMap, underscores: Underscores) {
     let named: Vec<HeaderName> = headers.keys().filter(|n| drops(n)).cloned().collect();
     for name in named {
         dropped_underscore(name.as_str().as_bytes());
+        headers.remove(name);
+    }
+}
+
+/// Removes the forwarding fields only a trusted front may send ([`Role::FrontOnly`]). One
+/// pass over the names first: most heads carry none.
+fn strip_front_only(headers: &mut HeaderMap) {
+    let front_only = |n: &HeaderName| upstream_role(n.as_str().as_bytes()) == Role::FrontOnly;
+    if !headers.keys().any(front_only) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers.keys().filter(|n| front_only(n)).cloned().collect();
+    for name in named {
         headers.remove(name);
     }
 }
@@ -297,6 +323,14 @@ mod tests {
                 text.contains(&format!("\r\nx-forwarded-host: {host}\r\n")),
                 "{text}"
             );
+            // The forwarding fields the proxy does not set: a trusted front's only.
+            for field in [
+                "\r\nforwarded: ",
+                "\r\nx-real-ip: ",
+                "\r\nx-forwarded-ssl: ",
+            ] {
+                assert_eq!(text.contains(field), trusted_front, "{field:?} in {text}");
+            }
         }
     }
 
@@ -313,6 +347,9 @@ mod tests {
             ("x-forwarded-host", "forged.example"),
             ("x-forwarded-host", "front.example"),
             ("x-forwarded-proto", "http"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
             ("x-sticky", "kept"),
             ("te", "trailers"),
             ("cookie", "a=b"),
