@@ -629,7 +629,7 @@ fn the_access_log_has_one_line_per_request() {
     };
     // The proxy's refusals of requests no worker gets, on both HTTP/1.1 paths: each is
     // answered, then logged with what is known of its request line.
-    let refusals: [(&str, &[u8], u16); 7] = [
+    let refusals: [(&str, &[u8], u16); 8] = [
         ("two Hosts", b"GET /two-hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (
             "a transfer coding",
@@ -654,6 +654,11 @@ fn the_access_log_has_one_line_per_request() {
             b"POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
             400,
         ),
+        (
+            "CONNECT",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            405,
+        ),
     ];
     for (what, raw, status) in refusals {
         let mut s = std::net::TcpStream::connect(cluster.proxy).unwrap();
@@ -662,11 +667,11 @@ fn the_access_log_has_one_line_per_request() {
         let r = read_response(&mut std::io::BufReader::new(s)).unwrap();
         assert_eq!(r.status, status, "{what}: {}", r.text());
     }
-    wait_until("ten access-log lines", Duration::from_secs(10), || {
-        lines().len() >= 10
+    wait_until("eleven access-log lines", Duration::from_secs(10), || {
+        lines().len() >= 11
     });
     let lines = lines();
-    assert_eq!(lines.len(), 10, "{lines:?}");
+    assert_eq!(lines.len(), 11, "{lines:?}");
     let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
     for f in &fields {
         assert_eq!(f.len(), 8, "{f:?}");
@@ -702,6 +707,7 @@ fn the_access_log_has_one_line_per_request() {
             ["127.0.0.1", "POST", "/paused-chunked", "408", "-", "-"],
             ["127.0.0.1", "-", "-", "400", "-", "-"],
             ["127.0.0.1", "-", "-", "400", "-", "-"],
+            ["127.0.0.1", "CONNECT", "example.com:443", "405", "-", "-"],
         ]
     );
     // A paused body's line says how long the proxy waited for it (the body timeout, 300ms).

@@ -125,7 +125,11 @@ fn bad_request<B>(req: &Request<B>, conn: &Client) -> Option<Answer> {
 fn log_answer<B>(proxy: &Proxy, peer: std::net::IpAddr, req: &Request<B>, answer: &Answer) {
     if crate::access_log::get().is_some() {
         let client = proxy.client_ip(peer, req.headers());
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        // A CONNECT's target is its authority.
+        let target = match req.uri().path_and_query() {
+            Some(p) => std::borrow::Cow::Borrowed(p.as_str()),
+            None => std::borrow::Cow::Owned(req.uri().to_string()),
+        };
         let method = req.method().as_str().as_bytes();
         let line = (method, target.as_bytes());
         crate::access_log::own_answer(client, line, answer.status, Duration::ZERO);
