@@ -2,7 +2,8 @@
 //! [`upstream_role`] (hop-by-hop ones dropped, the proxy's own replaced), then the proxy's
 //! fields (`X-Forwarded-For` appended to, `X-Forwarded-Proto`, `X-Forwarded-Host`,
 //! `X-Sticky`, and `content-length: 0` where a bodyless method usually has a body); a
-//! `--trust-proxy` front's own `X-Forwarded-Proto` and `X-Forwarded-Host` pass. Names
+//! `--trust-proxy` front's own `X-Forwarded-Proto` and `X-Forwarded-Host` pass, and so do
+//! the forwarding fields the proxy does not set ([`Role::FrontOnly`]) from it alone. Names
 //! with an underscore are dropped unless `--allow-underscore-headers` ([`Underscores`]).
 //! [`RequestWriter`] writes them as HTTP/1.1 bytes (the direct paths and the raw client);
 //! [`rewrite_map`] applies the same rules to a header map (hyper's client).
@@ -145,25 +146,25 @@ impl<'w, 'a> RequestWriter<'w, 'a> {
         }
         w.extend_from_slice(fwd.client);
         w.extend_from_slice(b"\r\n");
-        let (front_proto, front_host) = if fwd.trusted_front {
+        if fwd.trusted_front {
             for (name, value) in &self.front_only {
                 push_header(w, name, value);
             }
-            (self.prior_proto, self.prior_host)
-        } else {
-            (None, None)
-        };
-        // An empty value says nothing: the proxy's own is written.
-        let said = |v: &&[u8]| !v.is_empty();
-        let (front_proto, front_host) = (front_proto.filter(said), front_host.filter(said));
-        let proto = front_proto.unwrap_or(fwd.scheme.as_bytes());
+        }
+        // A trusted front's word, unless empty (it says nothing: the proxy's own is written).
+        let front = |said: Option<&'a [u8]>| said.filter(|v| fwd.trusted_front && !v.is_empty());
+        let proto = front(self.prior_proto).unwrap_or(fwd.scheme.as_bytes());
         push_header(w, b"x-forwarded-proto", proto);
         // Workers speak HTTP/1.1 and always get a Host (an HTTP/1.0 client may send none).
         let host = self.host.unwrap_or(b"localhost");
         if self.host.is_none() {
             push_header(w, b"host", host);
         }
-        push_header(w, b"x-forwarded-host", front_host.unwrap_or(host));
+        push_header(
+            w,
+            b"x-forwarded-host",
+            front(self.prior_host).unwrap_or(host),
+        );
         push_header(w, b"x-sticky", fwd.sticky.header_value().as_bytes());
         w.extend_from_slice(b"\r\n");
     }
