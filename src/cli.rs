@@ -141,7 +141,7 @@ struct Args {
     response_timeout: Option<String>,
     #[arg(long, value_name = "DURATION", help = with_default("How long a client may take to send a request head, and the longest keep-alive idle wait", format_duration(DEFAULT_HEADER_TIMEOUT)))]
     header_timeout: Option<String>,
-    #[arg(long, value_name = "DURATION", help = with_default("How long a client's request body may pause before it is answered 408 (the response timeout counts from its end)", format_duration(DEFAULT_BODY_TIMEOUT)))]
+    #[arg(long, value_name = "DURATION", help = with_default("How long a client's request body may pause before it is answered 408 (a worker that reads slowly does not count)", format_duration(DEFAULT_BODY_TIMEOUT)))]
     body_timeout: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Largest request head in bytes", DEFAULT_MAX_HEADER_SIZE))]
     max_header_size: Option<usize>,
