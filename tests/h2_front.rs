@@ -462,6 +462,18 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
         raw.frame(HEADERS, END_STREAM_HEADERS, id, &block);
         expect_reset(&mut raw, id, 1);
     }
+    // A stream that names itself as its dependency (RFC 9113 5.3.1): the HEADERS' priority
+    // block (flag 0x20), then a PRIORITY frame on a later stream.
+    let mut block = 15u32.to_be_bytes().to_vec();
+    block.push(16);
+    block.extend_from_slice(&request_block(&[]));
+    raw.frame(HEADERS, END_STREAM_HEADERS | 0x20, 15, &block);
+    expect_reset(&mut raw, 15, 1);
+    const PRIORITY: u8 = 2;
+    let mut priority = 17u32.to_be_bytes().to_vec();
+    priority.push(16);
+    raw.frame(PRIORITY, 0, 17, &priority);
+    expect_reset(&mut raw, 17, 1);
     // PING is answered with its payload.
     raw.frame(PING, 0, 0, b"12345678");
     let f = raw.next_interesting().unwrap();
@@ -473,13 +485,13 @@ fn malformed_requests_are_reset_and_the_connection_goes_on() {
     raw.frame(
         HEADERS,
         END_STREAM_HEADERS,
-        15,
+        19,
         &request_block(&[("x-ok", "1 with inner space")]),
     );
     let f = raw.next_interesting().unwrap();
     assert_eq!(
         (f.kind, f.stream, f.payload[0]),
-        (HEADERS, 15, 0x88),
+        (HEADERS, 19, 0x88),
         "{f:?}"
     );
 }

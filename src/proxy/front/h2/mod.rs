@@ -113,6 +113,7 @@ where
         streams: HashMap::new(),
         last_stream: 0,
         continuation: None,
+        self_dependent: None,
         recent_resets: RecentResets::default(),
         exchanges: FuturesUnordered::new(),
         bodies: FuturesUnordered::new(),
@@ -263,6 +264,9 @@ struct Conn<I> {
     streams: HashMap<u32, Stream>,
     last_stream: u32,
     continuation: Option<Continuation>,
+    /// The stream whose HEADERS named itself as its dependency (RFC 9113 5.3.1): its block
+    /// is still decoded (the table must follow), then the stream is reset.
+    self_dependent: Option<u32>,
     recent_resets: RecentResets,
     exchanges: FuturesUnordered<Abortable<Exchange>>,
     bodies: FuturesUnordered<Abortable<NextFrame>>,

@@ -115,6 +115,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             frame::PRIORITY => {
                 if head.len != 5 {
                     self.reset(head.stream, Reason::FrameSizeError);
+                } else if depends_on_itself(head.stream, &payload) {
+                    self.reset(head.stream, Reason::ProtocolError);
                 }
                 Ok(())
             }
@@ -318,6 +320,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             if block.len() < 5 {
                 return Err(ConnError(Reason::FrameSizeError, "HEADERS too short"));
             }
+            if depends_on_itself(head.stream, &block) {
+                self.self_dependent = Some(head.stream);
+            }
             block.advance(5);
         }
         let end_stream = head.has(frame::END_STREAM);
@@ -374,6 +379,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.decoder
             .decode(&block, |name, value| fields.add(name, value))
             .map_err(|e| ConnError(Reason::CompressionError, e.0))?;
+        if self.self_dependent.take() == Some(id) {
+            fields.bad("a stream that depends on itself");
+        }
         if id % 2 == 0 {
             return Err(ConnError(
                 Reason::ProtocolError,
@@ -541,4 +549,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         Ok(())
     }
+}
+
+/// A priority block (HEADERS' or PRIORITY's: exclusive bit and 31-bit stream dependency
+/// first) that names its own stream (RFC 9113 5.3.1: a stream error).
+fn depends_on_itself(stream: u32, priority: &[u8]) -> bool {
+    priority
+        .get(..4)
+        .is_some_and(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) & 0x7fff_ffff == stream)
 }
