@@ -660,12 +660,15 @@ fn the_access_log_has_one_line_per_request() {
             405,
         ),
     ];
-    for (what, raw, status) in refusals {
+    for (n, (what, raw, status)) in refusals.into_iter().enumerate() {
         let mut s = std::net::TcpStream::connect(cluster.proxy).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s.write_all(raw).unwrap();
         let r = read_response(&mut std::io::BufReader::new(s)).unwrap();
         assert_eq!(r.status, status, "{what}: {}", r.text());
+        // A head hyper refuses is logged when its connection ends, which may be after the
+        // client has its answer: each line is waited for, so the lines keep this order.
+        wait_until(what, Duration::from_secs(10), || lines().len() > 3 + n);
     }
     wait_until("eleven access-log lines", Duration::from_secs(10), || {
         lines().len() >= 11
