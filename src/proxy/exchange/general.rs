@@ -289,10 +289,11 @@ impl HyperExchange<'_> {
             proxy.config.underscores,
         );
         // The proxy's own answer after a failure, with its access-log line.
-        let started = std::time::Instant::now();
+        // Like the request line above, only read when the access log is on.
+        let started = crate::access_log::get().map(|_| std::time::Instant::now());
         let logged = |route: &Route, answer: Answer| {
             let line = (copy_method.as_str().as_bytes(), copy_target.as_bytes());
-            let took = started.elapsed();
+            let took = started.map_or(Duration::ZERO, |s| s.elapsed());
             crate::access_log::own_answer(route.client, line, answer.status, took);
             answer.response()
         };

@@ -94,8 +94,8 @@ impl Conn {
             .is_some_and(|r| r.is_ok())
     }
 
-    /// Sends `req`, waiting at most `timeout` for the response head (counted from the end of
-    /// the body whose `progress` is given).
+    /// Sends `req`, waiting at most `timeout` for the response head (counted from the last
+    /// move of the body whose `progress` is given, and not while it waits for its client).
     async fn send(
         &mut self,
         req: Request<UpstreamBody>,
